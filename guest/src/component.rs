@@ -1,0 +1,173 @@
+//! The component's side of the WIT world: the generated bindings, the `Guest` impl, and the
+//! few loops that call imports (publish with retries). Everything else is plain Rust.
+
+use std::cell::RefCell;
+
+use crate::metadata::{self, Config, NoteLevel, Qos, Transport};
+use crate::request;
+use crate::retry;
+
+#[expect(unsafe_code, reason = "wit-bindgen's generated ABI glue is unsafe by nature")]
+mod bindings {
+    wit_bindgen::generate!({ path: "../wit", world: "mqtt-binding" });
+
+    use super::Component;
+    export!(Component with_types_in crate::component::bindings);
+}
+
+use bindings::exports::mqtt_binding::binding::binding::{
+    Error, Guest, InvokeRequest, InvokeResponse,
+};
+use bindings::mqtt_binding::binding::broker::{self, Connection, ConnectOptions};
+use bindings::mqtt_binding::binding::logging::{self, Level};
+use bindings::mqtt_binding::binding::{lifecycle, types};
+
+/// How long `connect` waits for CONNACK, and each publish for its acknowledgement.
+const CONNECT_TIMEOUT_MS: u32 = 10_000;
+const PUBLISH_TIMEOUT_MS: u32 = 10_000;
+/// MQTT keep-alive (SPEC.md, "Connection").
+const KEEP_ALIVE_SECS: u16 = 30;
+
+/// What `init` set up: the validated config and the open connection.
+struct Binding {
+    config: Config,
+    connection: Connection,
+}
+
+thread_local! {
+    static BINDING: RefCell<Option<Binding>> = const { RefCell::new(None) };
+}
+
+struct Component;
+
+impl Guest for Component {
+    fn init(app_id: String, metadata: Vec<(String, String)>) -> Result<(), Error> {
+        let config = metadata::parse(&app_id, &metadata)
+            .map_err(|e| Error::InvalidMetadata(e.to_string()))?;
+        for note in &config.notes {
+            let level = match note.level {
+                NoteLevel::Debug => Level::Debug,
+                NoteLevel::Warn => Level::Warn,
+            };
+            logging::log(level, &note.message);
+        }
+        let connection = Connection::connect(&connect_options(&config)).map_err(connect_error)?;
+        BINDING.with_borrow_mut(|binding| *binding = Some(Binding { config, connection }));
+        Ok(())
+    }
+
+    fn operations() -> Vec<String> {
+        request::OPERATIONS.iter().map(|op| op.to_string()).collect()
+    }
+
+    fn invoke(request: InvokeRequest) -> Result<InvokeResponse, Error> {
+        BINDING.with_borrow(|binding| {
+            let binding = binding.as_ref().ok_or(Error::NotInitialized)?;
+            request::check_operation(&request.operation)
+                .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+            let publish = request::publish(&binding.config, &request.metadata)
+                .map_err(|e| Error::InvalidRequest(e.to_string()))?;
+            publish_with_retries(&binding.connection, &publish, &request.data)?;
+            Ok(InvokeResponse { data: None, metadata: Vec::new() })
+        })
+    }
+
+    fn read() -> Result<(), Error> {
+        BINDING.with_borrow(|binding| {
+            let _binding = binding.as_ref().ok_or(Error::NotInitialized)?;
+            Err(Error::Broker(broker::Error::Other(
+                "the input binding is not implemented in this version".into(),
+            )))
+        })
+    }
+}
+
+/// Publishes under the output policy: retryable failures are retried (`retry::PUBLISH`),
+/// terminal ones are returned at once.
+fn publish_with_retries(
+    connection: &Connection,
+    publish: &request::Publish,
+    payload: &[u8],
+) -> Result<(), Error> {
+    let mut failures = 0;
+    loop {
+        let outcome = connection.publish(
+            &publish.topic,
+            payload,
+            wit_qos(publish.qos),
+            publish.retain,
+            PUBLISH_TIMEOUT_MS,
+        );
+        let error = match outcome {
+            Ok(()) => return Ok(()),
+            Err(error) if is_retryable(&error) => error,
+            Err(error) => return Err(Error::Broker(error)),
+        };
+        failures += 1;
+        let Some(wait) = retry::PUBLISH.after_failure(failures) else {
+            return Err(Error::Broker(error));
+        };
+        logging::log(
+            Level::Warn,
+            &format!("publish to {:?} failed (attempt {failures}), retrying: {error:?}", publish.topic),
+        );
+        if !lifecycle::sleep(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX)) {
+            return Err(Error::Broker(broker::Error::Closed));
+        }
+    }
+}
+
+fn is_retryable(error: &broker::Error) -> bool {
+    matches!(error, broker::Error::Unreachable(_) | broker::Error::Timeout(_))
+}
+
+fn connect_options(config: &Config) -> ConnectOptions {
+    let broker = &config.broker;
+    ConnectOptions {
+        transport: match broker.transport {
+            Transport::Tcp => broker::Transport::Tcp,
+            Transport::Tls => broker::Transport::Tls,
+        },
+        host: broker.host.clone(),
+        port: broker.port,
+        client_id: config.client_id.clone(),
+        username: broker.username.clone(),
+        password: broker.password.as_ref().map(|p| p.expose().to_string()),
+        clean_session: config.clean_session,
+        keep_alive_secs: KEEP_ALIVE_SECS,
+        // TLS material with a plain URL was already warned about; the host does not see it.
+        ca_cert: tls_only(config, config.tls.ca_cert.clone()),
+        client_cert: tls_only(config, config.tls.client_cert.clone()),
+        client_key: tls_only(config, config.tls.client_key.as_ref().map(|k| k.expose().to_string())),
+        connect_timeout_ms: CONNECT_TIMEOUT_MS,
+    }
+}
+
+fn tls_only(config: &Config, value: Option<String>) -> Option<String> {
+    value.filter(|_| config.broker.transport == Transport::Tls)
+}
+
+/// A connect option the host refused is a metadata problem: name the metadata field.
+fn connect_error(error: broker::Error) -> Error {
+    match error {
+        broker::Error::InvalidOption(option) => {
+            let field = match option.field.as_str() {
+                "ca-cert" => metadata::field::CA_CERT,
+                "client-cert" => metadata::field::CLIENT_CERT,
+                "client-key" => metadata::field::CLIENT_KEY,
+                "client-id" => metadata::field::CONSUMER_ID,
+                _ => metadata::field::URL,
+            };
+            Error::InvalidMetadata(format!("metadata field {field:?}: {}", option.reason))
+        }
+        other => Error::Broker(other),
+    }
+}
+
+fn wit_qos(qos: Qos) -> types::Qos {
+    match qos {
+        Qos::AtMostOnce => types::Qos::AtMostOnce,
+        Qos::AtLeastOnce => types::Qos::AtLeastOnce,
+        Qos::ExactlyOnce => types::Qos::ExactlyOnce,
+    }
+}

@@ -1,0 +1,722 @@
+//! The component's metadata: from Dapr's name/value pairs to a validated [`Config`].
+//!
+//! Pure functions, no I/O: secrets are already resolved by the host, and logging is left to
+//! the caller through [`Config::notes`]. The rules are those of `shared/spec/SPEC.md`,
+//! section "Metadata fields".
+
+use std::fmt;
+use std::time::Duration;
+
+use percent_encoding::percent_decode_str;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::retry::{Backoff, Retries};
+use crate::topic;
+
+/// Metadata names this component reads, in their documented spelling. Names match
+/// case-insensitively.
+pub mod field {
+    pub const URL: &str = "url";
+    pub const TOPIC: &str = "topic";
+    pub const CONSUMER_ID: &str = "consumerID";
+    pub const QOS: &str = "qos";
+    pub const RETAIN: &str = "retain";
+    pub const CLEAN_SESSION: &str = "cleanSession";
+    pub const CA_CERT: &str = "caCert";
+    pub const CLIENT_CERT: &str = "clientCert";
+    pub const CLIENT_KEY: &str = "clientKey";
+    pub const BACK_OFF_MAX_RETRIES: &str = "backOffMaxRetries";
+}
+
+/// Names that belong to the host (Dapr's runtime reads them, not the component).
+const HOST_FIELDS: [&str; 2] = ["direction", "route"];
+
+/// Dapr's `{uuid}` tag: each occurrence becomes a fresh random UUIDv4.
+const UUID_TAG: &str = "{uuid}";
+
+/// The wait between delivery attempts of the input binding (SPEC.md, "Input binding").
+const DEFAULT_BACK_OFF_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A validated binding configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub broker: Broker,
+    /// The subscription filter, and the default publish topic.
+    pub topic: String,
+    /// MQTT client ID, used exactly as given.
+    pub client_id: String,
+    pub qos: Qos,
+    pub retain: bool,
+    pub clean_session: bool,
+    pub tls: Tls,
+    /// Retry policy for failed deliveries of the input binding.
+    pub delivery_backoff: Backoff,
+    /// Things worth logging that did not stop the parse (unknown names, ignored fields).
+    pub notes: Vec<Note>,
+}
+
+/// Where the broker is and who we are to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broker {
+    pub transport: Transport,
+    pub host: String,
+    pub port: u16,
+    pub username: Option<String>,
+    pub password: Option<Secret>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Tls,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Qos {
+    AtMostOnce,
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+/// PEM material for TLS, checked to hold what it claims.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tls {
+    pub ca_cert: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<Secret>,
+}
+
+/// A value that must never be printed: its `Debug` shows only that it is set.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// A log line the parse wants written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Note {
+    pub level: NoteLevel,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoteLevel {
+    Debug,
+    Warn,
+}
+
+/// A metadata field that is missing or invalid.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetadataError {
+    field: String,
+    problem: String,
+}
+
+impl MetadataError {
+    fn new(field: &str, problem: impl Into<String>) -> Self {
+        Self { field: field.to_string(), problem: problem.into() }
+    }
+
+    /// `expected X, got "V"`: only for values that are not secret.
+    fn expected(field: &str, expected: &str, got: &str) -> Self {
+        Self::new(field, format!("expected {expected}, got {got:?}"))
+    }
+
+    /// The documented name of the field at fault.
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+}
+
+impl fmt::Display for MetadataError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "metadata field {:?}: {}", self.field, self.problem)
+    }
+}
+
+impl std::error::Error for MetadataError {}
+
+/// Metadata after name matching: the value for each known name, if given.
+struct Fields<'a> {
+    entries: Vec<(&'a str, String)>,
+}
+
+impl<'a> Fields<'a> {
+    /// Matches names case-insensitively and refuses a name given twice, in any case.
+    fn new(metadata: &'a [(String, String)]) -> Result<Self, MetadataError> {
+        let mut entries: Vec<(&str, String)> = Vec::with_capacity(metadata.len());
+        for (name, value) in metadata {
+            if let Some((earlier, _)) =
+                entries.iter().find(|(seen, _)| seen.eq_ignore_ascii_case(name))
+            {
+                let problem = if *earlier == name.as_str() {
+                    "given twice; give it once".to_string()
+                } else {
+                    format!("given twice, as {earlier:?} and {name:?} (names ignore case); give it once")
+                };
+                return Err(MetadataError::new(name, problem));
+            }
+            entries.push((name.as_str(), value.clone()));
+        }
+        Ok(Self { entries })
+    }
+
+    /// Takes the value of a field, so that what is left at the end is unknown.
+    fn take(&mut self, field: &str) -> Option<String> {
+        let at = self.entries.iter().position(|(name, _)| name.eq_ignore_ascii_case(field))?;
+        Some(self.entries.swap_remove(at).1)
+    }
+
+    /// A field that must be present and not blank.
+    fn require(&mut self, field: &str) -> Result<String, MetadataError> {
+        match self.take(field) {
+            Some(value) if !value.trim().is_empty() => Ok(value),
+            Some(_) => Err(MetadataError::new(field, "is empty; it is required")),
+            None => Err(MetadataError::new(field, "is missing; it is required")),
+        }
+    }
+
+    /// A field whose blank value means "not given", as Dapr treats empty metadata.
+    fn optional(&mut self, field: &str) -> Option<String> {
+        self.take(field).filter(|value| !value.trim().is_empty())
+    }
+}
+
+/// Replaces each `{uuid}` in `value` with a fresh random UUIDv4.
+pub fn expand_uuids(value: &str) -> String {
+    if !value.contains(UUID_TAG) {
+        return value.to_string();
+    }
+    let mut parts = value.split(UUID_TAG);
+    let mut out = parts.next().unwrap_or_default().to_string();
+    for part in parts {
+        out.push_str(&uuid::Uuid::new_v4().to_string());
+        out.push_str(part);
+    }
+    out
+}
+
+/// Parses and validates the binding's metadata. `app_id` is the default client ID; it may
+/// be empty when the host has none.
+pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, MetadataError> {
+    let expanded: Vec<(String, String)> =
+        metadata.iter().map(|(name, value)| (name.clone(), expand_uuids(value))).collect();
+    let mut fields = Fields::new(&expanded)?;
+    let mut notes = Vec::new();
+
+    let broker = parse_url(&fields.require(field::URL)?)?;
+
+    let topic = fields.require(field::TOPIC)?;
+    topic::check_filter(&topic).map_err(|why| {
+        MetadataError::new(field::TOPIC, format!("expected a valid MQTT topic filter: {why}"))
+    })?;
+
+    let client_id = match fields.optional(field::CONSUMER_ID) {
+        Some(id) => id,
+        None if !app_id.is_empty() => expand_uuids(app_id),
+        None => {
+            return Err(MetadataError::new(
+                field::CONSUMER_ID,
+                "is missing and the host gave no app ID to default to; set it (\"{uuid}\" gives a random one)",
+            ));
+        }
+    };
+    if client_id.len() > 65_535 {
+        return Err(MetadataError::new(
+            field::CONSUMER_ID,
+            format!("is {} bytes long, MQTT allows 65535", client_id.len()),
+        ));
+    }
+
+    let qos = match fields.optional(field::QOS) {
+        Some(value) => parse_qos(field::QOS, &value)?,
+        None => Qos::AtMostOnce,
+    };
+    let retain = parse_optional_bool(&mut fields, field::RETAIN, false)?;
+    let clean_session = parse_optional_bool(&mut fields, field::CLEAN_SESSION, true)?;
+    let tls = parse_tls(&mut fields)?;
+    if broker.transport == Transport::Tcp
+        && (tls.ca_cert.is_some() || tls.client_cert.is_some() || tls.client_key.is_some())
+    {
+        notes.push(Note {
+            level: NoteLevel::Warn,
+            message: "caCert, clientCert or clientKey is set but the url is not a TLS url (ssl://, mqtts://, tls://, tcps://); they are ignored".into(),
+        });
+    }
+
+    let max_retries = match fields.optional(field::BACK_OFF_MAX_RETRIES) {
+        Some(value) => parse_retries(&value)?,
+        None => Retries::Limited(0),
+    };
+    let delivery_backoff = Backoff { retries: max_retries, interval: DEFAULT_BACK_OFF_INTERVAL };
+
+    for host_field in HOST_FIELDS {
+        fields.take(host_field);
+    }
+    for (name, _) in &fields.entries {
+        notes.push(Note {
+            level: NoteLevel::Debug,
+            message: format!("metadata field {name:?} is not used by this binding; ignored"),
+        });
+    }
+
+    Ok(Config { broker, topic, client_id, qos, retain, clean_session, tls, delivery_backoff, notes })
+}
+
+/// Parses `0`, `1` or `2`.
+pub fn parse_qos(field: &str, value: &str) -> Result<Qos, MetadataError> {
+    match value.trim() {
+        "0" => Ok(Qos::AtMostOnce),
+        "1" => Ok(Qos::AtLeastOnce),
+        "2" => Ok(Qos::ExactlyOnce),
+        _ => Err(MetadataError::expected(field, "0, 1 or 2", value)),
+    }
+}
+
+/// Parses a boolean the way Dapr users write them, but refuses anything else (Go's binding
+/// silently reads an unknown word as false).
+pub fn parse_bool(field: &str, value: &str) -> Result<bool, MetadataError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" | "t" | "y" => Ok(true),
+        "false" | "0" | "no" | "off" | "f" | "n" => Ok(false),
+        _ => Err(MetadataError::expected(
+            field,
+            "a boolean (true/false, 1/0, yes/no, on/off, t/f, y/n)",
+            value,
+        )),
+    }
+}
+
+fn parse_optional_bool(
+    fields: &mut Fields<'_>,
+    field: &str,
+    default: bool,
+) -> Result<bool, MetadataError> {
+    fields.optional(field).map_or(Ok(default), |value| parse_bool(field, &value))
+}
+
+fn parse_retries(value: &str) -> Result<Retries, MetadataError> {
+    let n: i64 = value.trim().parse().map_err(|_| {
+        MetadataError::expected(
+            field::BACK_OFF_MAX_RETRIES,
+            "an integer (0 or more retries, or -1 to retry until success)",
+            value,
+        )
+    })?;
+    Ok(u64::try_from(n).map_or(Retries::Forever, Retries::Limited))
+}
+
+/// Parses the broker URL: scheme, host, port (with the scheme's default), credentials.
+fn parse_url(value: &str) -> Result<Broker, MetadataError> {
+    const SCHEMES: &str = "tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://";
+    let invalid = |why: String| MetadataError::new(field::URL, why);
+    // The value may hold a password, so no error below echoes it whole.
+    let url = url::Url::parse(value.trim()).map_err(|e| {
+        invalid(format!("expected a URL such as tcp://host:1883 ({SCHEMES}): {e}"))
+    })?;
+    let (transport, default_port) = match url.scheme() {
+        "tcp" | "mqtt" => (Transport::Tcp, 1883),
+        "ssl" | "mqtts" | "tls" | "tcps" => (Transport::Tls, 8883),
+        "ws" | "wss" => {
+            return Err(invalid(format!(
+                "WebSocket URLs ({}://) are not supported by this binding yet; use {SCHEMES}",
+                url.scheme()
+            )));
+        }
+        other => {
+            return Err(invalid(format!("expected a scheme of {SCHEMES}, got \"{other}://\"")));
+        }
+    };
+    let host = match url.host() {
+        Some(url::Host::Ipv6(ip)) => ip.to_string(),
+        Some(host) if !host.to_string().is_empty() => host.to_string(),
+        _ => return Err(invalid("expected a host name, as in tcp://host:1883; there is none".into())),
+    };
+    let port = match url.port() {
+        Some(0) => return Err(invalid("port 0 is not a port a broker listens on".into())),
+        Some(port) => port,
+        None => default_port,
+    };
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return Err(invalid(format!(
+            "expected no path, query or fragment after {}://host:port",
+            url.scheme()
+        )));
+    }
+    let decode = |part: &str, what: &str| {
+        percent_decode_str(part)
+            .decode_utf8()
+            .map(|s| s.into_owned())
+            .map_err(|_| invalid(format!("the {what} is not valid UTF-8 once percent-decoded")))
+    };
+    let username = match url.username() {
+        "" => None,
+        user => Some(decode(user, "user name")?),
+    };
+    let password = url.password().map(|p| decode(p, "password").map(Secret)).transpose()?;
+    Ok(Broker { transport, host, port, username, password })
+}
+
+fn parse_tls(fields: &mut Fields<'_>) -> Result<Tls, MetadataError> {
+    let ca_cert = fields.optional(field::CA_CERT);
+    let client_cert = fields.optional(field::CLIENT_CERT);
+    let client_key = fields.optional(field::CLIENT_KEY);
+    if let Some(ca) = &ca_cert {
+        check_certificates(field::CA_CERT, ca)?;
+    }
+    match (&client_cert, &client_key) {
+        (Some(_), None) => {
+            return Err(MetadataError::new(
+                field::CLIENT_CERT,
+                "is set without \"clientKey\"; give both or neither",
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(MetadataError::new(
+                field::CLIENT_KEY,
+                "is set without \"clientCert\"; give both or neither",
+            ));
+        }
+        (Some(cert), Some(key)) => {
+            check_certificates(field::CLIENT_CERT, cert)?;
+            // The key's own text never goes into the error.
+            PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| {
+                MetadataError::new(
+                    field::CLIENT_KEY,
+                    "expected a PEM private key (PKCS#1 \"RSA PRIVATE KEY\", PKCS#8 \"PRIVATE KEY\" or SEC1 \"EC PRIVATE KEY\"); none could be read",
+                )
+            })?;
+        }
+        (None, None) => {}
+    }
+    Ok(Tls { ca_cert, client_cert, client_key: client_key.map(Secret) })
+}
+
+/// Checks that `pem` holds at least one certificate and nothing unreadable.
+fn check_certificates(field: &str, pem: &str) -> Result<(), MetadataError> {
+    let mut count = 0;
+    for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+        cert.map_err(|_| {
+            MetadataError::new(
+                field,
+                format!("expected PEM certificates; certificate {} is not valid PEM (bad framing or base64)", count + 1),
+            )
+        })?;
+        count += 1;
+    }
+    if count == 0 {
+        return Err(MetadataError::new(
+            field,
+            "expected at least one PEM certificate (-----BEGIN CERTIFICATE-----); found none",
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
+    const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
+
+    fn md(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+    }
+
+    fn with(extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let mut m = md(&[("url", "tcp://localhost:1883"), ("topic", "orders")]);
+        m.extend(md(extra));
+        m
+    }
+
+    fn error_of(metadata: &[(String, String)]) -> String {
+        match parse("app", metadata) {
+            Ok(config) => panic!("expected an error, got {config:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn minimal_metadata_takes_spec_defaults() {
+        let config = parse("my-app", &with(&[])).expect("valid");
+        assert_eq!(
+            config.broker,
+            Broker {
+                transport: Transport::Tcp,
+                host: "localhost".into(),
+                port: 1883,
+                username: None,
+                password: None
+            }
+        );
+        assert_eq!(config.topic, "orders");
+        assert_eq!(config.client_id, "my-app");
+        assert_eq!(config.qos, Qos::AtMostOnce);
+        assert!(!config.retain);
+        assert!(config.clean_session);
+        assert_eq!(config.tls, Tls::default());
+        assert_eq!(config.delivery_backoff.retries, Retries::Limited(0));
+        assert_eq!(config.delivery_backoff.interval, Duration::from_secs(5));
+        assert!(config.notes.is_empty(), "{:?}", config.notes);
+    }
+
+    #[test]
+    fn names_match_case_insensitively() {
+        let config = parse(
+            "app",
+            &md(&[
+                ("URL", "tcp://h"),
+                ("Topic", "t"),
+                ("QOS", "2"),
+                ("backoffMaxRetries", "3"),
+                ("CONSUMERid", "c"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(config.qos, Qos::ExactlyOnce);
+        assert_eq!(config.delivery_backoff.retries, Retries::Limited(3));
+        assert_eq!(config.client_id, "c");
+    }
+
+    #[test]
+    fn names_differing_only_in_case_are_refused() {
+        assert_eq!(
+            error_of(&with(&[("qos", "1"), ("QoS", "2")])),
+            r#"metadata field "QoS": given twice, as "qos" and "QoS" (names ignore case); give it once"#
+        );
+        assert_eq!(
+            error_of(&with(&[("qos", "1"), ("qos", "1")])),
+            r#"metadata field "qos": given twice; give it once"#
+        );
+    }
+
+    #[test]
+    fn url_schemes_and_default_ports() {
+        for (url, transport, port) in [
+            ("tcp://h", Transport::Tcp, 1883),
+            ("mqtt://h", Transport::Tcp, 1883),
+            ("ssl://h", Transport::Tls, 8883),
+            ("mqtts://h", Transport::Tls, 8883),
+            ("tls://h", Transport::Tls, 8883),
+            ("tcps://h", Transport::Tls, 8883),
+            ("TCP://h:1884/", Transport::Tcp, 1884),
+            ("ssl://h:9999", Transport::Tls, 9999),
+        ] {
+            let broker = parse("a", &md(&[("url", url), ("topic", "t")])).expect(url).broker;
+            assert_eq!((broker.transport, broker.port), (transport, port), "{url}");
+        }
+    }
+
+    #[test]
+    fn url_hosts_keep_their_form() {
+        for (url, host) in [
+            ("tcp://127.0.0.1:1883", "127.0.0.1"),
+            ("tcp://[::1]:1883", "::1"),
+            ("tcp://Broker.Example.com", "Broker.Example.com"),
+        ] {
+            let broker = parse("a", &md(&[("url", url), ("topic", "t")])).expect(url).broker;
+            assert_eq!(broker.host, host, "{url}");
+        }
+    }
+
+    #[test]
+    fn url_credentials_are_percent_decoded() {
+        let broker = parse("a", &md(&[("url", "tcp://us%40er:p%3Ass@h:1"), ("topic", "t")]))
+            .expect("valid")
+            .broker;
+        assert_eq!(broker.username.as_deref(), Some("us@er"));
+        assert_eq!(broker.password.as_ref().map(Secret::expose), Some("p:ss"));
+        let broker = parse("a", &md(&[("url", "tcp://user@h"), ("topic", "t")])).expect("valid").broker;
+        assert_eq!((broker.username.as_deref(), broker.password), (Some("user"), None));
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_echoing_the_password() {
+        let cases = [
+            ("", r#"metadata field "url": is empty; it is required"#),
+            ("localhost:1883", r#"metadata field "url": expected a scheme of tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://, got "localhost://""#),
+            ("http://h", r#"metadata field "url": expected a scheme of tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://, got "http://""#),
+            ("ws://h/mqtt", r#"metadata field "url": WebSocket URLs (ws://) are not supported by this binding yet; use tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://"#),
+            ("tcp://", r#"metadata field "url": expected a host name, as in tcp://host:1883; there is none"#),
+            ("tcp://u:secret@h:99999", r#"metadata field "url": expected a URL such as tcp://host:1883 (tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://): invalid port number"#),
+            ("tcp://h:0", r#"metadata field "url": port 0 is not a port a broker listens on"#),
+            ("tcp://u:secret@h/path", r#"metadata field "url": expected no path, query or fragment after tcp://host:port"#),
+            ("no url at all", r#"metadata field "url": expected a URL such as tcp://host:1883 (tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://): relative URL without a base"#),
+        ];
+        for (url, expected) in cases {
+            let error = error_of(&md(&[("url", url), ("topic", "t")]));
+            assert_eq!(error, expected, "{url:?}");
+            assert!(!error.contains("secret"), "{error}");
+        }
+        assert_eq!(
+            error_of(&md(&[("topic", "t")])),
+            r#"metadata field "url": is missing; it is required"#
+        );
+    }
+
+    #[test]
+    fn topic_is_required_and_must_be_a_valid_filter() {
+        assert_eq!(
+            error_of(&md(&[("url", "tcp://h")])),
+            r#"metadata field "topic": is missing; it is required"#
+        );
+        assert_eq!(
+            error_of(&md(&[("url", "tcp://h"), ("topic", "a/#/b")])),
+            r#"metadata field "topic": expected a valid MQTT topic filter: # must be a whole level and the last one"#
+        );
+        assert_eq!(
+            error_of(&md(&[("url", "tcp://h"), ("topic", "a+")])),
+            r#"metadata field "topic": expected a valid MQTT topic filter: + must be a whole level"#
+        );
+        let config = parse("a", &md(&[("url", "tcp://h"), ("topic", "$share/g/a/+")])).expect("ok");
+        assert_eq!(config.topic, "$share/g/a/+");
+    }
+
+    #[test]
+    fn qos_accepts_only_0_1_2() {
+        for (value, qos) in [("0", Qos::AtMostOnce), ("1", Qos::AtLeastOnce), (" 2 ", Qos::ExactlyOnce)] {
+            assert_eq!(parse("a", &with(&[("qos", value)])).expect(value).qos, qos);
+        }
+        for value in ["7", "-1", "1.0", "one"] {
+            assert_eq!(
+                error_of(&with(&[("qos", value)])),
+                format!(r#"metadata field "qos": expected 0, 1 or 2, got {value:?}"#)
+            );
+        }
+    }
+
+    #[test]
+    fn booleans_accept_the_usual_words_and_refuse_others() {
+        for (value, expected) in [
+            ("true", true), ("TRUE", true), ("1", true), ("yes", true), ("On", true), ("t", true), ("Y", true),
+            ("false", false), ("0", false), ("NO", false), ("off", false), ("F", false), ("n", false),
+        ] {
+            let config = parse("a", &with(&[("retain", value), ("cleanSession", value)])).expect(value);
+            assert_eq!((config.retain, config.clean_session), (expected, expected), "{value}");
+        }
+        assert_eq!(
+            error_of(&with(&[("retain", "maybe")])),
+            r#"metadata field "retain": expected a boolean (true/false, 1/0, yes/no, on/off, t/f, y/n), got "maybe""#
+        );
+        assert_eq!(
+            error_of(&with(&[("cleanSession", "2")])),
+            r#"metadata field "cleanSession": expected a boolean (true/false, 1/0, yes/no, on/off, t/f, y/n), got "2""#
+        );
+    }
+
+    #[test]
+    fn consumer_id_defaults_to_app_id_and_expands_uuid() {
+        assert_eq!(parse("app-1", &with(&[])).expect("ok").client_id, "app-1");
+        assert_eq!(parse("app-1", &with(&[("consumerID", "")])).expect("ok").client_id, "app-1");
+        let id = parse("app", &with(&[("consumerID", "svc-{uuid}")])).expect("ok").client_id;
+        let uuid = id.strip_prefix("svc-").expect("prefix kept");
+        assert_eq!(uuid::Uuid::parse_str(uuid).map(|u| u.get_version_num()), Ok(4), "{id}");
+        match parse("", &with(&[])) {
+            Err(e) => assert_eq!(
+                e.to_string(),
+                r#"metadata field "consumerID": is missing and the host gave no app ID to default to; set it ("{uuid}" gives a random one)"#
+            ),
+            Ok(config) => panic!("expected an error, got {config:?}"),
+        }
+    }
+
+    #[test]
+    fn each_uuid_tag_is_a_different_uuid() {
+        let value = expand_uuids("{uuid}/{uuid}");
+        let (a, b) = value.split_once('/').expect("two parts");
+        assert_ne!(a, b);
+        assert!(uuid::Uuid::parse_str(a).is_ok() && uuid::Uuid::parse_str(b).is_ok(), "{value}");
+        assert_eq!(expand_uuids("plain"), "plain");
+    }
+
+    #[test]
+    fn back_off_max_retries_takes_integers_negative_means_forever() {
+        for (value, retries) in [("0", Retries::Limited(0)), ("3", Retries::Limited(3)), ("-1", Retries::Forever), ("-5", Retries::Forever)] {
+            assert_eq!(
+                parse("a", &with(&[("backOffMaxRetries", value)])).expect(value).delivery_backoff.retries,
+                retries
+            );
+        }
+        assert_eq!(
+            error_of(&with(&[("backOffMaxRetries", "three")])),
+            r#"metadata field "backOffMaxRetries": expected an integer (0 or more retries, or -1 to retry until success), got "three""#
+        );
+    }
+
+    #[test]
+    fn tls_material_must_parse_and_come_in_pairs() {
+        let tls = parse("a", &md(&[
+            ("url", "ssl://h"), ("topic", "t"), ("caCert", CERT), ("clientCert", CERT), ("clientKey", KEY),
+        ]))
+        .expect("valid")
+        .tls;
+        assert_eq!(tls.ca_cert.as_deref(), Some(CERT));
+        assert_eq!(tls.client_key.as_ref().map(Secret::expose), Some(KEY));
+
+        assert_eq!(
+            error_of(&with(&[("caCert", "not a pem")])),
+            r#"metadata field "caCert": expected at least one PEM certificate (-----BEGIN CERTIFICATE-----); found none"#
+        );
+        assert_eq!(
+            error_of(&with(&[("caCert", "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n")])),
+            r#"metadata field "caCert": expected PEM certificates; certificate 1 is not valid PEM (bad framing or base64)"#
+        );
+        assert_eq!(
+            error_of(&with(&[("clientCert", CERT)])),
+            r#"metadata field "clientCert": is set without "clientKey"; give both or neither"#
+        );
+        assert_eq!(
+            error_of(&with(&[("clientKey", KEY)])),
+            r#"metadata field "clientKey": is set without "clientCert"; give both or neither"#
+        );
+        let bad_key = "-----BEGIN PRIVATE KEY-----\nsecret!!\n-----END PRIVATE KEY-----\n";
+        let error = error_of(&with(&[("clientCert", CERT), ("clientKey", bad_key)]));
+        assert_eq!(
+            error,
+            r#"metadata field "clientKey": expected a PEM private key (PKCS#1 "RSA PRIVATE KEY", PKCS#8 "PRIVATE KEY" or SEC1 "EC PRIVATE KEY"); none could be read"#
+        );
+        assert!(!error.contains("secret"));
+    }
+
+    #[test]
+    fn tls_material_with_plain_url_is_a_warning() {
+        let config = parse("a", &with(&[("caCert", CERT)])).expect("valid");
+        assert_eq!(config.notes.len(), 1, "{:?}", config.notes);
+        assert_eq!(config.notes[0].level, NoteLevel::Warn);
+    }
+
+    #[test]
+    fn unknown_names_are_noted_and_host_names_are_not() {
+        let config = parse("a", &with(&[("direction", "input"), ("route", "/x"), ("colour", "red")]))
+            .expect("valid");
+        assert_eq!(
+            config.notes,
+            vec![Note {
+                level: NoteLevel::Debug,
+                message: r#"metadata field "colour" is not used by this binding; ignored"#.into()
+            }]
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let config = parse("a", &md(&[
+            ("url", "ssl://u:hunter2@h"), ("topic", "t"), ("clientCert", CERT), ("clientKey", KEY),
+        ]))
+        .expect("valid");
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter2") && !debug.contains("MIGHAgEA"), "{debug}");
+    }
+}
