@@ -1,1 +1,149 @@
-fn main(){}
+//! The `mqtt-binding` command: parses flags into a validated request, calls the library,
+//! prints the whole error chain and picks the exit code.
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use mqtt_binding::component_file::{self, ComponentSpec};
+use mqtt_binding::{BindingOptions, ComponentSource, InvokeRequest, Runtime, RuntimeOptions};
+use tokio::io::AsyncWriteExt as _;
+
+/// Dapr's MQTT binding as a sandboxed WebAssembly component.
+#[derive(Parser)]
+#[command(name = "mqtt-binding", version)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct Global {
+    /// Run this component file instead of the one built into this program.
+    #[arg(long, global = true, value_name = "PATH")]
+    wasm: Option<PathBuf>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive.
+    #[arg(long, global = true, default_value = "warn", env = "MQTT_BINDING_LOG")]
+    log_level: String,
+    /// Compile the component every time instead of caching compiled code.
+    #[arg(long, global = true)]
+    no_cache: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load a Dapr Component file, run one output binding request and exit.
+    Invoke(InvokeArgs),
+    /// Start an embedded broker, publish through the binding and show what arrives.
+    Demo,
+}
+
+#[derive(Args)]
+struct InvokeArgs {
+    /// Dapr Component YAML of type bindings.mqtt (or bindings.mqtt3).
+    #[arg(long, value_name = "FILE")]
+    component: PathBuf,
+    /// The binding operation.
+    #[arg(long, default_value = "create")]
+    operation: String,
+    /// The payload, as text.
+    #[arg(long, group = "payload", required = true)]
+    data: Option<String>,
+    /// The payload, read from a file byte for byte.
+    #[arg(long, group = "payload", value_name = "PATH")]
+    data_file: Option<PathBuf>,
+    /// Request metadata, e.g. --metadata topic=orders/1 (repeatable).
+    #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_key_value)]
+    metadata: Vec<(String, String)>,
+    /// The application ID, the default MQTT client ID; without it a unique one is made.
+    #[arg(long, value_name = "ID")]
+    app_id: Option<String>,
+}
+
+fn parse_key_value(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.global.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+
+    // Two cores and one binding at a time: the current-thread runtime has the lowest latency.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(&error.into()),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(&error),
+    }
+}
+
+fn fail(error: &anyhow::Error) -> ExitCode {
+    eprintln!("mqtt-binding: {error:#}");
+    ExitCode::FAILURE
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let options = RuntimeOptions {
+        component: cli.global.wasm.map_or(ComponentSource::Embedded, ComponentSource::File),
+        cache_dir: if cli.global.no_cache { None } else { mqtt_binding::default_cache_dir() },
+        ..RuntimeOptions::default()
+    };
+    match cli.command {
+        Command::Invoke(args) => invoke(options, args).await,
+        Command::Demo => demo::run(options).await,
+    }
+}
+
+async fn invoke(options: RuntimeOptions, args: InvokeArgs) -> anyhow::Result<()> {
+    let component = single_binding(&args.component)?;
+    let metadata = component.plain_metadata().with_context(|| format!("component {:?}", component.name))?;
+    let data = match (&args.data, &args.data_file) {
+        (Some(text), _) => text.clone().into_bytes(),
+        (None, Some(path)) => std::fs::read(path).with_context(|| format!("reading --data-file {}", path.display()))?,
+        (None, None) => bail!("give --data or --data-file"),
+    };
+    let app_id = args.app_id.unwrap_or_else(|| format!("mqtt-binding-{}", std::process::id()));
+
+    let runtime = Runtime::new(options)?;
+    let mut binding = runtime
+        .binding(BindingOptions { name: component.name.clone(), app_id, metadata, handler: None })
+        .await
+        .with_context(|| format!("starting binding {:?}", component.name))?;
+    let request = InvokeRequest { operation: args.operation.clone(), data, metadata: args.metadata };
+    let outcome = binding.invoke(request).await;
+    binding.close().await;
+    let response = outcome.with_context(|| format!("binding {:?}: operation {:?}", component.name, args.operation))?;
+    if let Some(data) = response.data {
+        let mut stdout = tokio::io::stdout();
+        stdout.write_all(&data).await?;
+        stdout.flush().await?;
+    }
+    Ok(())
+}
+
+/// The one MQTT binding component in a file.
+fn single_binding(path: &Path) -> anyhow::Result<ComponentSpec> {
+    let mut bindings: Vec<ComponentSpec> =
+        component_file::read_file(path)?.into_iter().filter(ComponentSpec::is_mqtt_binding).collect();
+    match bindings.len() {
+        1 => Ok(bindings.remove(0)),
+        0 => bail!(
+            "component file {}: no component of type {} found",
+            path.display(),
+            component_file::MQTT_BINDING_TYPES.join(" or ")
+        ),
+        n => bail!("component file {}: {n} MQTT binding components found; give a file with one", path.display()),
+    }
+}

@@ -1,0 +1,49 @@
+//! Builds the guest component for wasm32-wasip2 so the host can embed the component it was
+//! built with. The guest gets its own target directory: the outer cargo holds the lock on
+//! ours, and host flags must not leak into a wasm build.
+
+use std::env;
+use std::path::PathBuf;
+use std::process::Command;
+
+use sha2::{Digest, Sha256};
+
+const GUEST: &str = "mqtt-binding-guest";
+const TARGET: &str = "wasm32-wasip2";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest_dir.parent().expect("host/ sits in the workspace root").to_path_buf();
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
+    for watched in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock"] {
+        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    }
+
+    let target_dir = out_dir.join("guest-target");
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let output = Command::new(cargo)
+        .current_dir(&root)
+        .args(["build", "--release", "--package", GUEST, "--target", TARGET, "--target-dir"])
+        .arg(&target_dir)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("CARGO_BUILD_TARGET")
+        .output()
+        .expect("running cargo to build the guest component");
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let hint = if stderr.contains("target may not be installed") || stderr.contains("can't find crate for `core`") {
+            format!("\nthe {TARGET} target is missing; install it with: rustup target add {TARGET}\n")
+        } else {
+            String::new()
+        };
+        panic!("building the guest component failed:{hint}\n{stderr}");
+    }
+
+    let wasm_path = target_dir.join(TARGET).join("release").join("mqtt_binding_guest.wasm");
+    let wasm = std::fs::read(&wasm_path).unwrap_or_else(|e| panic!("reading {}: {e}", wasm_path.display()));
+    std::fs::write(out_dir.join("mqtt_binding_guest.wasm"), &wasm).expect("copying the guest component into OUT_DIR");
+    let digest: String = Sha256::digest(&wasm).iter().map(|b| format!("{b:02x}")).collect();
+    println!("cargo:rustc-env=GUEST_WASM_SHA256={digest}");
+}

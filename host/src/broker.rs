@@ -1,0 +1,575 @@
+//! One MQTT connection over rumqttc: the client handle, its event-loop task, and the
+//! matching of each publish to its acknowledgement. What the component may ask of it is in
+//! `wit/binding.wit` (`broker.connection`); turning WIT values into these calls is left to
+//! `imports`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
+    Packet, QoS, Request, TlsConfiguration, Transport,
+};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::error::{BrokerError, Field};
+use crate::tls;
+
+/// Reconnect backoff (SPEC.md, "Connection"): from 1 s, doubling, up to 60 s.
+const RECONNECT_FIRST: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(60);
+/// How long a clean disconnect may take before the connection is simply dropped.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Requests queued towards the event loop before `publish` waits for room.
+const REQUEST_CHANNEL_CAPACITY: usize = 1024;
+/// MQTT fixed header (up to 5 bytes), topic length prefix and packet id, on top of topic and
+/// payload: the size rumqttc checks against its outgoing limit.
+const PUBLISH_OVERHEAD: usize = 5 + 2 + 65_535 + 2;
+
+/// Host-wide limits and behaviour for broker connections.
+#[derive(Debug, Clone)]
+pub struct BrokerSettings {
+    /// Largest payload accepted by `publish`, in bytes.
+    pub max_payload_bytes: u32,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self { max_payload_bytes: 16 * 1024 * 1024 }
+    }
+}
+
+/// Everything needed to open a connection (the WIT `connect-options`).
+pub struct ConnectOptions {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub clean_session: bool,
+    pub keep_alive: Duration,
+    pub ca_cert: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for ConnectOptions {
+    /// Shows where and who, never the password or the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectOptions")
+            .field("tls", &self.tls)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("clean_session", &self.clean_session)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An open connection. Dropping it stops its event loop; [`Connection::disconnect`] first
+/// sends DISCONNECT.
+#[derive(Debug)]
+pub struct Connection {
+    shared: Arc<Shared>,
+    // Held for its `Drop`: the event loop ends with the connection.
+    _task: AbortOnDrop,
+}
+
+#[derive(Debug)]
+struct Shared {
+    client: AsyncClient,
+    acks: Mutex<AckMatcher>,
+    /// Serialises "queue a waiter, then queue the request" so both queues keep one order.
+    send_order: tokio::sync::Mutex<()>,
+    connected: AtomicBool,
+    closing: AtomicBool,
+    /// Becomes `true` when the event-loop task has ended, however it ended.
+    done: tokio::sync::watch::Sender<bool>,
+    max_payload: usize,
+    label: String,
+}
+
+/// A weak handle that can close a connection it does not own (on shutdown).
+#[derive(Debug, Clone)]
+pub struct ConnectionHandle(std::sync::Weak<Shared>);
+
+impl ConnectionHandle {
+    /// Disconnects cleanly if the connection still exists.
+    pub async fn disconnect(&self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.disconnect().await;
+        }
+    }
+}
+
+/// Aborts the event-loop task when the connection goes away.
+#[derive(Debug)]
+struct AbortOnDrop(Option<JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+impl Connection {
+    /// Connects and waits for the broker to accept (CONNACK 0), at most
+    /// `options.connect_timeout`.
+    pub async fn connect(options: ConnectOptions, settings: &BrokerSettings) -> Result<Self, BrokerError> {
+        let label = format!("{}@{}:{}", options.client_id, options.host, options.port);
+        let connect_timeout = options.connect_timeout;
+        let max_payload = settings.max_payload_bytes as usize;
+        let mqtt = mqtt_options(options, max_payload)?;
+        let (client, mut eventloop) = AsyncClient::new(mqtt, REQUEST_CHANNEL_CAPACITY);
+        // MQTT packets are small and latency-bound: do not let Nagle hold them back.
+        eventloop.network_options.set_tcp_nodelay(true);
+        eventloop
+            .network_options
+            .set_connection_timeout(connect_timeout.as_secs().max(1));
+
+        let shared = Arc::new(Shared {
+            client,
+            acks: Mutex::new(AckMatcher::default()),
+            send_order: tokio::sync::Mutex::new(()),
+            connected: AtomicBool::new(false),
+            closing: AtomicBool::new(false),
+            done: tokio::sync::watch::Sender::new(false),
+            max_payload,
+            label,
+        });
+        let (first_tx, first_rx) = oneshot::channel();
+        let task = AbortOnDrop(Some(tokio::spawn(run(eventloop, shared.clone(), first_tx))));
+        let connection = Connection { shared, _task: task };
+        match tokio::time::timeout(connect_timeout, first_rx).await {
+            Ok(Ok(Ok(()))) => Ok(connection),
+            Ok(Ok(Err(error))) => Err(error),
+            Ok(Err(_)) => Err(BrokerError::Other("the connection task ended before connecting".into())),
+            Err(_) => Err(BrokerError::Timeout(format!(
+                "no CONNACK from {} within {} ms",
+                connection.shared.label,
+                connect_timeout.as_millis()
+            ))),
+        }
+    }
+
+    /// Publishes and waits for the acknowledgement that the QoS calls for, at most `timeout`.
+    pub async fn publish(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        qos: QoS,
+        retain: bool,
+        timeout: Duration,
+    ) -> Result<(), BrokerError> {
+        let shared = &self.shared;
+        if payload.len() > shared.max_payload {
+            return Err(BrokerError::TooLarge(format!(
+                "payload of {} bytes is over the limit of {} bytes",
+                payload.len(),
+                shared.max_payload
+            )));
+        }
+        if shared.closing.load(Ordering::Acquire) {
+            return Err(BrokerError::Closed);
+        }
+        // While reconnecting, fail fast rather than queue: a queued message would still be
+        // sent after the caller was told it failed.
+        if !shared.connected.load(Ordering::Acquire) {
+            return Err(BrokerError::Unreachable(format!(
+                "not connected to {}; reconnecting",
+                shared.label
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let queued = tokio::time::timeout_at(deadline, async {
+            let _order = shared.send_order.lock().await;
+            shared.acks().queued(tx);
+            let sent = shared.client.publish(topic, qos, retain, payload).await;
+            if sent.is_err() {
+                shared.acks().unqueued();
+            }
+            sent
+        })
+        .await;
+        match queued {
+            Err(_) => return Err(BrokerError::Timeout("the request queue stayed full".into())),
+            Ok(Err(e)) => return Err(BrokerError::Other(format!("publish not queued: {e}"))),
+            Ok(Ok(())) => {}
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(BrokerError::Closed),
+            Err(_) => Err(BrokerError::Timeout(format!(
+                "no acknowledgement from the broker within {} ms",
+                timeout.as_millis()
+            ))),
+        }
+    }
+
+    pub fn max_payload_bytes(&self) -> u32 {
+        u32::try_from(self.shared.max_payload).unwrap_or(u32::MAX)
+    }
+
+    pub fn handle(&self) -> ConnectionHandle {
+        ConnectionHandle(Arc::downgrade(&self.shared))
+    }
+
+    /// Sends DISCONNECT and stops the event loop; see [`Shared::disconnect`].
+    pub async fn disconnect(self) {
+        self.shared.disconnect().await;
+    }
+}
+
+impl Shared {
+    /// Sends DISCONNECT (no UNSUBSCRIBE: a persistent session survives), waits briefly for
+    /// the event loop to write it and end, and fails whatever still waits.
+    async fn disconnect(&self) {
+        self.closing.store(true, Ordering::Release);
+        if self.client.try_disconnect().is_ok() {
+            let mut done = self.done.subscribe();
+            let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, done.wait_for(|done| *done)).await;
+        }
+        self.acks().fail_all(BrokerError::Closed);
+    }
+
+    fn acks(&self) -> MutexGuard<'_, AckMatcher> {
+        // The matcher holds no invariant a panic elsewhere could break halfway.
+        self.acks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn mqtt_options(options: ConnectOptions, max_payload: usize) -> Result<MqttOptions, BrokerError> {
+    if options.client_id.is_empty() {
+        return Err(BrokerError::invalid(Field::ClientId, "is empty"));
+    }
+    if options.host.is_empty() {
+        return Err(BrokerError::invalid(Field::Host, "is empty"));
+    }
+    let mut mqtt = MqttOptions::new(options.client_id, options.host, options.port);
+    mqtt.set_keep_alive(options.keep_alive.max(Duration::from_secs(1)))
+        .set_clean_session(options.clean_session)
+        .set_max_packet_size(max_payload + PUBLISH_OVERHEAD, max_payload + PUBLISH_OVERHEAD);
+    if let Some(username) = options.username {
+        mqtt.set_credentials(username, options.password.unwrap_or_default());
+    }
+    if options.tls {
+        let config = tls::client_config(&tls::TlsMaterial {
+            ca_cert: options.ca_cert.as_deref(),
+            client_cert: options.client_cert.as_deref(),
+            client_key: options.client_key.as_deref(),
+        })?;
+        mqtt.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
+    }
+    Ok(mqtt)
+}
+
+/// Drives the connection until it is closed: reports the first connect to `first`,
+/// resolves publish waiters, reconnects after any loss.
+async fn run(
+    mut eventloop: EventLoop,
+    shared: Arc<Shared>,
+    first: oneshot::Sender<Result<(), BrokerError>>,
+) {
+    // Marks the task done however it ends, including by abort.
+    struct Done<'a>(&'a tokio::sync::watch::Sender<bool>);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.send_replace(true);
+        }
+    }
+    let _done = Done(&shared.done);
+
+    let mut first = Some(first);
+    let mut backoff = RECONNECT_FIRST;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
+                shared.connected.store(true, Ordering::Release);
+                backoff = RECONNECT_FIRST;
+                match first.take() {
+                    Some(first) => {
+                        tracing::debug!(connection = %shared.label, "connected");
+                        let _ = first.send(Ok(()));
+                    }
+                    None => {
+                        tracing::info!(connection = %shared.label, session_present = connack.session_present, "reconnected");
+                        shared.acks().reconnected(connack.session_present);
+                    }
+                }
+            }
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.acks().written(pkid),
+            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => shared.acks().collided(pkid),
+            Ok(Event::Incoming(Packet::PubAck(ack))) => shared.acks().acknowledged(ack.pkid),
+            Ok(Event::Incoming(Packet::PubComp(comp))) => shared.acks().acknowledged(comp.pkid),
+            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                shared.connected.store(false, Ordering::Release);
+                return;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                shared.connected.store(false, Ordering::Release);
+                let error = classify(error);
+                if let Some(first) = first.take() {
+                    let _ = first.send(Err(error));
+                    return;
+                }
+                if shared.closing.load(Ordering::Acquire) {
+                    return;
+                }
+                // Fresh publishes rumqttc pulled back from its channel; they are dropped if
+                // the broker starts a new session.
+                let drained = eventloop
+                    .pending
+                    .iter()
+                    .filter(|request| matches!(request, Request::Publish(p) if p.pkid == 0))
+                    .count();
+                shared.acks().disconnected(drained);
+                tracing::warn!(connection = %shared.label, retry_in = ?backoff, "connection lost: {error}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+            }
+        }
+    }
+}
+
+/// Sorts rumqttc's connection errors into what the component can act on.
+fn classify(error: ConnectionError) -> BrokerError {
+    match error {
+        ConnectionError::ConnectionRefused(code) => match code {
+            ConnectReturnCode::BadUserNamePassword => {
+                BrokerError::NotAuthorized("bad user name or password".into())
+            }
+            ConnectReturnCode::NotAuthorized => BrokerError::NotAuthorized("not authorized".into()),
+            ConnectReturnCode::BadClientId => {
+                BrokerError::NotAuthorized("client ID rejected".into())
+            }
+            ConnectReturnCode::ServiceUnavailable => {
+                BrokerError::Unreachable("broker says service unavailable".into())
+            }
+            other => BrokerError::Other(format!("connection refused: {other:?}")),
+        },
+        ConnectionError::Tls(e) => BrokerError::Tls(tls_reason(&e)),
+        ConnectionError::Io(e) => BrokerError::Unreachable(e.to_string()),
+        ConnectionError::NetworkTimeout => BrokerError::Timeout("connecting to the broker".into()),
+        ConnectionError::FlushTimeout => BrokerError::Timeout("writing to the broker".into()),
+        ConnectionError::RequestsDone => BrokerError::Closed,
+        other => BrokerError::Other(other.to_string()),
+    }
+}
+
+/// rustls reports handshake failures as an I/O error wrapping a `rustls::Error`; show that.
+fn tls_reason(error: &rumqttc::TlsError) -> String {
+    match error {
+        rumqttc::TlsError::Io(io) => match io.get_ref() {
+            Some(inner) => inner.to_string(),
+            None => io.to_string(),
+        },
+        other => other.to_string(),
+    }
+}
+
+type Waiter = oneshot::Sender<Result<(), BrokerError>>;
+
+/// Matches publishes to their acknowledgements. rumqttc gives no per-publish handle: it
+/// reports `Outgoing::Publish(pkid)` as it writes each request, in the order requests were
+/// queued, and later the PUBACK/PUBCOMP for that pkid. The matcher keeps the waiters in the
+/// same order and pairs them up.
+#[derive(Debug, Default)]
+struct AckMatcher {
+    /// Waiters whose requests are queued but not yet written, oldest first.
+    queued: VecDeque<Waiter>,
+    /// Waiters of written QoS 1/2 publishes, by packet id.
+    in_flight: HashMap<u16, Waiter>,
+    /// A publish rumqttc held back because its pkid was still in use (`AwaitAck`).
+    collided: Option<(u16, Waiter)>,
+    /// How many of the oldest `queued` requests rumqttc pulled back on a disconnect.
+    drained: usize,
+}
+
+impl AckMatcher {
+    fn queued(&mut self, waiter: Waiter) {
+        self.queued.push_back(waiter);
+    }
+
+    /// The request of the newest waiter could not be queued after all.
+    fn unqueued(&mut self) {
+        self.queued.pop_back();
+    }
+
+    fn written(&mut self, pkid: u16) {
+        if pkid == 0 {
+            // QoS 0: written is all there is.
+            if let Some(waiter) = self.queued.pop_front() {
+                let _ = waiter.send(Ok(()));
+            }
+            self.drained = self.drained.saturating_sub(1);
+            return;
+        }
+        if self.in_flight.contains_key(&pkid) {
+            // A resend after reconnecting (MQTT 3.1.1 section 4.4): same packet, same waiter.
+            return;
+        }
+        let waiter = match self.collided.take() {
+            Some((held, waiter)) if held == pkid => Some(waiter),
+            other => {
+                self.collided = other;
+                self.drained = self.drained.saturating_sub(1);
+                self.queued.pop_front()
+            }
+        };
+        if let Some(waiter) = waiter {
+            self.in_flight.insert(pkid, waiter);
+        }
+    }
+
+    fn collided(&mut self, pkid: u16) {
+        if let Some(waiter) = self.queued.pop_front() {
+            self.drained = self.drained.saturating_sub(1);
+            self.collided = Some((pkid, waiter));
+        }
+    }
+
+    fn acknowledged(&mut self, pkid: u16) {
+        if let Some(waiter) = self.in_flight.remove(&pkid) {
+            let _ = waiter.send(Ok(()));
+        }
+    }
+
+    fn disconnected(&mut self, drained: usize) {
+        self.drained = drained;
+    }
+
+    /// Without a session the broker forgot every unacknowledged packet, and rumqttc dropped
+    /// what it would have resent and what it pulled back from its queue: fail those waiters
+    /// so callers can retry now instead of waiting out their timeouts.
+    fn reconnected(&mut self, session_present: bool) {
+        if !session_present {
+            let lost = || BrokerError::Unreachable("connection lost before the broker acknowledged the message".into());
+            for (_, waiter) in self.in_flight.drain() {
+                let _ = waiter.send(Err(lost()));
+            }
+            if let Some((_, waiter)) = self.collided.take() {
+                let _ = waiter.send(Err(lost()));
+            }
+            for waiter in self.queued.drain(..self.drained.min(self.queued.len())) {
+                let _ = waiter.send(Err(lost()));
+            }
+        }
+        self.drained = 0;
+    }
+
+    fn fail_all(&mut self, error: BrokerError) {
+        let waiters = self.queued.drain(..).chain(self.in_flight.drain().map(|(_, w)| w));
+        for waiter in waiters.chain(self.collided.take().map(|(_, w)| w)) {
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiter(matcher: &mut AckMatcher) -> oneshot::Receiver<Result<(), BrokerError>> {
+        let (tx, rx) = oneshot::channel();
+        matcher.queued(tx);
+        rx
+    }
+
+    fn outcome(rx: &mut oneshot::Receiver<Result<(), BrokerError>>) -> Option<Result<(), BrokerError>> {
+        rx.try_recv().ok()
+    }
+
+    #[test]
+    fn qos0_resolves_when_written() {
+        let mut m = AckMatcher::default();
+        let mut a = waiter(&mut m);
+        assert_eq!(outcome(&mut a), None);
+        m.written(0);
+        assert_eq!(outcome(&mut a), Some(Ok(())));
+    }
+
+    #[test]
+    fn qos1_resolves_on_its_own_ack_in_any_order() {
+        let mut m = AckMatcher::default();
+        let (mut a, mut b) = (waiter(&mut m), waiter(&mut m));
+        m.written(1);
+        m.written(2);
+        m.acknowledged(2);
+        assert_eq!((outcome(&mut a), outcome(&mut b)), (None, Some(Ok(()))));
+        m.acknowledged(1);
+        assert_eq!(outcome(&mut a), Some(Ok(())));
+    }
+
+    #[test]
+    fn resend_after_reconnect_keeps_the_waiter() {
+        let mut m = AckMatcher::default();
+        let mut a = waiter(&mut m);
+        m.written(7);
+        m.disconnected(0);
+        m.reconnected(true);
+        let mut b = waiter(&mut m);
+        m.written(7); // the resend, not b
+        m.written(8);
+        m.acknowledged(7);
+        assert_eq!((outcome(&mut a), outcome(&mut b)), (Some(Ok(())), None));
+        m.acknowledged(8);
+        assert_eq!(outcome(&mut b), Some(Ok(())));
+    }
+
+    #[test]
+    fn collided_publish_is_matched_when_written_later() {
+        let mut m = AckMatcher::default();
+        let mut a = waiter(&mut m);
+        m.written(1);
+        let mut b = waiter(&mut m);
+        m.collided(1); // b got pkid 1 while a still holds it
+        let mut c = waiter(&mut m);
+        m.acknowledged(1);
+        assert_eq!(outcome(&mut a), Some(Ok(())));
+        m.written(1); // b, finally
+        m.written(2); // c
+        m.acknowledged(2);
+        m.acknowledged(1);
+        assert_eq!((outcome(&mut b), outcome(&mut c)), (Some(Ok(())), Some(Ok(()))));
+    }
+
+    #[test]
+    fn new_session_fails_lost_waiters_and_keeps_later_ones() {
+        let mut m = AckMatcher::default();
+        let mut in_flight = waiter(&mut m);
+        m.written(1);
+        let mut drained = waiter(&mut m);
+        let mut later = waiter(&mut m);
+        m.disconnected(1);
+        m.reconnected(false);
+        assert!(matches!(outcome(&mut in_flight), Some(Err(BrokerError::Unreachable(_)))));
+        assert!(matches!(outcome(&mut drained), Some(Err(BrokerError::Unreachable(_)))));
+        assert_eq!(outcome(&mut later), None);
+        m.written(1);
+        m.acknowledged(1);
+        assert_eq!(outcome(&mut later), Some(Ok(())));
+    }
+
+    #[test]
+    fn abandoned_waiter_does_not_shift_the_others() {
+        let mut m = AckMatcher::default();
+        drop(waiter(&mut m)); // its caller timed out
+        let mut b = waiter(&mut m);
+        m.written(1);
+        m.written(2);
+        m.acknowledged(1);
+        assert_eq!(outcome(&mut b), None);
+        m.acknowledged(2);
+        assert_eq!(outcome(&mut b), Some(Ok(())));
+    }
+}

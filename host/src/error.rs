@@ -1,0 +1,72 @@
+//! The errors of the embedding API: what a broker operation and a binding call can fail
+//! with. They mirror the WIT `error` variants; the conversions to and from the generated
+//! types live in `imports` and `binding`, once each.
+
+/// A connect option that `broker::error.invalid-option` can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Field {
+    CaCert,
+    ClientCert,
+    ClientKey,
+    ClientId,
+    Host,
+}
+
+impl Field {
+    /// The field's name in the WIT `connect-options` record.
+    pub fn wit_name(self) -> &'static str {
+        match self {
+            Field::CaCert => "ca-cert",
+            Field::ClientCert => "client-cert",
+            Field::ClientKey => "client-key",
+            Field::ClientId => "client-id",
+            Field::Host => "host",
+        }
+    }
+}
+
+/// Why a broker operation failed. `Unreachable`, `Timeout` and `Closed` may succeed later.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    #[error("connect option {field}: {reason}")]
+    InvalidOption { field: String, reason: String },
+    #[error("broker unreachable: {0}")]
+    Unreachable(String),
+    #[error("tls handshake with the broker failed: {0}")]
+    Tls(String),
+    #[error("broker refused the connection: {0}")]
+    NotAuthorized(String),
+    #[error("timed out: {0}")]
+    Timeout(String),
+    #[error("too large: {0}")]
+    TooLarge(String),
+    #[error("the connection is closed because the binding is shutting down")]
+    Closed,
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BrokerError {
+    pub(crate) fn invalid(field: Field, reason: impl Into<String>) -> Self {
+        BrokerError::InvalidOption { field: field.wit_name().to_string(), reason: reason.into() }
+    }
+}
+
+/// Why a call into a binding failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BindingError {
+    /// A metadata field is missing or invalid; the text names it.
+    #[error("{0}")]
+    InvalidMetadata(String),
+    /// The request is unusable (operation, per-request metadata).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The broker operation failed after the component's retries.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error("the binding was called before init succeeded")]
+    NotInitialized,
+    /// The component trapped or could not be run; the binding is unusable.
+    #[error("the binding's component failed")]
+    Component(#[source] anyhow::Error),
+}

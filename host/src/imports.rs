@@ -1,0 +1,244 @@
+//! The host's side of the component's imports (`broker`, `delivery`, `logging`,
+//! `lifecycle`): the per-store state, the short-lived view the generated traits are
+//! implemented on, and the one mapping from host errors to what the guest sees.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{HasData, Resource, ResourceTable};
+use wasmtime::StoreLimits;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::mqtt_binding::binding::{broker, delivery, lifecycle, logging, types};
+use crate::broker::{BrokerSettings, Connection, ConnectionHandle, ConnectOptions};
+use crate::error::BrokerError;
+
+/// One event for the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub data: Vec<u8>,
+    pub metadata: Vec<(String, String)>,
+}
+
+/// The future an [`EventHandler`] returns.
+pub type Delivery<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+
+/// The application that receives the input binding's events. `Ok` means accepted (the
+/// message is then acknowledged to the broker); `Err` carries the reason it was not.
+pub trait EventHandler: Send + Sync + 'static {
+    fn deliver(&self, event: Event) -> Delivery<'_>;
+}
+
+/// What a binding's stores share: its name, its application, its shutdown signal, and its
+/// open connections (so that shutdown can disconnect them).
+pub(crate) struct BindingHost {
+    pub name: String,
+    pub handler: Option<Arc<dyn EventHandler>>,
+    pub shutdown: CancellationToken,
+    pub settings: BrokerSettings,
+    pub connections: Mutex<Vec<ConnectionHandle>>,
+}
+
+/// The data of one wasmtime `Store`.
+pub(crate) struct HostState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limits: StoreLimits,
+    pub host: Arc<BindingHost>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// The view the generated `Host` traits are implemented on.
+pub(crate) struct HostView<'a> {
+    host: &'a BindingHost,
+    table: &'a mut ResourceTable,
+}
+
+impl HostView<'_> {
+    pub fn of(state: &mut HostState) -> HostView<'_> {
+        HostView { host: &state.host, table: &mut state.table }
+    }
+}
+
+/// Marks [`HostView`] as the data the generated `add_to_linker` hands to our traits.
+pub(crate) struct HasHostView;
+
+impl HasData for HasHostView {
+    type Data<'a> = HostView<'a>;
+}
+
+/// The one mapping from host errors to the guest's `broker.error`.
+fn to_wit(error: BrokerError) -> broker::Error {
+    match error {
+        BrokerError::InvalidOption { field, reason } => {
+            broker::Error::InvalidOption(broker::InvalidOption { field, reason })
+        }
+        BrokerError::Unreachable(s) => broker::Error::Unreachable(s),
+        BrokerError::Tls(s) => broker::Error::Tls(s),
+        BrokerError::NotAuthorized(s) => broker::Error::NotAuthorized(s),
+        BrokerError::Timeout(s) => broker::Error::Timeout(s),
+        BrokerError::TooLarge(s) => broker::Error::TooLarge(s),
+        BrokerError::Closed => broker::Error::Closed,
+        BrokerError::Other(s) => broker::Error::Other(s),
+    }
+}
+
+/// The reverse, for errors the guest hands back through its exports.
+pub(crate) fn from_wit(error: broker::Error) -> BrokerError {
+    match error {
+        broker::Error::InvalidOption(o) => BrokerError::InvalidOption { field: o.field, reason: o.reason },
+        broker::Error::Unreachable(s) => BrokerError::Unreachable(s),
+        broker::Error::Tls(s) => BrokerError::Tls(s),
+        broker::Error::NotAuthorized(s) => BrokerError::NotAuthorized(s),
+        broker::Error::Timeout(s) => BrokerError::Timeout(s),
+        broker::Error::TooLarge(s) => BrokerError::TooLarge(s),
+        broker::Error::Closed => BrokerError::Closed,
+        broker::Error::Other(s) => BrokerError::Other(s),
+    }
+}
+
+fn qos(qos: types::Qos) -> rumqttc::QoS {
+    match qos {
+        types::Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
+        types::Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
+        types::Qos::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+fn millis(ms: u32) -> Duration {
+    Duration::from_millis(u64::from(ms))
+}
+
+impl types::Host for HostView<'_> {}
+
+impl broker::Host for HostView<'_> {}
+
+impl broker::HostConnection for HostView<'_> {
+    async fn connect(
+        &mut self,
+        options: broker::ConnectOptions,
+    ) -> wasmtime::Result<Result<Resource<Connection>, broker::Error>> {
+        let options = ConnectOptions {
+            tls: matches!(options.transport, broker::Transport::Tls),
+            host: options.host,
+            port: options.port,
+            client_id: options.client_id,
+            username: options.username,
+            password: options.password,
+            clean_session: options.clean_session,
+            keep_alive: Duration::from_secs(u64::from(options.keep_alive_secs)),
+            ca_cert: options.ca_cert,
+            client_cert: options.client_cert,
+            client_key: options.client_key,
+            connect_timeout: millis(options.connect_timeout_ms),
+        };
+        tracing::debug!(binding = %self.host.name, ?options, "connecting");
+        let connection = tokio::select! {
+            connected = Connection::connect(options, &self.host.settings) => connected,
+            () = self.host.shutdown.cancelled() => Err(BrokerError::Closed),
+        };
+        let connection = match connection {
+            Ok(connection) => connection,
+            Err(error) => return Ok(Err(to_wit(error))),
+        };
+        self.host
+            .connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(connection.handle());
+        Ok(Ok(self.table.push(connection)?))
+    }
+
+    async fn publish(
+        &mut self,
+        connection: Resource<Connection>,
+        topic: String,
+        payload: Vec<u8>,
+        level: types::Qos,
+        retain: bool,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<Result<(), broker::Error>> {
+        let connection = self.table.get(&connection)?;
+        let outcome = connection.publish(topic, payload, qos(level), retain, millis(timeout_ms)).await;
+        Ok(outcome.map_err(to_wit))
+    }
+
+    async fn subscribe(
+        &mut self,
+        _connection: Resource<Connection>,
+        _filter: String,
+        _level: types::Qos,
+        _timeout_ms: u32,
+    ) -> wasmtime::Result<Result<(), broker::Error>> {
+        Ok(Err(broker::Error::Other("subscribing is not supported by this host yet".into())))
+    }
+
+    async fn next_message(
+        &mut self,
+        _connection: Resource<Connection>,
+        _timeout_ms: u32,
+    ) -> wasmtime::Result<Result<Option<broker::Message>, broker::Error>> {
+        Ok(Err(broker::Error::Other("subscribing is not supported by this host yet".into())))
+    }
+
+    async fn ack(
+        &mut self,
+        _connection: Resource<Connection>,
+        _id: u64,
+    ) -> wasmtime::Result<Result<(), broker::Error>> {
+        Ok(Err(broker::Error::Other("subscribing is not supported by this host yet".into())))
+    }
+
+    async fn max_payload_bytes(&mut self, connection: Resource<Connection>) -> wasmtime::Result<u32> {
+        Ok(self.table.get(&connection)?.max_payload_bytes())
+    }
+
+    async fn drop(&mut self, connection: Resource<Connection>) -> wasmtime::Result<()> {
+        self.table.delete(connection)?.disconnect().await;
+        Ok(())
+    }
+}
+
+impl delivery::Host for HostView<'_> {
+    async fn deliver(&mut self, event: delivery::Event) -> wasmtime::Result<Result<(), String>> {
+        let Some(handler) = self.host.handler.clone() else {
+            return Ok(Err("this host has no application to deliver events to".into()));
+        };
+        let event = Event { data: event.data, metadata: event.metadata };
+        Ok(tokio::select! {
+            outcome = handler.deliver(event) => outcome,
+            () = self.host.shutdown.cancelled() => Err("the binding is shutting down".into()),
+        })
+    }
+}
+
+impl logging::Host for HostView<'_> {
+    async fn log(&mut self, level: logging::Level, message: String) -> wasmtime::Result<()> {
+        let binding = &self.host.name;
+        match level {
+            logging::Level::Trace => tracing::trace!(binding, "{message}"),
+            logging::Level::Debug => tracing::debug!(binding, "{message}"),
+            logging::Level::Info => tracing::info!(binding, "{message}"),
+            logging::Level::Warn => tracing::warn!(binding, "{message}"),
+            logging::Level::Error => tracing::error!(binding, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl lifecycle::Host for HostView<'_> {
+    async fn sleep(&mut self, duration_ms: u32) -> wasmtime::Result<bool> {
+        Ok(tokio::select! {
+            () = tokio::time::sleep(millis(duration_ms)) => true,
+            () = self.host.shutdown.cancelled() => false,
+        })
+    }
+}

@@ -1,0 +1,91 @@
+//! rustls client configuration from the PEM text the component passes in: the trust roots
+//! (a custom CA bundle or the system's) and the optional client certificate. Connecting
+//! with it is left to `broker`.
+
+use std::sync::Arc;
+
+use rustls::crypto::ring;
+use rustls::{ClientConfig, RootCertStore};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::error::{BrokerError, Field};
+
+/// PEM material for one connection.
+#[derive(Default)]
+pub struct TlsMaterial<'a> {
+    pub ca_cert: Option<&'a str>,
+    pub client_cert: Option<&'a str>,
+    pub client_key: Option<&'a str>,
+}
+
+/// Builds a client configuration. Every failure names the option at fault; none quotes a
+/// private key.
+pub fn client_config(material: &TlsMaterial<'_>) -> Result<Arc<ClientConfig>, BrokerError> {
+    let roots = match material.ca_cert {
+        Some(pem) => custom_roots(pem)?,
+        None => system_roots()?,
+    };
+    let builder = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| BrokerError::Other(format!("tls setup: {e}")))?
+        .with_root_certificates(roots);
+    let config = match (material.client_cert, material.client_key) {
+        (Some(cert), Some(key)) => {
+            let chain = certificates(Field::ClientCert, cert)?;
+            let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| {
+                BrokerError::invalid(Field::ClientKey, "no PEM private key could be read")
+            })?;
+            builder.with_client_auth_cert(chain, key).map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => BrokerError::invalid(
+                    Field::ClientCert,
+                    "the certificate does not match the private key in client-key",
+                ),
+                // rustls' text for an unusable key does not include the key.
+                other => BrokerError::invalid(Field::ClientKey, format!("the private key cannot be used: {other}")),
+            })?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        (Some(_), None) => {
+            return Err(BrokerError::invalid(Field::ClientCert, "given without client-key"));
+        }
+        (None, Some(_)) => {
+            return Err(BrokerError::invalid(Field::ClientKey, "given without client-cert"));
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+fn certificates(field: Field, pem: &str) -> Result<Vec<CertificateDer<'static>>, BrokerError> {
+    let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| BrokerError::invalid(field, "a PEM certificate cannot be read"))?;
+    if certs.is_empty() {
+        return Err(BrokerError::invalid(field, "no PEM certificate found"));
+    }
+    Ok(certs)
+}
+
+fn custom_roots(pem: &str) -> Result<RootCertStore, BrokerError> {
+    let mut roots = RootCertStore::empty();
+    for (n, cert) in certificates(Field::CaCert, pem)?.into_iter().enumerate() {
+        roots.add(cert).map_err(|e| {
+            BrokerError::invalid(Field::CaCert, format!("certificate {} is not a usable CA certificate: {e}", n + 1))
+        })?;
+    }
+    Ok(roots)
+}
+
+fn system_roots() -> Result<RootCertStore, BrokerError> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    let (added, _unparsable) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        let why = found.errors.first().map(|e| format!(" ({e})")).unwrap_or_default();
+        return Err(BrokerError::invalid(
+            Field::CaCert,
+            format!("not given, and no system CA certificates could be loaded{why}; give caCert"),
+        ));
+    }
+    Ok(roots)
+}
