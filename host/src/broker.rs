@@ -343,6 +343,11 @@ async fn run(
 
 /// Sorts rumqttc's connection errors into what the component can act on.
 fn classify(error: ConnectionError) -> BrokerError {
+    // Under TLS 1.3 the server rejects a client certificate after the client's handshake has
+    // finished, so the alert surfaces from the first MQTT read: look for it at any depth.
+    if let Some(tls) = rustls_cause(&error) {
+        return BrokerError::Tls(tls.to_string());
+    }
     match error {
         ConnectionError::ConnectionRefused(code) => match code {
             ConnectReturnCode::BadUserNamePassword => {
@@ -357,7 +362,7 @@ fn classify(error: ConnectionError) -> BrokerError {
             }
             other => BrokerError::Other(format!("connection refused: {other:?}")),
         },
-        ConnectionError::Tls(e) => BrokerError::Tls(tls_reason(&e)),
+        ConnectionError::Tls(e) => BrokerError::Tls(e.to_string()),
         ConnectionError::Io(e) => BrokerError::Unreachable(e.to_string()),
         ConnectionError::NetworkTimeout => BrokerError::Timeout("connecting to the broker".into()),
         ConnectionError::FlushTimeout => BrokerError::Timeout("writing to the broker".into()),
@@ -366,15 +371,21 @@ fn classify(error: ConnectionError) -> BrokerError {
     }
 }
 
-/// rustls reports handshake failures as an I/O error wrapping a `rustls::Error`; show that.
-fn tls_reason(error: &rumqttc::TlsError) -> String {
-    match error {
-        rumqttc::TlsError::Io(io) => match io.get_ref() {
-            Some(inner) => inner.to_string(),
-            None => io.to_string(),
-        },
-        other => other.to_string(),
+/// The `rustls::Error` behind an error, if any. rustls errors travel inside `io::Error`s,
+/// whose `source()` skips the wrapped error, so those are opened with `get_ref`.
+fn rustls_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let wrapped = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+        if let Some(tls) = wrapped.and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            return Some(tls);
+        }
+        next = error.source();
     }
+    None
 }
 
 type Waiter = oneshot::Sender<Result<(), BrokerError>>;

@@ -1,1 +1,8 @@
+//! Integration tests: the component running in the host against a real mosquitto.
 
+mod cli;
+mod connect;
+mod metadata;
+mod publish;
+mod support;
+mod tls;

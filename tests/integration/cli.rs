@@ -1,0 +1,151 @@
+//! The `mqtt-binding` command, run as a process, read by mosquitto_sub.
+
+use std::path::Path;
+use std::process::{Output, Stdio};
+
+use tokio::process::Command;
+
+use crate::support::{unique, Mosquitto, Subscriber, WAIT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
+
+fn component_file(dir: &Path, name: &str, metadata: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut yaml = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n"
+    );
+    for (field, value) in metadata {
+        // JSON strings are valid YAML double-quoted scalars, PEM newlines included.
+        yaml.push_str(&format!("  - name: {field}\n    value: {}\n", serde_json::Value::from(*value)));
+    }
+    let path = dir.join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).expect("writing the component file");
+    path
+}
+
+async fn run(args: &[&str]) -> Output {
+    let child = Command::new(BIN).args(args).stdin(Stdio::null()).kill_on_drop(true).output();
+    tokio::time::timeout(std::time::Duration::from_secs(60), child)
+        .await
+        .expect("mqtt-binding exits on its own")
+        .expect("mqtt-binding runs")
+}
+
+/// mosquitto_sub waiting for one message; returns once the broker has its subscription.
+fn mosquitto_sub(broker: &Mosquitto, extra: &[&str], topic: &str) -> tokio::process::Child {
+    let id = format!("mosquitto-sub-{}", unique());
+    let child = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-i", &id, "-t", topic, "-C", "1", "-q", "1"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mosquitto_sub runs (apt-get install mosquitto-clients)");
+    broker.wait_for_log(&format!("Received SUBSCRIBE from {id}"));
+    child
+}
+
+async fn received(child: tokio::process::Child) -> String {
+    let output = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("mosquitto_sub received a message in time")
+        .expect("mosquitto_sub ran");
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+#[tokio::test]
+async fn invoke_publishes_over_tcp_to_mosquitto_sub() {
+    let broker = Mosquitto::start();
+    let topic = format!("cli/{}", unique());
+    let file = component_file(broker.dir.path(), "orders", &[("url", &broker.url()), ("topic", &topic), ("qos", "1")]);
+    let sub = mosquitto_sub(&broker, &["-p", &broker.port.to_string()], &topic);
+    let output = run(&["invoke", "--component", file.to_str().expect("utf-8 path"), "--data", "hello from the cli"]).await;
+    assert!(output.status.success(), "exit {}; stderr: {}", output.status, String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.stdout, b"", "create prints no response");
+    assert_eq!(received(sub).await, "hello from the cli\n");
+}
+
+#[tokio::test]
+async fn invoke_publishes_over_mutual_tls_with_request_topic() {
+    let broker = Mosquitto::start();
+    let certs = &broker.certs;
+    let topic = format!("cli-tls/{}", unique());
+    let file = component_file(
+        broker.dir.path(),
+        "secure",
+        &[
+            ("url", &broker.tls_url()),
+            ("topic", "unused"),
+            ("caCert", &certs.ca_pem),
+            ("clientCert", &certs.client_cert_pem),
+            ("clientKey", &certs.client_key_pem),
+        ],
+    );
+    let tls_args = [
+        "-p", &broker.tls_port.to_string(),
+        "--cafile", certs.ca_file.to_str().expect("path"),
+        "--cert", certs.client_cert_file.to_str().expect("path"),
+        "--key", certs.client_key_file.to_str().expect("path"),
+    ];
+    let sub = mosquitto_sub(&broker, &tls_args, &topic);
+    let metadata = format!("topic={topic}");
+    let output = run(&["invoke", "--component", file.to_str().expect("path"), "--data", "secured", "--metadata", &metadata]).await;
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(received(sub).await, "secured\n");
+}
+
+#[tokio::test]
+async fn invoke_sends_a_data_file_byte_for_byte() {
+    let broker = Mosquitto::start();
+    let topic = format!("cli-bytes/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let payload: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
+    let data = broker.dir.path().join("payload.bin");
+    std::fs::write(&data, &payload).expect("writing payload");
+    let file = component_file(broker.dir.path(), "bytes", &[("url", &broker.url()), ("topic", &topic)]);
+    let output = run(&["invoke", "--component", file.to_str().expect("path"), "--data-file", data.to_str().expect("path")]).await;
+    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(subscriber.next().await.payload[..] == payload[..]);
+}
+
+#[tokio::test]
+async fn invoke_reports_an_unreachable_broker_and_exits_nonzero() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let file = component_file(dir.path(), "down", &[("url", &format!("tcp://user:hunter2@127.0.0.1:{port}")), ("topic", "t")]);
+    let output = run(&["invoke", "--component", file.to_str().expect("path"), "--data", "x"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.starts_with(r#"mqtt-binding: starting binding "down": broker unreachable: "#), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[tokio::test]
+async fn invoke_reports_bad_metadata_naming_the_field() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = component_file(dir.path(), "bad", &[("url", "tcp://127.0.0.1:1883"), ("topic", "t"), ("qos", "7")]);
+    let output = run(&["invoke", "--component", file.to_str().expect("path"), "--data", "x"]).await;
+    assert!(!output.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&output.stderr),
+        "mqtt-binding: starting binding \"bad\": metadata field \"qos\": expected 0, 1 or 2, got \"7\"\n"
+    );
+}
+
+#[tokio::test]
+async fn invoke_refuses_a_file_without_an_mqtt_binding() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("other.yaml");
+    std::fs::write(&file, "kind: Component\nmetadata: {name: s}\nspec: {type: state.redis, version: v1}\n").expect("write");
+    let output = run(&["invoke", "--component", file.to_str().expect("path"), "--data", "x"]).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no component of type bindings.mqtt or bindings.mqtt3 found"), "{stderr}");
+}
+
+#[tokio::test]
+async fn demo_runs_with_nothing_installed() {
+    let output = run(&["demo"]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("done: 3 messages published through the component and received"), "{stdout}");
+}
