@@ -196,7 +196,7 @@ impl Mosquitto {
         ));
         let conf_path = dir.path().join("mosquitto.conf");
         std::fs::write(&conf_path, conf).expect("writing mosquitto.conf");
-        let child = Command::new("mosquitto")
+        let child = Command::new(mosquitto_program())
             .arg("-c")
             .arg(&conf_path)
             .stdout(Stdio::null())
@@ -250,6 +250,14 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// `mosquitto` from PATH, or from /usr/sbin where Debian installs it (not on every user's
+/// PATH).
+fn mosquitto_program() -> PathBuf {
+    let on_path = std::env::var_os("PATH")
+        .map(|path| std::env::split_paths(&path).map(|dir| dir.join("mosquitto")).find(|p| p.is_file()));
+    on_path.flatten().unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
 }
 
 /// An MQTT client independent of the binding, subscribed to one filter.
