@@ -74,8 +74,14 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(&cli.global.log_level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // rumqttd (the demo's embedded broker) logs ordinary disconnects as errors; keep it
+    // quiet unless asked for by name.
+    let mut directives = cli.global.log_level.clone();
+    if !directives.contains("rumqttd") {
+        directives.push_str(",rumqttd=off");
+    }
+    let filter = tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 
     // Two cores and one binding at a time: the current-thread runtime has the lowest latency.
