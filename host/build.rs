@@ -15,8 +15,11 @@ fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("host/ sits in the workspace root").to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    for watched in ["guest/src", "guest/Cargo.toml", "wit", "Cargo.lock"] {
-        println!("cargo:rerun-if-changed={}", root.join(watched).display());
+    // Relative to this package, not absolute: checkouts that share a target directory (CI
+    // does) get the same fingerprint, and an absolute path would make one checkout watch
+    // another's sources and embed a stale guest.
+    for watched in ["../guest/src", "../guest/Cargo.toml", "../wit", "../Cargo.lock"] {
+        println!("cargo:rerun-if-changed={watched}");
     }
 
     let target_dir = out_dir.join("guest-target");

@@ -1,5 +1,6 @@
 //! The component's side of the WIT world: the generated bindings, the `Guest` impl, and the
-//! few loops that call imports (publish with retries). Everything else is plain Rust.
+//! few loops that call imports (publish with retries, the input loop with its delivery
+//! retries). The decisions they follow (metadata, requests, retry policies) are plain Rust.
 
 use std::cell::RefCell;
 
@@ -20,6 +21,7 @@ use bindings::exports::mqtt_binding::binding::binding::{
 };
 use bindings::mqtt_binding::binding::broker::{self, Connection, ConnectOptions};
 use bindings::mqtt_binding::binding::logging::{self, Level};
+use bindings::mqtt_binding::binding::delivery::{self, Event};
 use bindings::mqtt_binding::binding::{lifecycle, types};
 
 /// How long `connect` waits for CONNACK, and each publish for its acknowledgement.
@@ -27,6 +29,11 @@ const CONNECT_TIMEOUT_MS: u32 = 10_000;
 const PUBLISH_TIMEOUT_MS: u32 = 10_000;
 /// MQTT keep-alive (SPEC.md, "Connection").
 const KEEP_ALIVE_SECS: u16 = 30;
+/// How long `subscribe` waits for SUBACK, and how long to wait before trying again.
+const SUBSCRIBE_TIMEOUT_MS: u32 = 10_000;
+const SUBSCRIBE_RETRY_MS: u32 = 1_000;
+/// How long one `next-message` call waits; the loop simply asks again.
+const NEXT_MESSAGE_WAIT_MS: u32 = 60_000;
 
 /// What `init` set up: the validated config and the open connection.
 struct Binding {
@@ -73,12 +80,136 @@ impl Guest for Component {
     }
 
     fn read() -> Result<(), Error> {
-        BINDING.with_borrow(|binding| {
-            let _binding = binding.as_ref().ok_or(Error::NotInitialized)?;
-            Err(Error::Broker(broker::Error::Other(
-                "the input binding is not implemented in this version".into(),
-            )))
-        })
+        BINDING.with_borrow(|binding| read_messages(binding.as_ref().ok_or(Error::NotInitialized)?))
+    }
+}
+
+/// The input loop: subscribe, then deliver each message in the order the broker sent them,
+/// one at a time, until the host closes the connection for shutdown.
+fn read_messages(binding: &Binding) -> Result<(), Error> {
+    let connection = &binding.connection;
+    let topic = &binding.config.topic;
+    loop {
+        match connection.subscribe(topic, wit_qos(binding.config.qos), SUBSCRIBE_TIMEOUT_MS) {
+            Ok(()) => break,
+            Err(broker::Error::Closed) => return Ok(()),
+            Err(error) if is_retryable(&error) => {
+                logging::log(Level::Warn, &format!("subscribing to {topic:?} failed, retrying: {error:?}"));
+                if !lifecycle::sleep(SUBSCRIBE_RETRY_MS) {
+                    return Ok(());
+                }
+            }
+            Err(error) => return Err(Error::Broker(error)),
+        }
+    }
+    logging::log(Level::Info, &format!("subscribed to {topic:?}"));
+    loop {
+        match connection.next_message(NEXT_MESSAGE_WAIT_MS) {
+            Ok(Some(message)) => {
+                if deliver(binding, message) == Settled::Stopped {
+                    return Ok(());
+                }
+            }
+            Ok(None) => {}
+            Err(broker::Error::Closed) => return Ok(()),
+            Err(error) => return Err(Error::Broker(error)),
+        }
+    }
+}
+
+/// How the delivery of one message ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    /// Delivered (or dead-lettered) and acknowledged.
+    Acknowledged,
+    /// Left unacknowledged for the broker to send again.
+    Unacknowledged,
+    /// Shutdown came during a retry wait; unacknowledged.
+    Stopped,
+}
+
+/// Delivers one message under the binding's retry policy, then acknowledges it or leaves
+/// it for the broker to redeliver.
+fn deliver(binding: &Binding, message: broker::Message) -> Settled {
+    let topic = message.topic;
+    let event = Event {
+        data: message.payload,
+        metadata: vec![
+            ("topic".into(), topic.clone()),
+            ("retained".into(), message.retained.to_string()),
+            ("qos".into(), qos_number(message.qos).to_string()),
+            ("duplicate".into(), message.duplicate.to_string()),
+        ],
+    };
+    let mut failures = 0;
+    let reason = loop {
+        let reason = match delivery::deliver(&event) {
+            Ok(()) => return acknowledge(&binding.connection, message.id, &topic),
+            Err(reason) => reason,
+        };
+        failures += 1;
+        let Some(wait) = binding.config.delivery_backoff.after_failure(failures) else {
+            break reason;
+        };
+        logging::log(
+            Level::Warn,
+            &format!("delivery of a message on {topic:?} failed (attempt {failures}), retrying in {wait:?}: {reason}"),
+        );
+        if !lifecycle::sleep(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX)) {
+            logging::log(Level::Info, &format!("shutting down: the message on {topic:?} stays unacknowledged"));
+            return Settled::Stopped;
+        }
+    };
+    let Some(dead_letter) = &binding.config.dead_letter_topic else {
+        logging::log(
+            Level::Error,
+            &format!(
+                "delivery of a message on {topic:?} failed {failures} times, last: {reason}; it stays unacknowledged, so a persistent session redelivers it on the next connection"
+            ),
+        );
+        return Settled::Unacknowledged;
+    };
+    // Published at QoS 1 at least, so the broker has confirmed it before the original is
+    // acknowledged: the message is never in neither place.
+    let publish = request::Publish {
+        topic: dead_letter.clone(),
+        qos: binding.config.qos.max(Qos::AtLeastOnce),
+        retain: false,
+    };
+    match publish_with_retries(&binding.connection, &publish, &event.data) {
+        Ok(()) => {
+            logging::log(
+                Level::Warn,
+                &format!("delivery of a message on {topic:?} failed {failures} times, last: {reason}; moved to the dead-letter topic {dead_letter:?}"),
+            );
+            acknowledge(&binding.connection, message.id, &topic)
+        }
+        Err(error) => {
+            logging::log(
+                Level::Error,
+                &format!("delivery of a message on {topic:?} failed {failures} times and publishing it to the dead-letter topic {dead_letter:?} failed too ({error:?}); it stays unacknowledged"),
+            );
+            Settled::Unacknowledged
+        }
+    }
+}
+
+fn acknowledge(connection: &Connection, id: u64, topic: &str) -> Settled {
+    match connection.ack(id) {
+        Ok(()) => Settled::Acknowledged,
+        Err(error) => {
+            // The broker sends it again on the next connection; nothing is lost.
+            logging::log(Level::Warn, &format!("acknowledging a message on {topic:?} failed: {error:?}"));
+            Settled::Unacknowledged
+        }
+    }
+}
+
+fn qos_number(qos: types::Qos) -> u8 {
+    match qos {
+        types::Qos::AtMostOnce => 0,
+        types::Qos::AtLeastOnce => 1,
+        types::Qos::ExactlyOnce => 2,
     }
 }
 

@@ -27,6 +27,8 @@ pub mod field {
     pub const CLIENT_CERT: &str = "clientCert";
     pub const CLIENT_KEY: &str = "clientKey";
     pub const BACK_OFF_MAX_RETRIES: &str = "backOffMaxRetries";
+    pub const BACK_OFF_INTERVAL: &str = "backOffInterval";
+    pub const DEAD_LETTER_TOPIC: &str = "deadLetterTopic";
 }
 
 /// Names that belong to the host (Dapr's runtime reads them, not the component).
@@ -52,6 +54,9 @@ pub struct Config {
     pub tls: Tls,
     /// Retry policy for failed deliveries of the input binding.
     pub delivery_backoff: Backoff,
+    /// Where a message goes when its deliveries are exhausted, instead of staying
+    /// unacknowledged.
+    pub dead_letter_topic: Option<String>,
     /// Things worth logging that did not stop the parse (unknown names, ignored fields).
     pub notes: Vec<Note>,
 }
@@ -259,7 +264,17 @@ pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, Meta
         Some(value) => parse_retries(&value)?,
         None => Retries::Limited(0),
     };
-    let delivery_backoff = Backoff { retries: max_retries, interval: DEFAULT_BACK_OFF_INTERVAL };
+    let interval = match fields.optional(field::BACK_OFF_INTERVAL) {
+        Some(value) => parse_interval(&value)?,
+        None => DEFAULT_BACK_OFF_INTERVAL,
+    };
+    let delivery_backoff = Backoff { retries: max_retries, interval };
+    let dead_letter_topic = fields.optional(field::DEAD_LETTER_TOPIC);
+    if let Some(dead_letter) = &dead_letter_topic {
+        topic::check_name(dead_letter).map_err(|why| {
+            MetadataError::new(field::DEAD_LETTER_TOPIC, format!("expected a topic to publish to: {why}"))
+        })?;
+    }
 
     for host_field in HOST_FIELDS {
         fields.take(host_field);
@@ -271,7 +286,18 @@ pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, Meta
         });
     }
 
-    Ok(Config { broker, topic, client_id, qos, retain, clean_session, tls, delivery_backoff, notes })
+    Ok(Config {
+        broker,
+        topic,
+        client_id,
+        qos,
+        retain,
+        clean_session,
+        tls,
+        delivery_backoff,
+        dead_letter_topic,
+        notes,
+    })
 }
 
 /// Parses `0`, `1` or `2`.
@@ -315,6 +341,18 @@ fn parse_retries(value: &str) -> Result<Retries, MetadataError> {
         )
     })?;
     Ok(u64::try_from(n).map_or(Retries::Forever, Retries::Limited))
+}
+
+/// Parses a duration such as `5s`, `200ms` or `1m30s`.
+fn parse_interval(value: &str) -> Result<Duration, MetadataError> {
+    let interval = humantime::parse_duration(value.trim()).map_err(|_| {
+        MetadataError::expected(field::BACK_OFF_INTERVAL, "a duration such as 5s, 200ms or 1m30s", value)
+    })?;
+    // The wait is passed to the host in milliseconds as a u32 (about 49 days).
+    if interval > Duration::from_millis(u64::from(u32::MAX)) {
+        return Err(MetadataError::expected(field::BACK_OFF_INTERVAL, "a duration of at most 49 days", value));
+    }
+    Ok(interval)
 }
 
 /// Parses the broker URL: scheme, host, port (with the scheme's default), credentials.
@@ -652,6 +690,35 @@ mod tests {
         assert_eq!(
             error_of(&with(&[("backOffMaxRetries", "three")])),
             r#"metadata field "backOffMaxRetries": expected an integer (0 or more retries, or -1 to retry until success), got "three""#
+        );
+    }
+
+    #[test]
+    fn back_off_interval_takes_durations() {
+        for (value, expected) in [("5s", 5_000), ("200ms", 200), ("1m30s", 90_000), ("0s", 0), (" 2s ", 2_000), ("1.5s", 1_500)] {
+            let interval = parse("a", &with(&[("backOffInterval", value)])).expect(value).delivery_backoff.interval;
+            assert_eq!(interval, Duration::from_millis(expected), "{value}");
+        }
+        for value in ["5", "fast", "-1s"] {
+            assert_eq!(
+                error_of(&with(&[("backOffInterval", value)])),
+                format!(r#"metadata field "backOffInterval": expected a duration such as 5s, 200ms or 1m30s, got {value:?}"#)
+            );
+        }
+        assert_eq!(
+            error_of(&with(&[("backOffInterval", "100days")])),
+            r#"metadata field "backOffInterval": expected a duration of at most 49 days, got "100days""#
+        );
+    }
+
+    #[test]
+    fn dead_letter_topic_must_be_publishable() {
+        let config = parse("a", &with(&[("deadLetterTopic", "dlq/orders")])).expect("valid");
+        assert_eq!(config.dead_letter_topic.as_deref(), Some("dlq/orders"));
+        assert_eq!(parse("a", &with(&[])).expect("valid").dead_letter_topic, None);
+        assert_eq!(
+            error_of(&with(&[("deadLetterTopic", "dlq/#")])),
+            r#"metadata field "deadLetterTopic": expected a topic to publish to: a topic to publish to must not contain + or #"#
         );
     }
 

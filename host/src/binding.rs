@@ -8,6 +8,7 @@ use wasmtime::Store;
 
 use crate::bindings::exports::mqtt_binding::binding::binding as wit;
 use crate::bindings::MqttBinding;
+use crate::engine::RuntimeInner;
 use crate::error::BindingError;
 use crate::imports::{from_wit, BindingHost, EventHandler, HostState};
 
@@ -51,11 +52,15 @@ pub struct InvokeResponse {
     pub metadata: Vec<(String, String)>,
 }
 
-/// A running binding. Calls on one `Binding` run one at a time.
+/// A running binding. `invoke` and `read` may run at the same time (from different tasks):
+/// each runs in its own instance of the component, and both share the binding's one broker
+/// connection. Invokes run one at a time.
 pub struct Binding {
-    store: Store<HostState>,
-    exports: MqttBinding,
+    runtime: Arc<RuntimeInner>,
     host: Arc<BindingHost>,
+    app_id: String,
+    metadata: Vec<(String, String)>,
+    output: tokio::sync::Mutex<Instance>,
 }
 
 impl std::fmt::Debug for Binding {
@@ -64,41 +69,60 @@ impl std::fmt::Debug for Binding {
     }
 }
 
-impl Binding {
-    pub(crate) fn new(store: Store<HostState>, exports: MqttBinding, host: Arc<BindingHost>) -> Self {
-        Self { store, exports, host }
+/// One instance of the component in its own store.
+pub(crate) struct Instance {
+    store: Store<HostState>,
+    exports: MqttBinding,
+}
+
+impl Instance {
+    pub(crate) fn new(store: Store<HostState>, exports: MqttBinding) -> Self {
+        Self { store, exports }
     }
 
-    pub(crate) async fn init(&mut self, app_id: &str, metadata: Vec<(String, String)>) -> Result<(), BindingError> {
+    async fn init(&mut self, app_id: &str, metadata: &Vec<(String, String)>) -> Result<(), BindingError> {
         let outcome = self
             .exports
             .mqtt_binding_binding_binding()
-            .call_init(&mut self.store, app_id, &metadata)
+            .call_init(&mut self.store, app_id, metadata)
             .await
             .map_err(component_error)?;
         outcome.map_err(from_guest)
     }
+}
+
+impl Binding {
+    /// Creates the binding's output instance and initialises it (which connects).
+    pub(crate) async fn start(
+        runtime: Arc<RuntimeInner>,
+        host: Arc<BindingHost>,
+        app_id: String,
+        metadata: Vec<(String, String)>,
+    ) -> Result<Self, BindingError> {
+        let mut output = runtime.instance(host.clone()).await?;
+        output.init(&app_id, &metadata).await?;
+        Ok(Self { runtime, host, app_id, metadata, output: tokio::sync::Mutex::new(output) })
+    }
 
     /// The output operations the binding supports.
-    pub async fn operations(&mut self) -> Result<Vec<String>, BindingError> {
-        self.exports
-            .mqtt_binding_binding_binding()
-            .call_operations(&mut self.store)
-            .await
-            .map_err(component_error)
+    pub async fn operations(&self) -> Result<Vec<String>, BindingError> {
+        let mut output = self.output.lock().await;
+        let Instance { store, exports } = &mut *output;
+        exports.mqtt_binding_binding_binding().call_operations(store).await.map_err(component_error)
     }
 
     /// Runs one output operation.
-    pub async fn invoke(&mut self, request: InvokeRequest) -> Result<InvokeResponse, BindingError> {
+    pub async fn invoke(&self, request: InvokeRequest) -> Result<InvokeResponse, BindingError> {
         let request = wit::InvokeRequest {
             operation: request.operation,
             data: request.data,
             metadata: request.metadata,
         };
-        let outcome = self
-            .exports
+        let mut output = self.output.lock().await;
+        let Instance { store, exports } = &mut *output;
+        let outcome = exports
             .mqtt_binding_binding_binding()
-            .call_invoke(&mut self.store, &request)
+            .call_invoke(store, &request)
             .await
             .map_err(component_error)?;
         outcome
@@ -106,29 +130,37 @@ impl Binding {
             .map_err(from_guest)
     }
 
-    /// Runs the input binding until [`Binding::shutdown_token`] is cancelled.
-    pub async fn read(&mut self) -> Result<(), BindingError> {
-        let outcome = self
-            .exports
-            .mqtt_binding_binding_binding()
-            .call_read(&mut self.store)
-            .await
-            .map_err(component_error)?;
+    /// Runs the input binding: subscribes and hands each message to the binding's
+    /// [`EventHandler`] until [`Binding::shutdown`] (or [`Binding::close`]) is called.
+    pub async fn read(&self) -> Result<(), BindingError> {
+        let mut input = self.runtime.instance(self.host.clone()).await?;
+        input.init(&self.app_id, &self.metadata).await?;
+        let Instance { store, exports } = &mut input;
+        let outcome = exports.mqtt_binding_binding_binding().call_read(store).await.map_err(component_error)?;
         outcome.map_err(from_guest)
     }
 
-    /// Cancelled to stop the binding: waits end, `read` returns, connections close.
-    pub fn shutdown_token(&self) -> tokio_util::sync::CancellationToken {
-        self.host.shutdown.clone()
+    /// Waits until the broker has accepted the input binding's subscription (after `read`
+    /// started). Useful before publishing to a binding that has no persistent session.
+    pub async fn wait_subscribed(&self) -> Result<(), BindingError> {
+        let connection = self.host.connection.lock().await.clone();
+        let connection = connection.ok_or(BindingError::Broker(crate::error::BrokerError::Closed))?;
+        Ok(connection.wait_subscribed().await?)
     }
 
-    /// Stops the binding and disconnects from the broker cleanly.
-    pub async fn close(self) {
+    /// Asks the binding to stop: `read` returns once the message in hand is settled
+    /// (acknowledged, or left unacknowledged if its delivery had not succeeded), retry waits
+    /// end, and new calls fail with `closed`.
+    pub fn shutdown(&self) {
         self.host.shutdown.cancel();
-        let connections = std::mem::take(
-            &mut *self.host.connections.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
-        );
-        for connection in connections {
+    }
+
+    /// Stops the binding and disconnects from the broker cleanly (no UNSUBSCRIBE, so a
+    /// persistent session survives). Acknowledgements already given are sent first.
+    pub async fn close(&self) {
+        self.shutdown();
+        let connection = self.host.connection.lock().await.take();
+        if let Some(connection) = connection {
             connection.disconnect().await;
         }
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
-    Packet, QoS, Request, TlsConfiguration, Transport,
+    Packet, Publish, QoS, Request, SubscribeReasonCode, TlsConfiguration, Transport,
 };
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -72,52 +72,56 @@ impl std::fmt::Debug for ConnectOptions {
     }
 }
 
-/// An open connection. Dropping it stops its event loop; [`Connection::disconnect`] first
-/// sends DISCONNECT.
-#[derive(Debug)]
+/// An open connection. Clones share it; when the last clone is dropped the event loop
+/// stops. [`Connection::disconnect`] first sends DISCONNECT.
+#[derive(Debug, Clone)]
 pub struct Connection {
     shared: Arc<Shared>,
-    // Held for its `Drop`: the event loop ends with the connection.
-    _task: AbortOnDrop,
+    // Held for its `Drop`: the event loop ends with the last clone.
+    _task: Arc<AbortOnDrop>,
 }
 
 #[derive(Debug)]
 struct Shared {
     client: AsyncClient,
     acks: Mutex<AckMatcher>,
+    subscriptions: Mutex<Subscriptions>,
+    inbox: Mutex<Inbox>,
+    /// Woken when the inbox gets a message or the connection closes.
+    arrived: tokio::sync::Notify,
     /// Serialises "queue a waiter, then queue the request" so both queues keep one order.
     send_order: tokio::sync::Mutex<()>,
     connected: AtomicBool,
     closing: AtomicBool,
     /// Becomes `true` when the event-loop task has ended, however it ended.
     done: tokio::sync::watch::Sender<bool>,
+    /// Counts the subscriptions the broker has accepted (SUBACKs), renewals included.
+    subscribed: tokio::sync::watch::Sender<u64>,
     max_payload: usize,
     label: String,
 }
 
-/// A weak handle that can close a connection it does not own (on shutdown).
-#[derive(Debug, Clone)]
-pub struct ConnectionHandle(std::sync::Weak<Shared>);
-
-impl ConnectionHandle {
-    /// Disconnects cleanly if the connection still exists.
-    pub async fn disconnect(&self) {
-        if let Some(shared) = self.0.upgrade() {
-            shared.disconnect().await;
-        }
-    }
-}
-
 /// Aborts the event-loop task when the connection goes away.
 #[derive(Debug)]
-struct AbortOnDrop(Option<JoinHandle<()>>);
+struct AbortOnDrop(JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-        }
+        self.0.abort();
     }
+}
+
+/// A message received on a subscription, waiting for the component.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: u64,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub duplicate: bool,
+    /// The connection (counting reconnects) it arrived on.
+    generation: u64,
 }
 
 impl Connection {
@@ -138,15 +142,21 @@ impl Connection {
         let shared = Arc::new(Shared {
             client,
             acks: Mutex::new(AckMatcher::default()),
+            subscriptions: Mutex::new(Subscriptions::default()),
+            inbox: Mutex::new(Inbox::default()),
+            arrived: tokio::sync::Notify::new(),
             send_order: tokio::sync::Mutex::new(()),
             connected: AtomicBool::new(false),
             closing: AtomicBool::new(false),
             done: tokio::sync::watch::Sender::new(false),
+            subscribed: tokio::sync::watch::Sender::new(0),
             max_payload,
             label,
         });
         let (first_tx, first_rx) = oneshot::channel();
-        let task = AbortOnDrop(Some(tokio::spawn(run(eventloop, shared.clone(), first_tx))));
+        // The event loop, and with it the inbox, runs from the first CONNACK on: messages of
+        // a persistent session that arrive before anyone subscribes are kept, not dropped.
+        let task = Arc::new(AbortOnDrop(tokio::spawn(run(eventloop, shared.clone(), first_tx))));
         let connection = Connection { shared, _task: task };
         match tokio::time::timeout(connect_timeout, first_rx).await {
             Ok(Ok(Ok(()))) => Ok(connection),
@@ -158,6 +168,11 @@ impl Connection {
                 connect_timeout.as_millis()
             ))),
         }
+    }
+
+    /// Whether the connection can still be used (it is not closed or closing).
+    pub fn is_open(&self) -> bool {
+        !self.shared.closing.load(Ordering::Acquire) && !*self.shared.done.borrow()
     }
 
     /// Publishes and waits for the acknowledgement that the QoS calls for, at most `timeout`.
@@ -177,17 +192,7 @@ impl Connection {
                 shared.max_payload
             )));
         }
-        if shared.closing.load(Ordering::Acquire) {
-            return Err(BrokerError::Closed);
-        }
-        // While reconnecting, fail fast rather than queue: a queued message would still be
-        // sent after the caller was told it failed.
-        if !shared.connected.load(Ordering::Acquire) {
-            return Err(BrokerError::Unreachable(format!(
-                "not connected to {}; reconnecting",
-                shared.label
-            )));
-        }
+        shared.usable()?;
         let (tx, rx) = oneshot::channel();
         let deadline = tokio::time::Instant::now() + timeout;
         let queued = tokio::time::timeout_at(deadline, async {
@@ -215,35 +220,142 @@ impl Connection {
         }
     }
 
+    /// Subscribes and waits for the SUBACK, at most `timeout`. The subscription is renewed
+    /// after every reconnect, whatever this call returns.
+    pub async fn subscribe(&self, filter: String, qos: QoS, timeout: Duration) -> Result<(), BrokerError> {
+        let shared = &self.shared;
+        if shared.closing.load(Ordering::Acquire) {
+            return Err(BrokerError::Closed);
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut subscriptions = shared.subscriptions();
+            subscriptions.record(&filter, qos);
+            if !shared.connected.load(Ordering::Acquire) {
+                return Err(BrokerError::Unreachable(format!(
+                    "not connected to {}; the subscription is made when it reconnects",
+                    shared.label
+                )));
+            }
+            // Under the same lock as the event loop's re-subscriptions, so that the order of
+            // waiters is the order of requests.
+            subscriptions.expected.push_back(Some(tx));
+            if let Err(error) = shared.client.try_subscribe(filter, qos) {
+                subscriptions.expected.pop_back();
+                return Err(BrokerError::Other(format!("subscribe not queued: {error}")));
+            }
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(BrokerError::Closed),
+            Err(_) => Err(BrokerError::Timeout(format!("no SUBACK within {} ms", timeout.as_millis()))),
+        }
+    }
+
+    /// Waits up to `timeout` for the next message; `None` when none came.
+    pub async fn next_message(&self, timeout: Duration) -> Result<Option<Message>, BrokerError> {
+        let shared = &self.shared;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            // Registered before looking, so a message that arrives in between still wakes us.
+            let arrived = shared.arrived.notified();
+            if shared.closing.load(Ordering::Acquire) {
+                return Err(BrokerError::Closed);
+            }
+            if let Some(message) = shared.inbox().take() {
+                return Ok(Some(message));
+            }
+            if tokio::time::timeout_at(deadline, arrived).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Acknowledges a message from [`Connection::next_message`]. A message from an earlier
+    /// connection is not acknowledged: its packet id may now name another message, and the
+    /// broker sends it again anyway.
+    pub async fn ack(&self, id: u64) -> Result<(), BrokerError> {
+        let publish = match self.shared.inbox().settle(id) {
+            Settled::Ack(publish) => publish,
+            Settled::Nothing => return Ok(()),
+            Settled::Unknown => {
+                return Err(BrokerError::Other(format!("message {id} is unknown or already acknowledged")));
+            }
+        };
+        self.shared
+            .client
+            .ack(&publish)
+            .await
+            .map_err(|e| BrokerError::Unreachable(format!("acknowledgement not queued: {e}")))
+    }
+
+    /// Waits until the broker has accepted a subscription on this connection.
+    pub async fn wait_subscribed(&self) -> Result<(), BrokerError> {
+        let mut subscribed = self.shared.subscribed.subscribe();
+        let mut done = self.shared.done.subscribe();
+        tokio::select! {
+            accepted = subscribed.wait_for(|count| *count > 0) => accepted.map(|_| ()).map_err(|_| BrokerError::Closed),
+            _ = done.wait_for(|done| *done) => Err(BrokerError::Closed),
+        }
+    }
+
     pub fn max_payload_bytes(&self) -> u32 {
         u32::try_from(self.shared.max_payload).unwrap_or(u32::MAX)
     }
 
-    pub fn handle(&self) -> ConnectionHandle {
-        ConnectionHandle(Arc::downgrade(&self.shared))
-    }
-
-    /// Sends DISCONNECT and stops the event loop; see [`Shared::disconnect`].
-    pub async fn disconnect(self) {
-        self.shared.disconnect().await;
+    /// Sends DISCONNECT (no UNSUBSCRIBE: a persistent session survives) after whatever is
+    /// already queued (acknowledgements included), waits briefly for the event loop to end,
+    /// and fails whatever still waits.
+    pub async fn disconnect(&self) {
+        let shared = &self.shared;
+        shared.closing.store(true, Ordering::Release);
+        shared.arrived.notify_waiters();
+        if shared.client.try_disconnect().is_ok() {
+            let mut done = shared.done.subscribe();
+            let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, done.wait_for(|done| *done)).await;
+        }
+        shared.acks().fail_all(BrokerError::Closed);
+        shared.subscriptions().fail_all(BrokerError::Closed);
     }
 }
 
 impl Shared {
-    /// Sends DISCONNECT (no UNSUBSCRIBE: a persistent session survives), waits briefly for
-    /// the event loop to write it and end, and fails whatever still waits.
-    async fn disconnect(&self) {
-        self.closing.store(true, Ordering::Release);
-        if self.client.try_disconnect().is_ok() {
-            let mut done = self.done.subscribe();
-            let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, done.wait_for(|done| *done)).await;
-        }
-        self.acks().fail_all(BrokerError::Closed);
+    fn acks(&self) -> MutexGuard<'_, AckMatcher> {
+        // None of these holds an invariant a panic elsewhere could break halfway.
+        self.acks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn acks(&self) -> MutexGuard<'_, AckMatcher> {
-        // The matcher holds no invariant a panic elsewhere could break halfway.
-        self.acks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn subscriptions(&self) -> MutexGuard<'_, Subscriptions> {
+        self.subscriptions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn inbox(&self) -> MutexGuard<'_, Inbox> {
+        self.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Refuses work when closing, and while reconnecting: a request queued then would still
+    /// be sent after its caller was told it failed.
+    fn usable(&self) -> Result<(), BrokerError> {
+        if self.closing.load(Ordering::Acquire) {
+            return Err(BrokerError::Closed);
+        }
+        if !self.connected.load(Ordering::Acquire) {
+            return Err(BrokerError::Unreachable(format!("not connected to {}; reconnecting", self.label)));
+        }
+        Ok(())
+    }
+
+    /// After a reconnect: renew every subscription.
+    fn resubscribe(&self) {
+        let mut subscriptions = self.subscriptions();
+        let filters = subscriptions.filters.clone();
+        for (filter, qos) in filters {
+            subscriptions.expected.push_back(None);
+            if let Err(error) = self.client.try_subscribe(filter.clone(), qos) {
+                subscriptions.expected.pop_back();
+                tracing::error!(connection = %self.label, filter, "cannot renew the subscription: {error}");
+            }
+        }
     }
 }
 
@@ -257,6 +369,8 @@ fn mqtt_options(options: ConnectOptions, max_payload: usize) -> Result<MqttOptio
     let mut mqtt = MqttOptions::new(options.client_id, options.host, options.port);
     mqtt.set_keep_alive(options.keep_alive.max(Duration::from_secs(1)))
         .set_clean_session(options.clean_session)
+        // Received messages are acknowledged when the component says so, not on arrival.
+        .set_manual_acks(true)
         .set_max_packet_size(max_payload + PUBLISH_OVERHEAD, max_payload + PUBLISH_OVERHEAD);
     if let Some(username) = options.username {
         mqtt.set_credentials(username, options.password.unwrap_or_default());
@@ -279,37 +393,55 @@ async fn run(
     shared: Arc<Shared>,
     first: oneshot::Sender<Result<(), BrokerError>>,
 ) {
-    // Marks the task done however it ends, including by abort.
-    struct Done<'a>(&'a tokio::sync::watch::Sender<bool>);
+    // Marks the task done however it ends, including by abort, and wakes readers.
+    struct Done<'a>(&'a Shared);
     impl Drop for Done<'_> {
         fn drop(&mut self) {
-            self.0.send_replace(true);
+            self.0.done.send_replace(true);
+            self.0.arrived.notify_waiters();
         }
     }
-    let _done = Done(&shared.done);
+    let _done = Done(&shared);
 
     let mut first = Some(first);
     let mut backoff = RECONNECT_FIRST;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
-                shared.connected.store(true, Ordering::Release);
                 backoff = RECONNECT_FIRST;
                 match first.take() {
                     Some(first) => {
                         tracing::debug!(connection = %shared.label, "connected");
+                        shared.connected.store(true, Ordering::Release);
                         let _ = first.send(Ok(()));
                     }
                     None => {
                         tracing::info!(connection = %shared.label, session_present = connack.session_present, "reconnected");
                         shared.acks().reconnected(connack.session_present);
+                        shared.subscriptions().reconnected(connack.session_present);
+                        shared.inbox().reconnected(connack.session_present);
+                        shared.resubscribe();
+                        shared.connected.store(true, Ordering::Release);
                     }
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => {
+                if shared.inbox().arrived(publish, &shared.label) {
+                    shared.arrived.notify_one();
                 }
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.acks().written(pkid),
             Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => shared.acks().collided(pkid),
             Ok(Event::Incoming(Packet::PubAck(ack))) => shared.acks().acknowledged(ack.pkid),
             Ok(Event::Incoming(Packet::PubComp(comp))) => shared.acks().acknowledged(comp.pkid),
+            Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => shared.subscriptions().written(pkid),
+            Ok(Event::Incoming(Packet::SubAck(suback))) => {
+                let refused = suback.return_codes.iter().any(|code| matches!(code, SubscribeReasonCode::Failure));
+                shared.subscriptions().acknowledged(suback.pkid, refused, &shared.label);
+                if !refused {
+                    shared.subscribed.send_modify(|count| *count += 1);
+                }
+            }
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                 shared.connected.store(false, Ordering::Release);
                 return;
@@ -325,14 +457,17 @@ async fn run(
                 if shared.closing.load(Ordering::Acquire) {
                     return;
                 }
-                // Fresh publishes rumqttc pulled back from its channel; they are dropped if
-                // the broker starts a new session.
-                let drained = eventloop
+                // Requests rumqttc pulled back from its channel; it drops them if the broker
+                // starts a new session.
+                let drained_publishes = eventloop
                     .pending
                     .iter()
                     .filter(|request| matches!(request, Request::Publish(p) if p.pkid == 0))
                     .count();
-                shared.acks().disconnected(drained);
+                let drained_subscribes =
+                    eventloop.pending.iter().filter(|request| matches!(request, Request::Subscribe(_))).count();
+                shared.acks().disconnected(drained_publishes);
+                shared.subscriptions().disconnected(drained_subscribes);
                 tracing::warn!(connection = %shared.label, retry_in = ?backoff, "connection lost: {error}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(RECONNECT_MAX);
@@ -482,6 +617,161 @@ impl AckMatcher {
         let waiters = self.queued.drain(..).chain(self.in_flight.drain().map(|(_, w)| w));
         for waiter in waiters.chain(self.collided.take().map(|(_, w)| w)) {
             let _ = waiter.send(Err(error.clone()));
+        }
+    }
+}
+
+type SubWaiter = oneshot::Sender<Result<(), BrokerError>>;
+
+/// The subscriptions to renew after a reconnect, and the matching of SUBSCRIBE requests to
+/// their SUBACKs (same scheme as [`AckMatcher`]: rumqttc reports `Outgoing::Subscribe(pkid)`
+/// in request order).
+#[derive(Debug, Default)]
+struct Subscriptions {
+    filters: Vec<(String, QoS)>,
+    /// One entry per queued SUBSCRIBE, oldest first: a caller waiting, or `None` for a
+    /// renewal nobody waits for.
+    expected: VecDeque<Option<SubWaiter>>,
+    in_flight: HashMap<u16, SubWaiter>,
+    drained: usize,
+}
+
+impl Subscriptions {
+    fn record(&mut self, filter: &str, qos: QoS) {
+        match self.filters.iter_mut().find(|(known, _)| known == filter) {
+            Some(entry) => entry.1 = qos,
+            None => self.filters.push((filter.to_string(), qos)),
+        }
+    }
+
+    fn written(&mut self, pkid: u16) {
+        self.drained = self.drained.saturating_sub(1);
+        if let Some(Some(waiter)) = self.expected.pop_front() {
+            self.in_flight.insert(pkid, waiter);
+        }
+    }
+
+    fn acknowledged(&mut self, pkid: u16, refused: bool, label: &str) {
+        let outcome = if refused {
+            tracing::error!(connection = %label, "the broker refused a subscription");
+            Err(BrokerError::NotAuthorized("the broker refused the subscription (SUBACK failure)".into()))
+        } else {
+            Ok(())
+        };
+        if let Some(waiter) = self.in_flight.remove(&pkid) {
+            let _ = waiter.send(outcome);
+        }
+    }
+
+    fn disconnected(&mut self, drained: usize) {
+        self.drained = drained;
+    }
+
+    /// rumqttc never resends a SUBSCRIBE, and drops the ones it pulled back when the broker
+    /// starts a new session: fail their callers (the renewal that follows subscribes again).
+    fn reconnected(&mut self, session_present: bool) {
+        let lost = || BrokerError::Unreachable("connection lost before the SUBACK".into());
+        for (_, waiter) in self.in_flight.drain() {
+            let _ = waiter.send(Err(lost()));
+        }
+        if !session_present {
+            for waiter in self.expected.drain(..self.drained.min(self.expected.len())).flatten() {
+                let _ = waiter.send(Err(lost()));
+            }
+        }
+        self.drained = 0;
+    }
+
+    fn fail_all(&mut self, error: BrokerError) {
+        let waiters = self.expected.drain(..).flatten().chain(self.in_flight.drain().map(|(_, w)| w));
+        for waiter in waiters {
+            let _ = waiter.send(Err(error.clone()));
+        }
+    }
+}
+
+/// Received messages: queued in arrival order for the component, and remembered until
+/// acknowledged.
+#[derive(Debug, Default)]
+struct Inbox {
+    queue: VecDeque<Message>,
+    /// What `ack` needs (packet id, QoS) for each QoS 1/2 message not yet acknowledged.
+    unacked: HashMap<u64, (u64, Publish)>,
+    next_id: u64,
+    /// Counts connections: 0 for the first, +1 for each reconnect.
+    generation: u64,
+    /// QoS 1/2 messages of generations below this are dropped unread: the broker kept the
+    /// session and sends them again (delivering both would break QoS 2's exactly-once).
+    stale_below: u64,
+    qos0_dropped: u64,
+}
+
+/// What acknowledging a message comes to.
+#[derive(Debug)]
+enum Settled {
+    Ack(Publish),
+    /// QoS 0, or a message of an earlier connection.
+    Nothing,
+    Unknown,
+}
+
+/// Most QoS 0 messages held for the component; more are dropped (QoS 1/2 are bounded by the
+/// broker's in-flight window, since they are acknowledged only after delivery).
+const INBOX_QOS0_LIMIT: usize = 10_000;
+
+impl Inbox {
+    /// Queues a message; `false` when it was dropped.
+    fn arrived(&mut self, publish: Publish, label: &str) -> bool {
+        if publish.qos == QoS::AtMostOnce && self.queue.len() >= INBOX_QOS0_LIMIT {
+            self.qos0_dropped += 1;
+            if self.qos0_dropped.is_power_of_two() {
+                tracing::warn!(connection = %label, dropped = self.qos0_dropped, "inbox full: QoS 0 messages dropped");
+            }
+            return false;
+        }
+        self.next_id += 1;
+        let id = self.next_id;
+        if publish.qos != QoS::AtMostOnce {
+            let mut receipt = Publish::new("", publish.qos, Vec::new());
+            receipt.pkid = publish.pkid;
+            self.unacked.insert(id, (self.generation, receipt));
+        }
+        self.queue.push_back(Message {
+            id,
+            topic: publish.topic,
+            payload: publish.payload.to_vec(),
+            qos: publish.qos,
+            retain: publish.retain,
+            duplicate: publish.dup,
+            generation: self.generation,
+        });
+        true
+    }
+
+    fn take(&mut self) -> Option<Message> {
+        while let Some(message) = self.queue.pop_front() {
+            if message.qos != QoS::AtMostOnce && message.generation < self.stale_below {
+                self.unacked.remove(&message.id);
+                continue;
+            }
+            return Some(message);
+        }
+        None
+    }
+
+    fn settle(&mut self, id: u64) -> Settled {
+        match self.unacked.remove(&id) {
+            Some((generation, publish)) if generation == self.generation => Settled::Ack(publish),
+            Some(_) => Settled::Nothing,
+            None if id > 0 && id <= self.next_id => Settled::Nothing,
+            None => Settled::Unknown,
+        }
+    }
+
+    fn reconnected(&mut self, session_present: bool) {
+        self.generation += 1;
+        if session_present {
+            self.stale_below = self.generation;
         }
     }
 }

@@ -6,7 +6,9 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use mqtt_binding::{BindingOptions, InvokeRequest, Runtime, RuntimeOptions};
+use std::sync::Arc;
+
+use mqtt_binding::{BindingOptions, Delivery, EventHandler, InvokeRequest, Runtime, RuntimeOptions};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -35,51 +37,72 @@ pub async fn run(options: RuntimeOptions) -> anyhow::Result<()> {
     let runtime = Runtime::new(options)?;
     let metadata = [
         ("url", format!("tcp://127.0.0.1:{}", address.port())),
-        ("topic", "demo/orders".to_string()),
+        ("topic", "demo/#".to_string()),
         ("qos", "1".to_string()),
         ("consumerID", "demo-binding-{uuid}".to_string()),
     ];
-    let mut binding = runtime
+    let (delivered_tx, mut delivered) = tokio::sync::mpsc::unbounded_channel();
+    let binding = runtime
         .binding(BindingOptions {
             name: "demo".into(),
             app_id: "demo".into(),
             metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
-            handler: None,
+            handler: Some(Arc::new(Forward(delivered_tx))),
         })
         .await?;
     let requests = [
-        ("order 1: 2 apples", None),
-        ("order 2: 1 pear", None),
-        ("stock low: pears", Some("demo/alerts")),
+        ("order 1: 2 apples", "demo/orders"),
+        ("order 2: 1 pear", "demo/orders"),
+        ("stock low: pears", "demo/alerts"),
     ];
-    for (data, topic) in requests {
-        let metadata = topic.map(|t| vec![("topic".to_string(), t.to_string())]).unwrap_or_default();
-        binding
-            .invoke(InvokeRequest { operation: "create".into(), data: data.as_bytes().to_vec(), metadata })
-            .await?;
-        println!("binding published {data:?} to {} (QoS 1, acknowledged)", topic.unwrap_or("demo/orders"));
-    }
-
-    let mut received = 0;
-    tokio::time::timeout(WAIT, async {
-        while received < requests.len() {
-            if let Event::Incoming(Packet::Publish(publish)) = events.poll().await? {
-                println!(
-                    "subscriber received {:?} on {}",
-                    String::from_utf8_lossy(&publish.payload),
-                    publish.topic
-                );
-                received += 1;
-            }
+    let reading = binding.read();
+    let demo = async {
+        tokio::time::timeout(WAIT, binding.wait_subscribed()).await.context("the binding did not subscribe")??;
+        println!("binding subscribed to demo/# (its input side)");
+        for (data, topic) in requests {
+            let metadata = vec![("topic".to_string(), topic.to_string())];
+            binding
+                .invoke(InvokeRequest { operation: "create".into(), data: data.as_bytes().to_vec(), metadata })
+                .await?;
+            println!("binding published {data:?} to {topic} (QoS 1, acknowledged by the broker)");
         }
+        tokio::time::timeout(WAIT, async {
+            for _ in requests {
+                let publish = loop {
+                    if let Event::Incoming(Packet::Publish(publish)) = events.poll().await? {
+                        break publish;
+                    }
+                };
+                println!("independent subscriber received {:?} on {}", String::from_utf8_lossy(&publish.payload), publish.topic);
+                let (data, topic) = delivered.recv().await.context("the binding stopped delivering")?;
+                println!("binding delivered {data:?} from {topic} to the application, then acknowledged it");
+            }
+            anyhow::Ok(())
+        })
+        .await
+        .context("not every message arrived in time")??;
+        binding.shutdown();
         anyhow::Ok(())
-    })
-    .await
-    .with_context(|| format!("the subscriber received {received} of {} messages", requests.len()))??;
+    };
+    let (read, demo) = tokio::join!(reading, demo);
     binding.close().await;
     let _ = subscriber.disconnect().await;
-    println!("done: {received} messages published through the component and received");
+    // A failed read explains a demo that timed out waiting for it.
+    read.context("the binding's input side failed")?;
+    demo?;
+    println!("done: {} messages published through the component, received, and read back", requests.len());
     Ok(())
+}
+
+/// The demo's application: passes each event on to be printed.
+struct Forward(tokio::sync::mpsc::UnboundedSender<(String, String)>);
+
+impl EventHandler for Forward {
+    fn deliver(&self, event: mqtt_binding::Event) -> Delivery<'_> {
+        let topic = event.metadata.iter().find(|(k, _)| k == "topic").map(|(_, v)| v.clone()).unwrap_or_default();
+        let sent = self.0.send((String::from_utf8_lossy(&event.data).into_owned(), topic));
+        Box::pin(async move { sent.map_err(|_| "the demo stopped".to_string()) })
+    }
 }
 
 /// Starts rumqttd on a free loopback port.

@@ -4,7 +4,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
@@ -13,7 +13,7 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 use wasmtime_wasi::WasiCtxBuilder;
 
-use crate::binding::{component_error, Binding, BindingOptions};
+use crate::binding::{component_error, Binding, BindingOptions, Instance};
 use crate::bindings::{MqttBinding, MqttBindingPre};
 use crate::broker::BrokerSettings;
 use crate::error::BindingError;
@@ -64,8 +64,13 @@ pub fn default_cache_dir() -> Option<PathBuf> {
     Some(base.join("mqtt-binding"))
 }
 
-/// A loaded, compiled, linked component, ready to create bindings from.
+/// A loaded, compiled, linked component, ready to create bindings from. Cheap to clone.
+#[derive(Clone)]
 pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+pub(crate) struct RuntimeInner {
     engine: Engine,
     pre: MqttBindingPre<HostState>,
     options: RuntimeOptions,
@@ -73,7 +78,7 @@ pub struct Runtime {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("options", &self.options).finish_non_exhaustive()
+        f.debug_struct("Runtime").field("options", &self.inner.options).finish_non_exhaustive()
     }
 }
 
@@ -100,19 +105,26 @@ impl Runtime {
         let pre = MqttBindingPre::new(linker.instantiate_pre(&component)?)
             .map_err(anyhow::Error::from)
             .context("the component does not export the mqtt-binding world")?;
-        Ok(Self { engine, pre, options })
+        Ok(Self { inner: Arc::new(RuntimeInner { engine, pre, options }) })
     }
 
-    /// Creates a binding: a fresh instance of the component, initialised with the
-    /// metadata (which connects it to its broker).
+    /// Creates a binding: an instance of the component initialised with the metadata,
+    /// which validates it and connects to the broker.
     pub async fn binding(&self, options: BindingOptions) -> Result<Binding, BindingError> {
         let host = Arc::new(BindingHost {
             name: options.name,
             handler: options.handler,
             shutdown: CancellationToken::new(),
-            settings: self.options.broker.clone(),
-            connections: Mutex::new(Vec::new()),
+            settings: self.inner.options.broker.clone(),
+            connection: tokio::sync::Mutex::new(None),
         });
+        Binding::start(self.inner.clone(), host, options.app_id, options.metadata).await
+    }
+}
+
+impl RuntimeInner {
+    /// A fresh instance of the component for `host`'s binding, not yet initialised.
+    pub(crate) async fn instance(&self, host: Arc<BindingHost>) -> Result<Instance, BindingError> {
         // The guest gets no sockets, no files, no environment: its only network is the
         // broker connection import. stderr is kept so a guest panic is visible.
         let wasi = WasiCtxBuilder::new()
@@ -126,9 +138,7 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         let exports = self.pre.instantiate_async(&mut store).await.map_err(component_error)?;
-        let mut binding = Binding::new(store, exports, host);
-        binding.init(&options.app_id, options.metadata).await?;
-        Ok(binding)
+        Ok(Instance::new(store, exports))
     }
 }
 

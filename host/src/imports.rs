@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -13,7 +13,7 @@ use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::mqtt_binding::binding::{broker, delivery, lifecycle, logging, types};
-use crate::broker::{BrokerSettings, Connection, ConnectionHandle, ConnectOptions};
+use crate::broker::{BrokerSettings, Connection, ConnectOptions};
 use crate::error::BrokerError;
 
 /// One event for the application.
@@ -33,13 +33,16 @@ pub trait EventHandler: Send + Sync + 'static {
 }
 
 /// What a binding's stores share: its name, its application, its shutdown signal, and its
-/// open connections (so that shutdown can disconnect them).
+/// one broker connection.
 pub(crate) struct BindingHost {
     pub name: String,
     pub handler: Option<Arc<dyn EventHandler>>,
     pub shutdown: CancellationToken,
     pub settings: BrokerSettings,
-    pub connections: Mutex<Vec<ConnectionHandle>>,
+    /// One connection per binding serves both directions (SPEC.md: client ID used exactly,
+    /// no per-direction suffix). The first instance to connect opens it; the binding's other
+    /// instances join it.
+    pub connection: tokio::sync::Mutex<Option<Connection>>,
 }
 
 /// The data of one wasmtime `Store`.
@@ -113,6 +116,14 @@ fn qos(qos: types::Qos) -> rumqttc::QoS {
     }
 }
 
+fn wit_qos(qos: rumqttc::QoS) -> types::Qos {
+    match qos {
+        rumqttc::QoS::AtMostOnce => types::Qos::AtMostOnce,
+        rumqttc::QoS::AtLeastOnce => types::Qos::AtLeastOnce,
+        rumqttc::QoS::ExactlyOnce => types::Qos::ExactlyOnce,
+    }
+}
+
 fn millis(ms: u32) -> Duration {
     Duration::from_millis(u64::from(ms))
 }
@@ -140,6 +151,11 @@ impl broker::HostConnection for HostView<'_> {
             client_key: options.client_key,
             connect_timeout: millis(options.connect_timeout_ms),
         };
+        let mut slot = self.host.connection.lock().await;
+        if let Some(open) = slot.as_ref().filter(|open| open.is_open()) {
+            tracing::debug!(binding = %self.host.name, "joining the binding's connection");
+            return Ok(Ok(self.table.push(open.clone())?));
+        }
         tracing::debug!(binding = %self.host.name, ?options, "connecting");
         let connection = tokio::select! {
             connected = Connection::connect(options, &self.host.settings) => connected,
@@ -149,11 +165,7 @@ impl broker::HostConnection for HostView<'_> {
             Ok(connection) => connection,
             Err(error) => return Ok(Err(to_wit(error))),
         };
-        self.host
-            .connections
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .push(connection.handle());
+        *slot = Some(connection.clone());
         Ok(Ok(self.table.push(connection)?))
     }
 
@@ -173,36 +185,50 @@ impl broker::HostConnection for HostView<'_> {
 
     async fn subscribe(
         &mut self,
-        _connection: Resource<Connection>,
-        _filter: String,
-        _level: types::Qos,
-        _timeout_ms: u32,
+        connection: Resource<Connection>,
+        filter: String,
+        level: types::Qos,
+        timeout_ms: u32,
     ) -> wasmtime::Result<Result<(), broker::Error>> {
-        Ok(Err(broker::Error::Other("subscribing is not supported by this host yet".into())))
+        let connection = self.table.get(&connection)?;
+        Ok(connection.subscribe(filter, qos(level), millis(timeout_ms)).await.map_err(to_wit))
     }
 
     async fn next_message(
         &mut self,
-        _connection: Resource<Connection>,
-        _timeout_ms: u32,
+        connection: Resource<Connection>,
+        timeout_ms: u32,
     ) -> wasmtime::Result<Result<Option<broker::Message>, broker::Error>> {
-        Ok(Err(broker::Error::Other("subscribing is not supported by this host yet".into())))
+        let connection = self.table.get(&connection)?;
+        let next = tokio::select! {
+            next = connection.next_message(millis(timeout_ms)) => next,
+            () = self.host.shutdown.cancelled() => Err(BrokerError::Closed),
+        };
+        Ok(next.map_err(to_wit).map(|message| {
+            message.map(|m| broker::Message {
+                id: m.id,
+                topic: m.topic,
+                payload: m.payload,
+                qos: wit_qos(m.qos),
+                retained: m.retain,
+                duplicate: m.duplicate,
+            })
+        }))
     }
 
-    async fn ack(
-        &mut self,
-        _connection: Resource<Connection>,
-        _id: u64,
-    ) -> wasmtime::Result<Result<(), broker::Error>> {
-        Ok(Err(broker::Error::Other("subscribing is not supported by this host yet".into())))
+    async fn ack(&mut self, connection: Resource<Connection>, id: u64) -> wasmtime::Result<Result<(), broker::Error>> {
+        let connection = self.table.get(&connection)?;
+        Ok(connection.ack(id).await.map_err(to_wit))
     }
 
     async fn max_payload_bytes(&mut self, connection: Resource<Connection>) -> wasmtime::Result<u32> {
         Ok(self.table.get(&connection)?.max_payload_bytes())
     }
 
+    /// The binding owns the connection (see [`BindingHost::connection`]); a guest's handle
+    /// going away does not close it.
     async fn drop(&mut self, connection: Resource<Connection>) -> wasmtime::Result<()> {
-        self.table.delete(connection)?.disconnect().await;
+        self.table.delete(connection)?;
         Ok(())
     }
 }
@@ -214,6 +240,7 @@ impl delivery::Host for HostView<'_> {
         };
         let event = Event { data: event.data, metadata: event.metadata };
         Ok(tokio::select! {
+            biased;
             outcome = handler.deliver(event) => outcome,
             () = self.host.shutdown.cancelled() => Err("the binding is shutting down".into()),
         })

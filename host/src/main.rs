@@ -2,6 +2,7 @@
 //! prints the whole error chain and picks the exit code.
 
 mod demo;
+mod read;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -39,7 +40,9 @@ struct Global {
 enum Command {
     /// Load a Dapr Component file, run one output binding request and exit.
     Invoke(InvokeArgs),
-    /// Start an embedded broker, publish through the binding and show what arrives.
+    /// Run the input binding, writing each message to stdout as one JSON line.
+    Read(read::ReadArgs),
+    /// Start an embedded broker, run the binding both ways and show what arrives.
     Demo,
 }
 
@@ -108,6 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Invoke(args) => invoke(options, args).await,
+        Command::Read(args) => read::run(options, args).await,
         Command::Demo => demo::run(options).await,
     }
 }
@@ -123,7 +127,7 @@ async fn invoke(options: RuntimeOptions, args: InvokeArgs) -> anyhow::Result<()>
     let app_id = args.app_id.unwrap_or_else(|| format!("mqtt-binding-{}", std::process::id()));
 
     let runtime = Runtime::new(options)?;
-    let mut binding = runtime
+    let binding = runtime
         .binding(BindingOptions { name: component.name.clone(), app_id, metadata, handler: None })
         .await
         .with_context(|| format!("starting binding {:?}", component.name))?;
@@ -140,7 +144,7 @@ async fn invoke(options: RuntimeOptions, args: InvokeArgs) -> anyhow::Result<()>
 }
 
 /// The one MQTT binding component in a file.
-fn single_binding(path: &Path) -> anyhow::Result<ComponentSpec> {
+pub(crate) fn single_binding(path: &Path) -> anyhow::Result<ComponentSpec> {
     let mut bindings: Vec<ComponentSpec> =
         component_file::read_file(path)?.into_iter().filter(ComponentSpec::is_mqtt_binding).collect();
     match bindings.len() {

@@ -1,0 +1,103 @@
+//! `mqtt-binding read`: the input binding on the command line. Each delivered message is one
+//! JSON line on stdout; a message counts as delivered (and is acknowledged) once its line is
+//! written.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use base64::Engine as _;
+use clap::Args;
+use mqtt_binding::{BindingOptions, Delivery, Event, EventHandler, Runtime, RuntimeOptions};
+use tokio::signal::unix::{signal, SignalKind};
+
+#[derive(Args)]
+pub struct ReadArgs {
+    /// Dapr Component YAML of type bindings.mqtt (or bindings.mqtt3).
+    #[arg(long, value_name = "FILE")]
+    component: PathBuf,
+    /// Exit 0 after this many messages.
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+    /// The application ID, the default MQTT client ID; defaults to the component's name, so
+    /// that a persistent session (cleanSession=false) is found again on the next run.
+    #[arg(long, value_name = "ID")]
+    app_id: Option<String>,
+}
+
+pub async fn run(options: RuntimeOptions, args: ReadArgs) -> anyhow::Result<()> {
+    let component = crate::single_binding(&args.component)?;
+    let metadata = component.plain_metadata().with_context(|| format!("component {:?}", component.name))?;
+    let printer = Arc::new(Printer { printed: AtomicU64::new(0), limit: args.count, done: tokio::sync::Notify::new() });
+    let runtime = Runtime::new(options)?;
+    let binding = runtime
+        .binding(BindingOptions {
+            name: component.name.clone(),
+            app_id: args.app_id.unwrap_or_else(|| component.name.clone()),
+            metadata,
+            handler: Some(printer.clone()),
+        })
+        .await
+        .with_context(|| format!("starting binding {:?}", component.name))?;
+
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    let reading = binding.read();
+    tokio::pin!(reading);
+    let outcome = tokio::select! {
+        outcome = &mut reading => outcome,
+        _ = interrupt.recv() => stop(&binding, reading).await,
+        _ = terminate.recv() => stop(&binding, reading).await,
+        () = printer.done.notified() => stop(&binding, reading).await,
+    };
+    // Acknowledgements already given go out before DISCONNECT.
+    binding.close().await;
+    outcome.with_context(|| format!("binding {:?}: reading", component.name))
+}
+
+async fn stop<F: std::future::Future>(binding: &mqtt_binding::Binding, reading: std::pin::Pin<&mut F>) -> F::Output {
+    binding.shutdown();
+    reading.await
+}
+
+/// Writes each event as a JSON line, up to `limit` of them.
+struct Printer {
+    printed: AtomicU64,
+    limit: Option<u64>,
+    done: tokio::sync::Notify,
+}
+
+impl EventHandler for Printer {
+    fn deliver(&self, event: Event) -> Delivery<'_> {
+        Box::pin(async move {
+            if self.limit.is_some_and(|limit| self.printed.load(Ordering::Acquire) >= limit) {
+                // Past --count: refuse, so the message stays with the broker for the next reader.
+                return Err("--count reached".to_string());
+            }
+            let mut line = serde_json::to_vec(&json_line(&event)).map_err(|e| e.to_string())?;
+            line.push(b'\n');
+            let mut stdout = std::io::stdout().lock();
+            stdout.write_all(&line).and_then(|()| stdout.flush()).map_err(|e| format!("writing to stdout: {e}"))?;
+            let printed = self.printed.fetch_add(1, Ordering::AcqRel) + 1;
+            if Some(printed) == self.limit {
+                self.done.notify_one();
+            }
+            Ok(())
+        })
+    }
+}
+
+/// `{"data": "<utf-8>", "metadata": {...}}`, or `"data_base64"` when the payload is not UTF-8.
+fn json_line(event: &Event) -> serde_json::Value {
+    let metadata: serde_json::Map<String, serde_json::Value> =
+        event.metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str()))).collect();
+    match std::str::from_utf8(&event.data) {
+        Ok(text) => serde_json::json!({ "data": text, "metadata": metadata }),
+        Err(_) => serde_json::json!({
+            "data_base64": base64::engine::general_purpose::STANDARD.encode(&event.data),
+            "metadata": metadata,
+        }),
+    }
+}
