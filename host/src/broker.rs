@@ -406,7 +406,9 @@ async fn run(
     let mut first = Some(first);
     let mut backoff = RECONNECT_FIRST;
     loop {
-        match eventloop.poll().await {
+        let polled = eventloop.poll().await;
+        tracing::trace!(connection = %shared.label, event = ?polled);
+        match polled {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 backoff = RECONNECT_FIRST;
                 match first.take() {

@@ -31,7 +31,7 @@ async fn run(args: &[&str]) -> Output {
 }
 
 /// mosquitto_sub waiting for one message; returns once the broker has its subscription.
-fn mosquitto_sub(broker: &Mosquitto, extra: &[&str], topic: &str) -> tokio::process::Child {
+async fn mosquitto_sub(broker: &Mosquitto, extra: &[&str], topic: &str) -> tokio::process::Child {
     let id = format!("mosquitto-sub-{}", unique());
     let child = Command::new("mosquitto_sub")
         .args(["-h", "127.0.0.1", "-i", &id, "-t", topic, "-C", "1", "-q", "1"])
@@ -40,7 +40,7 @@ fn mosquitto_sub(broker: &Mosquitto, extra: &[&str], topic: &str) -> tokio::proc
         .kill_on_drop(true)
         .spawn()
         .expect("mosquitto_sub runs (apt-get install mosquitto-clients)");
-    broker.wait_for_log(&format!("Received SUBSCRIBE from {id}"));
+    broker.wait_for_log(&format!("Received SUBSCRIBE from {id}")).await;
     child
 }
 
@@ -57,7 +57,7 @@ async fn invoke_publishes_over_tcp_to_mosquitto_sub() {
     let broker = Mosquitto::start();
     let topic = format!("cli/{}", unique());
     let file = component_file(broker.dir.path(), "orders", &[("url", &broker.url()), ("topic", &topic), ("qos", "1")]);
-    let sub = mosquitto_sub(&broker, &["-p", &broker.port.to_string()], &topic);
+    let sub = mosquitto_sub(&broker, &["-p", &broker.port.to_string()], &topic).await;
     let output = run(&["invoke", "--component", file.to_str().expect("utf-8 path"), "--data", "hello from the cli"]).await;
     assert!(output.status.success(), "exit {}; stderr: {}", output.status, String::from_utf8_lossy(&output.stderr));
     assert_eq!(output.stdout, b"", "create prints no response");
@@ -86,7 +86,7 @@ async fn invoke_publishes_over_mutual_tls_with_request_topic() {
         "--cert", certs.client_cert_file.to_str().expect("path"),
         "--key", certs.client_key_file.to_str().expect("path"),
     ];
-    let sub = mosquitto_sub(&broker, &tls_args, &topic);
+    let sub = mosquitto_sub(&broker, &tls_args, &topic).await;
     let metadata = format!("topic={topic}");
     let output = run(&["invoke", "--component", file.to_str().expect("path"), "--data", "secured", "--metadata", &metadata]).await;
     assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
@@ -147,5 +147,5 @@ async fn demo_runs_with_nothing_installed() {
     let output = run(&["demo"]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("done: 3 messages published through the component and received"), "{stdout}");
+    assert!(stdout.contains("done: 3 messages published through the component, received, and read back"), "{stdout}");
 }

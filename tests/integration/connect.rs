@@ -8,7 +8,7 @@ use crate::support::{binding, create, unique, BrokerConfig, Mosquitto, Subscribe
 
 #[tokio::test]
 async fn credentials_in_the_url_are_accepted() {
-    let broker = Mosquitto::start_with(BrokerConfig { user: Some(("app".into(), "s3cr:t@".into())) });
+    let broker = Mosquitto::start_with(BrokerConfig { user: Some(("app".into(), "s3cr:t@".into())), ..Default::default() });
     let url = format!("tcp://app:s3cr%3At%40@127.0.0.1:{}", broker.port);
     let topic = format!("auth/{}", unique());
     let mut binding = binding(&[("url", &url), ("topic", &topic), ("qos", "1")]).await.expect("init with credentials");
@@ -19,7 +19,7 @@ async fn credentials_in_the_url_are_accepted() {
 
 #[tokio::test]
 async fn wrong_password_is_not_authorised_and_not_echoed() {
-    let broker = Mosquitto::start_with(BrokerConfig { user: Some(("app".into(), "right".into())) });
+    let broker = Mosquitto::start_with(BrokerConfig { user: Some(("app".into(), "right".into())), ..Default::default() });
     let url = format!("tcp://app:wrong-password@127.0.0.1:{}", broker.port);
     match binding(&[("url", &url), ("topic", "t")]).await {
         Err(error @ BindingError::Broker(BrokerError::NotAuthorized(_))) => {

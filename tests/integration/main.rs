@@ -4,5 +4,6 @@ mod cli;
 mod connect;
 mod metadata;
 mod publish;
+mod subscribe;
 mod support;
 mod tls;

@@ -9,7 +9,10 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use mqtt_binding::{Binding, BindingError, BindingOptions, InvokeRequest, Runtime, RuntimeOptions};
+use mqtt_binding::{
+    Binding, BindingError, BindingOptions, Delivery, Event as BindingEvent, EventHandler, InvokeRequest, Runtime,
+    RuntimeOptions,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -141,11 +144,16 @@ impl Certificates {
 pub struct BrokerConfig {
     /// `(user, password)`: refuse anonymous clients, accept this one.
     pub user: Option<(String, String)>,
+    /// Keep sessions and queued messages across a restart (saved on SIGTERM).
+    pub persistence: bool,
+    /// More configuration lines.
+    pub extra: String,
 }
 
 /// A mosquitto process with a plain listener and a mutual-TLS listener on 127.0.0.1.
 pub struct Mosquitto {
     child: Child,
+    conf: PathBuf,
     pub port: u16,
     pub tls_port: u16,
     pub certs: Certificates,
@@ -185,8 +193,14 @@ impl Mosquitto {
             }
             None => conf.push_str("allow_anonymous true\n"),
         }
+        conf.push_str(&config.extra);
+        if config.persistence {
+            conf.push_str(&format!("persistence true\npersistence_location {}/\n", dir.path().display()));
+        } else {
+            conf.push_str("persistence false\n");
+        }
         conf.push_str(&format!(
-            "log_type all\nlog_dest file {}\npersistence false\n\
+            "log_type all\nlog_dest file {}\n\
              listener {port} 127.0.0.1\n\
              listener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
             log.display(),
@@ -196,18 +210,36 @@ impl Mosquitto {
         ));
         let conf_path = dir.path().join("mosquitto.conf");
         std::fs::write(&conf_path, conf).expect("writing mosquitto.conf");
-        let child = Command::new(mosquitto_program())
-            .arg("-c")
-            .arg(&conf_path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start mosquitto ({e}); install it with: sudo apt-get install -y mosquitto mosquitto-clients")
-            });
-        let broker = Self { child, port, tls_port, certs, dir, log };
-        broker.wait_for_log("running");
+        let child = spawn_mosquitto(&conf_path);
+        let broker = Self { child, conf: conf_path, port, tls_port, certs, dir, log };
+        broker.wait_until_running(0);
         broker
+    }
+
+    /// Blocks until the log shows more than `runs` starts; only for when no task of the
+    /// test needs to run meanwhile.
+    fn wait_until_running(&self, runs: usize) {
+        let deadline = std::time::Instant::now() + WAIT;
+        while self.log().matches(" running").count() <= runs {
+            assert!(std::time::Instant::now() < deadline, "mosquitto did not start:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Stops the broker as an operator would (SIGTERM: it saves its persistent state), then
+    /// starts it again on the same ports.
+    pub fn restart(&mut self) {
+        let runs = self.log().matches(" running").count();
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill -TERM mosquitto");
+        let _ = self.child.wait();
+        self.child = spawn_mosquitto(&self.conf);
+        self.wait_until_running(runs);
+    }
+
+    /// How many times the log contains `text`.
+    pub fn log_count(&self, text: &str) -> usize {
+        self.log().matches(text).count()
     }
 
     /// The broker's log so far.
@@ -215,19 +247,17 @@ impl Mosquitto {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits until the log contains `text`, failing the test after [`WAIT`].
-    pub fn wait_for_log(&self, text: &str) {
-        let deadline = std::time::Instant::now() + WAIT;
-        loop {
-            if self.log().contains(text) {
-                return;
-            }
+    /// Waits until the log contains `text`, failing the test after [`WAIT`]. Async: the
+    /// binding's own tasks keep running on the test's runtime meanwhile.
+    pub async fn wait_for_log(&self, text: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.log().contains(text) {
             assert!(
-                std::time::Instant::now() < deadline,
+                tokio::time::Instant::now() < deadline,
                 "mosquitto's log never showed {text:?}; log:\n{}",
                 self.log()
             );
-            std::thread::sleep(Duration::from_millis(10));
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -250,6 +280,18 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+fn spawn_mosquitto(conf: &Path) -> Child {
+    Command::new(mosquitto_program())
+        .arg("-c")
+        .arg(conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("cannot start mosquitto ({e}); install it with: sudo apt-get install -y mosquitto mosquitto-clients")
+        })
 }
 
 /// `mosquitto` from PATH, or from /usr/sbin where Debian installs it (not on every user's
@@ -319,4 +361,186 @@ impl Drop for Subscriber {
 /// Shared runtime for tests that need their own settings.
 pub fn runtime_with(options: RuntimeOptions) -> Arc<Runtime> {
     Arc::new(Runtime::new(options).expect("the embedded component loads"))
+}
+
+/// A test application: records every delivery attempt, fails the first `failures` of them,
+/// and can hold deliveries at a gate.
+pub struct Recorder {
+    calls: std::sync::Mutex<Vec<BindingEvent>>,
+    failures: std::sync::atomic::AtomicUsize,
+    accepted: mpsc::UnboundedSender<BindingEvent>,
+    called: tokio::sync::Notify,
+    gate: tokio::sync::watch::Sender<bool>,
+    hold_after: Option<usize>,
+}
+
+/// What a [`Recorder`] accepted, in order.
+pub struct Accepted(mpsc::UnboundedReceiver<BindingEvent>);
+
+impl Accepted {
+    /// The next accepted event, failing the test after [`WAIT`].
+    pub async fn next(&mut self) -> BindingEvent {
+        self.next_within(WAIT).await
+    }
+
+    pub async fn next_within(&mut self, wait: Duration) -> BindingEvent {
+        tokio::time::timeout(wait, self.0.recv())
+            .await
+            .expect("the application received an event in time")
+            .expect("the recorder is alive")
+    }
+}
+
+impl Recorder {
+    /// Fails the first `failures` deliveries (`usize::MAX`: all), accepts the rest.
+    pub fn failing(failures: usize) -> (Arc<Self>, Accepted) {
+        Self::build(failures, None)
+    }
+
+    /// Accepts everything, but holds deliveries after the first `count` until [`Recorder::open`].
+    pub fn holding_after(count: usize) -> (Arc<Self>, Accepted) {
+        Self::build(0, Some(count))
+    }
+
+    fn build(failures: usize, hold_after: Option<usize>) -> (Arc<Self>, Accepted) {
+        let (accepted, rx) = mpsc::unbounded_channel();
+        let recorder = Self {
+            calls: std::sync::Mutex::new(Vec::new()),
+            failures: std::sync::atomic::AtomicUsize::new(failures),
+            accepted,
+            called: tokio::sync::Notify::new(),
+            gate: tokio::sync::watch::Sender::new(hold_after.is_none()),
+            hold_after,
+        };
+        (Arc::new(recorder), Accepted(rx))
+    }
+
+    pub fn calls(&self) -> Vec<BindingEvent> {
+        self.calls.lock().expect("calls").clone()
+    }
+
+    /// Waits until the handler has been called `n` times in all.
+    pub async fn wait_for_calls(&self, n: usize) {
+        let waiting = async {
+            loop {
+                let called = self.called.notified();
+                if self.calls.lock().expect("calls").len() >= n {
+                    return;
+                }
+                called.await;
+            }
+        };
+        tokio::time::timeout(WAIT, waiting)
+            .await
+            .unwrap_or_else(|_| panic!("the handler was called {} times, expected {n}", self.calls().len()));
+    }
+
+    pub fn open(&self) {
+        self.gate.send_replace(true);
+    }
+}
+
+impl EventHandler for Recorder {
+    fn deliver(&self, event: BindingEvent) -> Delivery<'_> {
+        Box::pin(async move {
+            let call = {
+                let mut calls = self.calls.lock().expect("calls");
+                calls.push(event.clone());
+                calls.len()
+            };
+            self.called.notify_waiters();
+            if self.hold_after.is_some_and(|count| call > count) {
+                let mut gate = self.gate.subscribe();
+                let _ = gate.wait_for(|open| *open).await;
+            }
+            let failing = self
+                .failures
+                .fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |left| {
+                    (left > 0).then(|| left.saturating_sub(1))
+                })
+                .is_ok();
+            if failing {
+                return Err(format!("scripted failure of call {call}"));
+            }
+            let _ = self.accepted.send(event);
+            Ok(())
+        })
+    }
+}
+
+/// A binding with an application, reading on a task of its own. Closed on drop.
+pub struct Reader {
+    pub binding: Arc<Binding>,
+    pub task: tokio::task::JoinHandle<Result<(), BindingError>>,
+}
+
+impl Reader {
+    /// Creates the binding, starts `read`, and waits for the broker's SUBACK.
+    pub async fn start(pairs: &[(&str, &str)], handler: Arc<dyn EventHandler>) -> Self {
+        let options = BindingOptions {
+            name: "reader".into(),
+            app_id: format!("reader-{}", unique()),
+            metadata: metadata(pairs),
+            handler: Some(handler),
+        };
+        let binding = tokio::time::timeout(WAIT, runtime().binding(options))
+            .await
+            .expect("binding init did not hang")
+            .expect("binding init");
+        let binding = Arc::new(binding);
+        let reading = binding.clone();
+        let task = tokio::spawn(async move { reading.read().await });
+        tokio::time::timeout(WAIT, binding.wait_subscribed())
+            .await
+            .expect("the binding subscribed in time")
+            .expect("the binding subscribed");
+        Self { binding, task }
+    }
+
+    /// Shuts down, waits for `read` to return (failing the test after [`WAIT`]), and
+    /// disconnects.
+    pub async fn stop(self) -> Result<(), BindingError> {
+        self.binding.shutdown();
+        let outcome = tokio::time::timeout(WAIT, self.task).await.expect("read returned after shutdown");
+        self.binding.close().await;
+        outcome.expect("the read task did not panic")
+    }
+}
+
+/// Publishes with an independent client and waits for the broker's acknowledgements.
+pub async fn publish_all(port: u16, topic: &str, qos: QoS, payloads: &[Vec<u8>]) {
+    let mut options = MqttOptions::new(format!("pub-{}", unique()), "127.0.0.1", port);
+    options.set_max_packet_size(64 << 20, 64 << 20).set_inflight(100);
+    let (client, mut eventloop) = AsyncClient::new(options, 64);
+    let sending = {
+        let client = client.clone();
+        let (topic, payloads) = (topic.to_string(), payloads.to_vec());
+        tokio::spawn(async move {
+            for payload in payloads {
+                client.publish(topic.clone(), qos, false, payload).await.expect("publish queued");
+            }
+        })
+    };
+    let expected = payloads.len();
+    let mut acknowledged = 0;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while acknowledged < expected {
+            match eventloop.poll().await.expect("the test publisher stays connected") {
+                Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_)) => acknowledged += 1,
+                Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => acknowledged += 1,
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the broker acknowledged {acknowledged} of {expected} messages"));
+    sending.await.expect("the sender finished");
+    let _ = client.disconnect().await;
+    // Let the DISCONNECT go out.
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+}
+
+/// The value of a metadata entry of an event.
+pub fn meta<'a>(event: &'a BindingEvent, name: &str) -> &'a str {
+    event.metadata.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default()
 }
