@@ -149,3 +149,93 @@ async fn demo_runs_with_nothing_installed() {
     assert!(output.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("done: 3 messages published through the component, received, and read back"), "{stdout}");
 }
+
+/// `mosquitto_pub` one message (`-m TEXT` or `-f FILE`) at QoS 1.
+async fn mosquitto_pub(port: u16, topic: &str, message: &[&str]) {
+    let status = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic])
+        .args(message)
+        .status()
+        .await
+        .expect("mosquitto_pub runs");
+    assert!(status.success(), "mosquitto_pub: {status}");
+}
+
+/// Reads one line of the child's stdout, failing the test after [`WAIT`].
+async fn line(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>) -> serde_json::Value {
+    let text = tokio::time::timeout(WAIT, lines.next_line())
+        .await
+        .expect("mqtt-binding read printed a line in time")
+        .expect("stdout readable")
+        .expect("a line, not the end of output");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn spawn_read(file: &Path, app_id: &str, extra: &[&str]) -> tokio::process::Child {
+    Command::new(BIN)
+        .args(["read", "--component", file.to_str().expect("path"), "--app-id", app_id])
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mqtt-binding runs")
+}
+
+#[tokio::test]
+async fn read_prints_json_lines_and_exits_after_count() {
+    use tokio::io::AsyncBufReadExt as _;
+    let broker = Mosquitto::start();
+    let topic = format!("cli-read/{}", unique());
+    let app_id = format!("cli-reader-{}", unique());
+    let file = component_file(broker.dir.path(), "inbox", &[("url", &broker.url()), ("topic", &format!("{topic}/#")), ("qos", "1")]);
+    let mut child = spawn_read(&file, &app_id, &["--count", "2"]);
+    broker.wait_for_log(&format!("Received SUBSCRIBE from {app_id}")).await;
+    let binary = broker.dir.path().join("binary.bin");
+    std::fs::write(&binary, [0xff, 0x00, 0xfe]).expect("write");
+    mosquitto_pub(broker.port, &format!("{topic}/a"), &["-m", "héllo"]).await;
+    mosquitto_pub(broker.port, &format!("{topic}/b"), &["-f", binary.to_str().expect("path")]).await;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        line(&mut lines).await,
+        serde_json::json!({"data": "héllo", "metadata": {"topic": format!("{topic}/a"), "retained": "false", "qos": "1", "duplicate": "false"}})
+    );
+    assert_eq!(
+        line(&mut lines).await,
+        serde_json::json!({"data_base64": "/wD+", "metadata": {"topic": format!("{topic}/b"), "retained": "false", "qos": "1", "duplicate": "false"}})
+    );
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits after --count").expect("status");
+    assert!(status.success(), "exit {status}");
+    assert_eq!(lines.next_line().await.expect("stdout"), None, "nothing after the counted messages");
+    broker.wait_for_log(&format!("Received DISCONNECT from {app_id}")).await;
+    assert_eq!(broker.log_count(&format!("Received PUBACK from {app_id}")), 2);
+}
+
+#[tokio::test]
+async fn read_ends_cleanly_on_sigterm_having_acknowledged_what_it_printed() {
+    use tokio::io::AsyncBufReadExt as _;
+    let broker = Mosquitto::start();
+    let topic = format!("cli-term/{}", unique());
+    let app_id = format!("cli-term-{}", unique());
+    let file = component_file(
+        broker.dir.path(),
+        "term",
+        &[("url", &broker.url()), ("topic", &topic), ("qos", "1"), ("cleanSession", "false")],
+    );
+    let mut child = spawn_read(&file, &app_id, &[]);
+    broker.wait_for_log(&format!("Received SUBSCRIBE from {app_id}")).await;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for text in ["one", "two"] {
+        mosquitto_pub(broker.port, &topic, &["-m", text]).await;
+        assert_eq!(line(&mut lines).await["data"], text);
+    }
+    let pid = child.id().expect("running").to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill runs");
+    assert!(killed.success());
+    let output = tokio::time::timeout(WAIT, child.wait_with_output()).await.expect("exits on SIGTERM").expect("output");
+    assert!(output.status.success(), "exit {}; stderr: {}", output.status, String::from_utf8_lossy(&output.stderr));
+    broker.wait_for_log(&format!("Received DISCONNECT from {app_id}")).await;
+    assert_eq!(broker.log_count(&format!("Received PUBACK from {app_id}")), 2, "both printed messages acknowledged");
+    assert_eq!(broker.log_count(&format!("Received UNSUBSCRIBE from {app_id}")), 0, "the session's subscription is kept");
+}
