@@ -719,7 +719,7 @@ enum Settled {
 
 /// Most QoS 0 messages held for the component; more are dropped (QoS 1/2 are bounded by the
 /// broker's in-flight window, since they are acknowledged only after delivery).
-const INBOX_QOS0_LIMIT: usize = 10_000;
+const INBOX_QOS0_LIMIT: usize = 100_000;
 
 impl Inbox {
     /// Queues a message; `false` when it was dropped.
