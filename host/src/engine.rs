@@ -173,22 +173,16 @@ fn deserialize(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
 }
 
 fn store_compiled(dir: &Path, path: &Path, component: &Component) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    use std::os::unix::fs::DirBuilderExt as _;
+    // Owner-only: loading from here runs native code (see `deserialize`).
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     let bytes = component.serialize()?;
-    let temp = dir.join(format!(".{}.{}.tmp", std::process::id(), uuid_like()));
-    std::fs::write(&temp, bytes)?;
-    std::fs::rename(&temp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&temp);
-    })?;
+    // Written beside its final name and renamed into place, so that a reader never sees a
+    // partial file, even with several processes compiling at once.
+    let mut temp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut temp, &bytes)?;
+    temp.persist(path)?;
     Ok(())
-}
-
-/// A name part unique enough for a temporary file in a per-user directory.
-fn uuid_like() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or_default()
 }
 
 fn hex(bytes: &[u8]) -> String {
