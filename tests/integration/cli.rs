@@ -239,3 +239,35 @@ async fn read_ends_cleanly_on_sigterm_having_acknowledged_what_it_printed() {
     assert_eq!(broker.log_count(&format!("Received PUBACK from {app_id}")), 2, "both printed messages acknowledged");
     assert_eq!(broker.log_count(&format!("Received UNSUBSCRIBE from {app_id}")), 0, "the session's subscription is kept");
 }
+
+#[tokio::test]
+async fn read_survives_a_broker_restart() {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut broker = Mosquitto::start_with(crate::support::BrokerConfig { persistence: true, ..Default::default() });
+    let topic = format!("cli-restart/{}", unique());
+    let app_id = format!("cli-restart-{}", unique());
+    let file = component_file(
+        broker.dir.path(),
+        "restart",
+        &[("url", &broker.url()), ("topic", &format!("{topic}/+")), ("qos", "1"), ("cleanSession", "false")],
+    );
+    let mut child = spawn_read(&file, &app_id, &["--count", "2"]);
+    let subscribed = format!("Received SUBSCRIBE from {app_id}");
+    broker.wait_for_log(&subscribed).await;
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
+    mosquitto_pub(broker.port, &format!("{topic}/before"), &["-m", "before"]).await;
+    assert_eq!(line(&mut lines).await["data"], "before");
+
+    broker.restart();
+    // The binding reconnects on its own (backoff from 1 s) and subscribes again.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while broker.log_count(&subscribed) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no second SUBSCRIBE:\n{}", broker.log());
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    mosquitto_pub(broker.port, &format!("{topic}/after"), &["-m", "after"]).await;
+    let after = line(&mut lines).await;
+    assert_eq!((after["data"].as_str(), after["metadata"]["topic"].as_str()), (Some("after"), Some(format!("{topic}/after").as_str())));
+    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits after --count").expect("status");
+    assert!(status.success(), "exit {status}");
+}
