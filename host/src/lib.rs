@@ -26,6 +26,7 @@ mod binding;
 mod bindings;
 mod broker;
 pub mod component_file;
+pub mod sidecar;
 mod engine;
 mod error;
 mod imports;

@@ -42,6 +42,8 @@ enum Command {
     Invoke(InvokeArgs),
     /// Run the input binding, writing each message to stdout as one JSON line.
     Read(read::ReadArgs),
+    /// Run as a Dapr sidecar for the MQTT bindings of a resources folder (daprd's flags).
+    Run(RunArgs),
     /// Start an embedded broker, run the binding both ways and show what arrives.
     Demo,
 }
@@ -66,6 +68,26 @@ struct InvokeArgs {
     /// The application ID, the default MQTT client ID; without it a unique one is made.
     #[arg(long, value_name = "ID")]
     app_id: Option<String>,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Folder of Dapr Component YAML files (bindings.mqtt and secret stores).
+    #[arg(long, value_name = "DIR", alias = "components-path")]
+    resources_path: PathBuf,
+    /// The application ID: the default MQTT client ID of every binding (required, as in
+    /// self-hosted daprd).
+    #[arg(long, value_name = "ID")]
+    app_id: String,
+    /// The port the application listens on for input binding events.
+    #[arg(long, value_name = "PORT")]
+    app_port: Option<u16>,
+    /// The port of Dapr's HTTP API.
+    #[arg(long, value_name = "PORT", default_value_t = 3500)]
+    dapr_http_port: u16,
+    /// How to talk to the app; only http.
+    #[arg(long, value_name = "PROTOCOL", default_value = "http")]
+    app_protocol: String,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -112,6 +134,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Invoke(args) => invoke(options, args).await,
         Command::Read(args) => read::run(options, args).await,
+        Command::Run(args) => run_sidecar(options, args).await,
         Command::Demo => demo::run(options).await,
     }
 }
@@ -141,6 +164,31 @@ async fn invoke(options: RuntimeOptions, args: InvokeArgs) -> anyhow::Result<()>
         stdout.flush().await?;
     }
     Ok(())
+}
+
+async fn run_sidecar(options: RuntimeOptions, args: RunArgs) -> anyhow::Result<()> {
+    if args.app_protocol != "http" {
+        bail!("--app-protocol {:?}: only http is supported", args.app_protocol);
+    }
+    if args.app_id.trim().is_empty() {
+        bail!("--app-id is empty; give the application ID");
+    }
+    let sidecar = mqtt_binding::sidecar::SidecarOptions {
+        resources_path: args.resources_path,
+        app_id: args.app_id,
+        app_port: args.app_port,
+        http_port: args.dapr_http_port,
+        runtime: options,
+    };
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    };
+    mqtt_binding::sidecar::run(sidecar, stop).await
 }
 
 /// The one MQTT binding component in a file.

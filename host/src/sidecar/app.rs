@@ -1,0 +1,112 @@
+//! The application behind `--app-port`, as daprd talks to it over HTTP: waiting for its port,
+//! the OPTIONS probe that tells whether it wants a binding's events, and the delivery of each
+//! event as `POST /{route}`.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{Delivery, Event, EventHandler};
+
+/// How long the app may take to answer one event before the delivery counts as failed.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long the OPTIONS probe may take.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The app on `127.0.0.1:port`.
+#[derive(Debug, Clone)]
+pub struct App {
+    client: reqwest::Client,
+    port: u16,
+}
+
+impl App {
+    pub fn new(port: u16) -> anyhow::Result<Self> {
+        let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+        Ok(Self { client, port })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn url(&self, route: &str) -> String {
+        format!("http://127.0.0.1:{}/{route}", self.port)
+    }
+
+    /// Waits until the app's port accepts connections; `false` if shutdown came first.
+    pub async fn wait_until_listening(&self, shutdown: &CancellationToken) -> bool {
+        let mut logged = tokio::time::Instant::now();
+        loop {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return true;
+            }
+            if logged.elapsed() >= Duration::from_secs(5) {
+                tracing::info!(port = self.port, "waiting for the app to listen before starting input bindings");
+                logged = tokio::time::Instant::now();
+            }
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                () = shutdown.cancelled() => return false,
+            }
+        }
+    }
+
+    /// daprd's probe: the app wants a binding's events if `OPTIONS /{route}` answers 2xx
+    /// or 405.
+    pub async fn wants(&self, route: &str) -> bool {
+        let probe = self.client.request(reqwest::Method::OPTIONS, self.url(route)).timeout(PROBE_TIMEOUT).send();
+        match probe.await {
+            Ok(response) => {
+                let status = response.status();
+                status.is_success() || status == reqwest::StatusCode::METHOD_NOT_ALLOWED
+            }
+            Err(error) => {
+                tracing::info!(route, "OPTIONS probe failed: {error}");
+                false
+            }
+        }
+    }
+
+    /// The handler that delivers a binding's events to `route`.
+    pub fn route(&self, route: &str) -> AppRoute {
+        AppRoute { app: self.clone(), url: self.url(route) }
+    }
+}
+
+/// Delivers events to one route of the app: body = payload, `Content-Type:
+/// application/json` (as daprd sends), metadata as headers; a 2xx answer is success.
+#[derive(Debug)]
+pub struct AppRoute {
+    app: App,
+    url: String,
+}
+
+impl EventHandler for AppRoute {
+    fn deliver(&self, event: Event) -> Delivery<'_> {
+        Box::pin(async move {
+            let mut request = self
+                .app
+                .client
+                .post(&self.url)
+                .timeout(DELIVERY_TIMEOUT)
+                .header(reqwest::header::CONTENT_TYPE, "application/json");
+            for (name, value) in &event.metadata {
+                match (
+                    reqwest::header::HeaderName::from_bytes(name.as_bytes()),
+                    reqwest::header::HeaderValue::from_bytes(value.as_bytes()),
+                ) {
+                    (Ok(name), Ok(value)) => request = request.header(name, value),
+                    _ => tracing::warn!(metadata = %name, "metadata cannot be an HTTP header; not sent to the app"),
+                }
+            }
+            let response = request.body(event.data).send().await.map_err(|e| format!("POST {}: {e}", self.url))?;
+            let status = response.status();
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("POST {}: the app answered {status}", self.url))
+            }
+        })
+    }
+}

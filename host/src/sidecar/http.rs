@@ -1,0 +1,170 @@
+//! Dapr's HTTP API for bindings, as far as this sidecar serves it: invoking output bindings,
+//! health, and metadata. Errors use Dapr's shape, `{"errorCode": ..., "message": ...}`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::{chain, Sidecar, SlotState};
+use crate::InvokeRequest;
+
+/// Largest request body: the broker's default payload limit (16 MiB), twice over for JSON
+/// escaping.
+const MAX_BODY: usize = 32 * 1024 * 1024;
+
+pub(crate) fn router(sidecar: Arc<Sidecar>) -> Router {
+    Router::new()
+        .route("/v1.0/bindings/{name}", post(invoke).put(invoke))
+        .route("/v1.0/healthz", get(healthz))
+        .route("/v1.0/healthz/outbound", get(healthz_outbound))
+        .route("/v1.0/metadata", get(metadata))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(sidecar)
+}
+
+fn error(status: StatusCode, code: &str, message: String) -> Response {
+    (status, Json(serde_json::json!({ "errorCode": code, "message": message }))).into_response()
+}
+
+/// Dapr's output binding request body.
+#[derive(Deserialize)]
+struct OutputRequest {
+    /// Any JSON value; published as its JSON text, as daprd does (absent is `null`).
+    #[serde(default)]
+    data: serde_json::Value,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    operation: Option<String>,
+}
+
+async fn invoke(State(sidecar): State<Arc<Sidecar>>, Path(name): Path<String>, body: Bytes) -> Response {
+    let request: OutputRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST", format!("failed deserializing HTTP body: {e}"));
+        }
+    };
+    let Some(operation) = request.operation.filter(|op| !op.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST", "the request has no \"operation\"".into());
+    };
+    let not_found = || {
+        let names: Vec<&str> =
+            sidecar.bindings.values().filter(|slot| slot.spec.direction.output).map(|slot| slot.spec.name.as_str()).collect();
+        error(
+            StatusCode::NOT_FOUND,
+            "ERR_INVOKE_OUTPUT_BINDING",
+            format!("output binding {name:?} not found; output bindings: [{}]", names.join(", ")),
+        )
+    };
+    let Some(slot) = sidecar.bindings.get(&name) else {
+        if let Some((_, why)) = sidecar.failed.iter().find(|(component, _)| component.name == name) {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ERR_INVOKE_OUTPUT_BINDING",
+                format!("binding {name:?} did not start: {why}"),
+            );
+        }
+        return not_found();
+    };
+    if !slot.spec.direction.output {
+        return not_found();
+    }
+    let binding = match slot.get() {
+        SlotState::Up(binding) => binding,
+        SlotState::Starting => {
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "ERR_INVOKE_OUTPUT_BINDING", format!("binding {name:?} is starting"));
+        }
+        SlotState::Failed(why) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ERR_INVOKE_OUTPUT_BINDING",
+                format!("binding {name:?} is not running: {why}"),
+            );
+        }
+    };
+    let data = match serde_json::to_vec(&request.data) {
+        Ok(data) => data,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST", format!("data: {e}")),
+    };
+    let request = InvokeRequest { operation, data, metadata: request.metadata.into_iter().collect() };
+    match binding.invoke(request).await {
+        Ok(response) => match response.data {
+            Some(data) => (StatusCode::OK, data).into_response(),
+            None => StatusCode::NO_CONTENT.into_response(),
+        },
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_INVOKE_OUTPUT_BINDING",
+            format!("error invoking output binding {name}: {}", chain(&e)),
+        ),
+    }
+}
+
+/// 204 when every component is up; 500 listing what is not.
+async fn healthz(State(sidecar): State<Arc<Sidecar>>) -> Response {
+    health(&sidecar, false)
+}
+
+/// 204 when every output binding is up.
+async fn healthz_outbound(State(sidecar): State<Arc<Sidecar>>) -> Response {
+    health(&sidecar, true)
+}
+
+fn health(sidecar: &Sidecar, outbound_only: bool) -> Response {
+    let mut problems: Vec<String> = if outbound_only {
+        Vec::new()
+    } else {
+        sidecar.failed.iter().map(|(component, why)| format!("{}: {why}", component.name)).collect()
+    };
+    for slot in sidecar.bindings.values().filter(|slot| !outbound_only || slot.spec.direction.output) {
+        match slot.get() {
+            SlotState::Up(_) => {}
+            SlotState::Starting => problems.push(format!("{}: starting", slot.spec.name)),
+            SlotState::Failed(why) => problems.push(format!("{}: {why}", slot.spec.name)),
+        }
+    }
+    if problems.is_empty() {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        error(StatusCode::INTERNAL_SERVER_ERROR, "ERR_HEALTH_NOT_READY", format!("not ready: {}", problems.join("; ")))
+    }
+}
+
+/// Dapr's metadata document, with each binding's state under `extended`.
+async fn metadata(State(sidecar): State<Arc<Sidecar>>) -> Response {
+    let components: Vec<serde_json::Value> = sidecar
+        .components
+        .iter()
+        .map(|c| serde_json::json!({ "name": c.name, "type": c.component_type, "version": c.version, "capabilities": [] }))
+        .collect();
+    let mut extended = serde_json::Map::new();
+    for slot in sidecar.bindings.values() {
+        let state = match slot.get() {
+            SlotState::Up(_) => "up".to_string(),
+            SlotState::Starting => "starting".to_string(),
+            SlotState::Failed(why) => format!("failed: {why}"),
+        };
+        extended.insert(format!("binding.{}", slot.spec.name), state.into());
+    }
+    for (component, why) in &sidecar.failed {
+        extended.insert(format!("component.{}", component.name), format!("failed: {why}").into());
+    }
+    let mut document = serde_json::json!({
+        "id": sidecar.app_id,
+        "runtimeVersion": concat!("mqtt-binding ", env!("CARGO_PKG_VERSION")),
+        "components": components,
+        "extended": extended,
+    });
+    if let Some(port) = sidecar.app_port {
+        document["appConnectionProperties"] = serde_json::json!({ "port": port, "protocol": "http" });
+    }
+    Json(document).into_response()
+}

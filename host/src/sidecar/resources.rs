@@ -1,0 +1,185 @@
+//! A `--resources-path` folder: every Component document in its YAML files, the secret
+//! stores among them, and the MQTT bindings with their `secretKeyRef`s resolved. Running
+//! them is left to the sidecar.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{bail, Context as _};
+
+use super::secrets::{SecretStore, ENV_STORE, FILE_STORE};
+use crate::component_file::{self, ComponentSpec, MetadataValue};
+
+/// An MQTT binding ready to start.
+#[derive(Clone)]
+pub struct BindingSpec {
+    pub name: String,
+    /// Secrets resolved; never logged.
+    pub metadata: Vec<(String, String)>,
+    pub direction: Direction,
+    /// The app path input events are POSTed to: `route` metadata, else the name.
+    pub route: String,
+}
+
+impl std::fmt::Debug for BindingSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BindingSpec").field("name", &self.name).field("direction", &self.direction).finish_non_exhaustive()
+    }
+}
+
+/// Dapr's `direction` metadata: which sides of the binding run. Unset, output runs and
+/// input runs if the app answers the OPTIONS probe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Direction {
+    pub input: Option<bool>,
+    pub output: bool,
+}
+
+/// What the folder held.
+#[derive(Debug, Default)]
+pub struct Resources {
+    pub bindings: Vec<BindingSpec>,
+    /// Components that cannot start, with the reason (named, never quoting a secret).
+    pub failed: Vec<(ComponentSummary, String)>,
+    /// Every component found, for `/v1.0/metadata`.
+    pub components: Vec<ComponentSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ComponentSummary {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub component_type: String,
+    pub version: String,
+}
+
+/// Loads every `.yaml`/`.yml` file directly in `dir` (several documents per file allowed).
+pub fn load(dir: &Path) -> anyhow::Result<Resources> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("--resources-path {}", dir.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml"))
+        .collect();
+    files.sort();
+    let mut resources = Resources::default();
+    let mut specs = Vec::new();
+    for file in files {
+        match component_file::read_file(&file) {
+            Ok(found) => specs.extend(found),
+            Err(error) => tracing::error!("skipping {}: {error:#}", file.display()),
+        }
+    }
+
+    let base = std::env::current_dir().unwrap_or_default();
+    let mut stores = BTreeMap::new();
+    let mut seen = BTreeMap::new();
+    for spec in &specs {
+        let summary = ComponentSummary {
+            name: spec.name.clone(),
+            component_type: spec.component_type.clone(),
+            version: spec.version.clone(),
+        };
+        if seen.insert(spec.name.clone(), ()).is_some() {
+            resources.failed.push((summary, format!("component {:?} is defined twice; the later one is ignored", spec.name)));
+            continue;
+        }
+        resources.components.push(summary.clone());
+        match spec.component_type.as_str() {
+            ENV_STORE | FILE_STORE => match SecretStore::load(spec, &base) {
+                Ok(store) => {
+                    stores.insert(spec.name.clone(), store);
+                }
+                Err(error) => resources.failed.push((summary, format!("secret store {:?}: {error:#}", spec.name))),
+            },
+            _ if spec.is_mqtt_binding() => {}
+            other => tracing::info!(component = %spec.name, "ignoring component of type {other}: this sidecar runs bindings.mqtt only"),
+        }
+    }
+    for spec in specs.iter().filter(|spec| spec.is_mqtt_binding()) {
+        if resources.bindings.iter().any(|b| b.name == spec.name) {
+            continue;
+        }
+        let summary = ComponentSummary {
+            name: spec.name.clone(),
+            component_type: spec.component_type.clone(),
+            version: spec.version.clone(),
+        };
+        match binding(spec, &stores) {
+            Ok(binding) => resources.bindings.push(binding),
+            Err(error) => resources.failed.push((summary, format!("{error:#}"))),
+        }
+    }
+    Ok(resources)
+}
+
+fn binding(spec: &ComponentSpec, stores: &BTreeMap<String, SecretStore>) -> anyhow::Result<BindingSpec> {
+    let mut metadata = Vec::with_capacity(spec.metadata.len());
+    for item in &spec.metadata {
+        let value = match &item.value {
+            MetadataValue::Plain(value) => value.clone(),
+            MetadataValue::SecretRef { name, key } => {
+                let store_name = spec.secret_store.as_deref().with_context(|| {
+                    format!(
+                        "component {:?}: metadata field {:?} uses secretKeyRef {name:?} but the component has no auth.secretStore",
+                        spec.name, item.name
+                    )
+                })?;
+                let store = stores.get(store_name).with_context(|| {
+                    format!(
+                        "component {:?}: metadata field {:?}: secret store {store_name:?} (auth.secretStore) is not a loaded secret store component",
+                        spec.name, item.name
+                    )
+                })?;
+                store.get(name, key).with_context(|| {
+                    format!(
+                        "component {:?}: metadata field {:?}: secret store {store_name:?} has no secret {name:?} with key {key:?}",
+                        spec.name, item.name
+                    )
+                })?
+            }
+        };
+        metadata.push((item.name.clone(), value));
+    }
+    let get = |field: &str| {
+        metadata.iter().find(|(name, _)| name.eq_ignore_ascii_case(field)).map(|(_, value)| value.trim().to_string())
+    };
+    let direction = match get("direction").filter(|d| !d.is_empty()) {
+        None => Direction { input: None, output: true },
+        Some(text) => parse_direction(&text).with_context(|| format!("component {:?}", spec.name))?,
+    };
+    let route = get("route").filter(|r| !r.is_empty()).unwrap_or_else(|| spec.name.clone());
+    Ok(BindingSpec {
+        name: spec.name.clone(),
+        metadata,
+        direction,
+        route: route.trim_start_matches('/').to_string(),
+    })
+}
+
+fn parse_direction(text: &str) -> anyhow::Result<Direction> {
+    let mut direction = Direction { input: Some(false), output: false };
+    for part in text.split(',').map(|p| p.trim().to_ascii_lowercase()) {
+        match part.as_str() {
+            "input" => direction.input = Some(true),
+            "output" => direction.output = true,
+            _ => bail!("metadata field \"direction\": expected \"input\", \"output\" or \"input, output\", got {text:?}"),
+        }
+    }
+    Ok(direction)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direction_forms() {
+        assert_eq!(parse_direction("input").expect("ok"), Direction { input: Some(true), output: false });
+        assert_eq!(parse_direction("output").expect("ok"), Direction { input: Some(false), output: true });
+        assert_eq!(parse_direction("Input, Output").expect("ok"), Direction { input: Some(true), output: true });
+        assert_eq!(
+            parse_direction("both").expect_err("bad").to_string(),
+            r#"metadata field "direction": expected "input", "output" or "input, output", got "both""#
+        );
+    }
+}
