@@ -4,6 +4,7 @@ mod cli;
 mod connect;
 mod metadata;
 mod publish;
+mod sidecar;
 mod subscribe;
 mod support;
 mod tls;

@@ -109,7 +109,25 @@ pub fn load(dir: &Path) -> anyhow::Result<Resources> {
             Err(error) => resources.failed.push((summary, format!("{error:#}"))),
         }
     }
+    warn_shared_client_ids(&resources.bindings);
     Ok(resources)
+}
+
+/// MQTT allows one connection per client ID: a second binding connecting with the same ID
+/// makes the broker drop the first, and the two keep taking over each other's session.
+/// Bindings without `consumerID` all use the app ID.
+fn warn_shared_client_ids(bindings: &[BindingSpec]) {
+    let defaulted: Vec<&str> = bindings
+        .iter()
+        .filter(|b| !b.metadata.iter().any(|(name, value)| name.eq_ignore_ascii_case("consumerID") && !value.trim().is_empty()))
+        .map(|b| b.name.as_str())
+        .collect();
+    if defaulted.len() > 1 {
+        tracing::warn!(
+            "bindings {} have no consumerID, so all connect with the app ID as MQTT client ID and will disconnect each other on a shared broker; give each its own consumerID",
+            defaulted.join(", ")
+        );
+    }
 }
 
 fn binding(spec: &ComponentSpec, stores: &BTreeMap<String, SecretStore>) -> anyhow::Result<BindingSpec> {

@@ -1,0 +1,333 @@
+//! `mqtt-binding run` as a process: Dapr's HTTP API in, a real HTTP app out, a real broker
+//! between, checked by independent MQTT clients.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{HeaderMap, StatusCode};
+use rumqttc::QoS;
+use tokio::process::{Child, Command};
+
+use crate::support::{publish_all, unique, Mosquitto, Subscriber, WAIT};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port()
+}
+
+/// One binding component as YAML; `(name, value)` or `(name, "secret:NAME:KEY")`.
+fn binding_yaml(name: &str, metadata: &[(&str, &str)], secret_store: Option<&str>) -> String {
+    let mut yaml = format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n");
+    for (field, value) in metadata {
+        match value.strip_prefix("secret:").and_then(|r| r.split_once(':')) {
+            Some((secret, key)) => yaml.push_str(&format!(
+                "  - name: {field}\n    secretKeyRef:\n      name: {}\n      key: {}\n",
+                serde_json::Value::from(secret),
+                serde_json::Value::from(key)
+            )),
+            None => yaml.push_str(&format!("  - name: {field}\n    value: {}\n", serde_json::Value::from(*value))),
+        }
+    }
+    if let Some(store) = secret_store {
+        yaml.push_str(&format!("auth:\n  secretStore: {store}\n"));
+    }
+    yaml
+}
+
+/// A running sidecar process; SIGTERM, then kill, on drop.
+struct Sidecar {
+    child: Option<Child>,
+    http: u16,
+    client: reqwest::Client,
+}
+
+impl Sidecar {
+    async fn start(dir: &Path, app_port: Option<u16>, env: &[(&str, &str)]) -> Self {
+        let http = free_port();
+        let mut command = Command::new(BIN);
+        command
+            .args(["run", "--resources-path", dir.to_str().expect("path"), "--app-id", "shop"])
+            .args(["--dapr-http-port", &http.to_string()])
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            // Kept beside the test's files rather than mixed into the test output.
+            .stderr(std::fs::File::create(dir.join("sidecar.log")).expect("log file"))
+            .kill_on_drop(true);
+        if let Some(port) = app_port {
+            command.args(["--app-port", &port.to_string()]);
+        }
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let child = command.spawn().expect("mqtt-binding run starts");
+        let sidecar = Self { child: Some(child), http, client: reqwest::Client::new() };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while sidecar.client.get(sidecar.url("/v1.0/metadata")).send().await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "the sidecar never served HTTP");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        sidecar
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http)
+    }
+
+    /// Waits until `/v1.0/healthz` answers 204.
+    async fn healthy(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let response = self.client.get(self.url("/v1.0/healthz")).send().await.expect("healthz answers");
+            if response.status() == StatusCode::NO_CONTENT {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never healthy: {}", response.text().await.unwrap_or_default());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn post(&self, binding: &str, body: &str) -> (StatusCode, String) {
+        let response =
+            self.client.post(self.url(&format!("/v1.0/bindings/{binding}"))).body(body.to_string()).send().await.expect("answer");
+        (response.status(), response.text().await.expect("body"))
+    }
+
+    /// SIGTERM, and the exit status (failing the test if it takes longer than WAIT).
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().expect("pid").to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
+        tokio::time::timeout(WAIT, child.wait()).await.expect("exits after SIGTERM").expect("status")
+    }
+}
+
+/// A test app: answers OPTIONS with `probe`, records every POST, fails the first `failures`.
+#[derive(Clone)]
+struct App {
+    calls: Arc<Mutex<Vec<(String, HeaderMap, Vec<u8>)>>>,
+    failures: Arc<Mutex<usize>>,
+    arrived: Arc<tokio::sync::Notify>,
+}
+
+impl App {
+    async fn serve(port: u16, probe: StatusCode, failures: usize) -> (Self, tokio::task::JoinHandle<()>) {
+        let app = App { calls: Arc::default(), failures: Arc::new(Mutex::new(failures)), arrived: Arc::default() };
+        let router = axum::Router::new()
+            .route(
+                "/{route}",
+                axum::routing::options(move || async move { probe }).post(
+                    |State(app): State<App>, UrlPath(route): UrlPath<String>, headers: HeaderMap, body: axum::body::Bytes| async move {
+                        app.calls.lock().expect("calls").push((route, headers, body.to_vec()));
+                        app.arrived.notify_waiters();
+                        let mut failures = app.failures.lock().expect("failures");
+                        if *failures > 0 {
+                            *failures -= 1;
+                            StatusCode::INTERNAL_SERVER_ERROR
+                        } else {
+                            StatusCode::OK
+                        }
+                    },
+                ),
+            )
+            .with_state(app.clone());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("app port");
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, router).await;
+        });
+        (app, server)
+    }
+
+    async fn wait_for_calls(&self, n: usize) -> Vec<(String, HeaderMap, Vec<u8>)> {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let arrived = self.arrived.notified();
+            let calls = self.calls.lock().expect("calls").clone();
+            if calls.len() >= n {
+                return calls;
+            }
+            assert!(
+                tokio::time::timeout_at(deadline, arrived).await.is_ok(),
+                "the app got {} calls, expected {n}",
+                calls.len()
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn output_binding_over_http_publishes_json_text() {
+    let broker = Mosquitto::start();
+    let topic = format!("http-out/{}", unique());
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("orders.yaml"), binding_yaml("orders", &[("url", &broker.url()), ("topic", &topic), ("qos", "1")], None))
+        .expect("write");
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let sidecar = Sidecar::start(dir.path(), None, &[]).await;
+    sidecar.healthy().await;
+    for (body, published) in [
+        (r#"{"data": {"id": 7, "items": ["a"]}, "operation": "create"}"#, r#"{"id":7,"items":["a"]}"#),
+        (r#"{"data": "hi", "operation": "create"}"#, r#""hi""#),
+        (r#"{"data": 42, "metadata": {"retain": "false"}, "operation": "create"}"#, "42"),
+    ] {
+        assert_eq!(sidecar.post("orders", body).await, (StatusCode::NO_CONTENT, String::new()));
+        assert_eq!(String::from_utf8_lossy(&subscriber.next().await.payload), published);
+    }
+    let put = sidecar.client.put(sidecar.url("/v1.0/bindings/orders")).body(r#"{"data": 1, "operation": "create"}"#).send().await;
+    assert_eq!(put.expect("answer").status(), StatusCode::NO_CONTENT);
+    assert_eq!(&subscriber.next().await.payload[..], b"1");
+    assert!(sidecar.terminate().await.success());
+}
+
+#[tokio::test]
+async fn input_events_reach_the_app_with_the_topic_header() {
+    let broker = Mosquitto::start();
+    let base = format!("http-in/{}", unique());
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("orders.yaml"), binding_yaml("orders", &[("url", &broker.url()), ("topic", &format!("{base}/+")), ("qos", "1")], None))
+        .expect("write");
+    let app_port = free_port();
+    let (app, _server) = App::serve(app_port, StatusCode::OK, 0).await;
+    let sidecar = Sidecar::start(dir.path(), Some(app_port), &[]).await;
+    broker.wait_for_log("Received SUBSCRIBE from shop").await;
+    publish_all(broker.port, &format!("{base}/eu"), QoS::AtLeastOnce, &[br#"{"order":1}"#.to_vec()]).await;
+    let calls = app.wait_for_calls(1).await;
+    let (route, headers, body) = &calls[0];
+    assert_eq!((route.as_str(), body.as_slice()), ("orders", &br#"{"order":1}"#[..]));
+    assert_eq!(headers["topic"], format!("{base}/eu").as_str());
+    assert_eq!(headers["content-type"], "application/json");
+    assert!(sidecar.terminate().await.success());
+}
+
+#[tokio::test]
+async fn app_failing_twice_gets_the_event_three_times() {
+    let broker = Mosquitto::start();
+    let topic = format!("http-retry/{}", unique());
+    let dir = tempfile::tempdir().expect("dir");
+    let metadata = [("url", broker.url()), ("topic", topic.clone()), ("qos", "1".into()), ("backOffMaxRetries", "3".into()), ("backOffInterval", "20ms".into()), ("route", "/incoming".into())];
+    let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    std::fs::write(dir.path().join("b.yaml"), binding_yaml("orders", &metadata, None)).expect("write");
+    let app_port = free_port();
+    let (app, _server) = App::serve(app_port, StatusCode::METHOD_NOT_ALLOWED, 2).await;
+    let sidecar = Sidecar::start(dir.path(), Some(app_port), &[]).await;
+    broker.wait_for_log("Received SUBSCRIBE from shop").await;
+    publish_all(broker.port, &topic, QoS::AtLeastOnce, &[b"flaky".to_vec()]).await;
+    let calls = app.wait_for_calls(3).await;
+    assert!(calls.iter().all(|(route, _, body)| route == "incoming" && body == b"flaky"));
+    broker.wait_for_log("Received PUBACK from shop").await;
+    assert!(sidecar.terminate().await.success());
+    assert_eq!(app.calls.lock().expect("calls").len(), 3);
+}
+
+#[tokio::test]
+async fn an_app_that_is_down_gets_events_once_it_listens_and_output_works_meanwhile() {
+    let broker = Mosquitto::start();
+    let base = format!("late/{}", unique());
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("b.yaml"), binding_yaml("orders", &[("url", &broker.url()), ("topic", &format!("{base}/in")), ("qos", "1")], None))
+        .expect("write");
+    let app_port = free_port();
+    let sidecar = Sidecar::start(dir.path(), Some(app_port), &[]).await;
+    sidecar.healthy().await;
+    let mut out = Subscriber::start(broker.port, &format!("{base}/out")).await;
+    let body = format!(r#"{{"data": "while the app is down", "metadata": {{"topic": "{base}/out"}}, "operation": "create"}}"#);
+    assert_eq!(sidecar.post("orders", &body).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(&out.next().await.payload[..], br#""while the app is down""#);
+
+    let (app, _server) = App::serve(app_port, StatusCode::OK, 0).await;
+    broker.wait_for_log("Received SUBSCRIBE from shop").await;
+    publish_all(broker.port, &format!("{base}/in"), QoS::AtLeastOnce, &[b"now up".to_vec()]).await;
+    assert_eq!(app.wait_for_calls(1).await[0].2, b"now up");
+    assert!(sidecar.terminate().await.success());
+}
+
+#[tokio::test]
+async fn secrets_come_from_env_and_file_stores() {
+    let broker = Mosquitto::start();
+    let topic = format!("secret-topic/{}", unique());
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("secrets.json"), format!(r#"{{"mqtt": {{"url": "{}"}}}}"#, broker.url())).expect("write");
+    let stores = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: files\nspec:\n  type: secretstores.local.file\n  version: v1\n  metadata:\n  - name: secretsFile\n    value: secrets.json\n  - name: nestedSeparator\n    value: \".\"\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: env\nspec:\n  type: secretstores.local.env\n  version: v1\n";
+    std::fs::write(dir.path().join("stores.yaml"), stores).expect("write");
+    std::fs::write(dir.path().join("a.yaml"), binding_yaml("from-file", &[("url", "secret:mqtt.url:mqtt.url"), ("topic", &topic), ("consumerID", "shop-file")], Some("files"))).expect("write");
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        binding_yaml(
+            "from-env",
+            &[("url", &broker.url()), ("topic", "secret:TEST_TOPIC:TEST_TOPIC"), ("consumerID", "shop-env")],
+            Some("env"),
+        ),
+    )
+    .expect("write");
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let sidecar = Sidecar::start(dir.path(), None, &[("TEST_TOPIC", topic.as_str())]).await;
+    sidecar.healthy().await;
+    for binding in ["from-file", "from-env"] {
+        assert_eq!(sidecar.post(binding, &format!(r#"{{"data": "{binding}", "operation": "create"}}"#)).await.0, StatusCode::NO_CONTENT);
+        assert_eq!(String::from_utf8_lossy(&subscriber.next().await.payload), format!("\"{binding}\""));
+    }
+    assert!(sidecar.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_missing_secret_fails_only_its_component() {
+    let broker = Mosquitto::start();
+    let topic = format!("partial/{}", unique());
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("secrets.json"), r#"{"present": "tcp://127.0.0.1:1"}"#).expect("write");
+    let store = "kind: Component\nmetadata:\n  name: files\nspec:\n  type: secretstores.local.file\n  version: v1\n  metadata:\n  - name: secretsFile\n    value: secrets.json\n";
+    std::fs::write(dir.path().join("store.yaml"), store).expect("write");
+    std::fs::write(dir.path().join("good.yaml"), binding_yaml("good", &[("url", &broker.url()), ("topic", &topic)], None)).expect("write");
+    std::fs::write(dir.path().join("bad.yaml"), binding_yaml("bad", &[("url", "secret:absent:absent"), ("topic", "t")], Some("files"))).expect("write");
+    std::fs::write(dir.path().join("nostore.yaml"), binding_yaml("nostore", &[("url", "secret:x:x"), ("topic", "t")], Some("vault"))).expect("write");
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let sidecar = Sidecar::start(dir.path(), None, &[]).await;
+
+    let health = sidecar.client.get(sidecar.url("/v1.0/healthz")).send().await.expect("answer");
+    assert_eq!(health.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let health = health.text().await.expect("body");
+    assert!(health.contains(r#"secret store \"files\" has no secret \"absent\" with key \"absent\""#), "{health}");
+    assert!(health.contains(r#"secret store \"vault\" (auth.secretStore) is not a loaded secret store component"#), "{health}");
+    let (status, body) = sidecar.post("bad", r#"{"data": 1, "operation": "create"}"#).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body.contains("ERR_INVOKE_OUTPUT_BINDING") && body.contains("did not start"), "{body}");
+
+    let outbound = sidecar.client.get(sidecar.url("/v1.0/healthz/outbound")).send().await.expect("answer");
+    assert_eq!(outbound.status(), StatusCode::NO_CONTENT, "the good binding serves");
+    assert_eq!(sidecar.post("good", r#"{"data": "still here", "operation": "create"}"#).await.0, StatusCode::NO_CONTENT);
+    assert_eq!(&subscriber.next().await.payload[..], br#""still here""#);
+    assert!(sidecar.terminate().await.success());
+}
+
+#[tokio::test]
+async fn dapr_error_codes() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(dir.path().join("b.yaml"), binding_yaml("sensors", &[("url", &broker.url()), ("topic", "sensors/#")], None)).expect("write");
+    let sidecar = Sidecar::start(dir.path(), None, &[]).await;
+    sidecar.healthy().await;
+    let cases = [
+        ("sensors", "{not json", StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST"),
+        ("sensors", r#"{"data": 1}"#, StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST"),
+        ("sensors", r#"{"data": 1, "metadata": {"qos": 1}, "operation": "create"}"#, StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST"),
+        ("unknown", r#"{"data": 1, "operation": "create"}"#, StatusCode::NOT_FOUND, "ERR_INVOKE_OUTPUT_BINDING"),
+        // The component's topic is a filter and the request names no topic.
+        ("sensors", r#"{"data": 1, "operation": "create"}"#, StatusCode::INTERNAL_SERVER_ERROR, "ERR_INVOKE_OUTPUT_BINDING"),
+        ("sensors", r#"{"data": 1, "operation": "delete"}"#, StatusCode::INTERNAL_SERVER_ERROR, "ERR_INVOKE_OUTPUT_BINDING"),
+    ];
+    for (binding, body, status, code) in cases {
+        let (got, text) = sidecar.post(binding, body).await;
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{body}: not JSON ({e}): {text}"));
+        assert_eq!((got, json["errorCode"].as_str()), (status, Some(code)), "{body}: {text}");
+        assert!(!json["message"].as_str().unwrap_or_default().is_empty());
+    }
+    let metadata: serde_json::Value =
+        sidecar.client.get(sidecar.url("/v1.0/metadata")).send().await.expect("answer").json().await.expect("json");
+    assert_eq!(metadata["id"], "shop");
+    assert_eq!(metadata["components"][0]["name"], "sensors");
+    assert_eq!(metadata["components"][0]["type"], "bindings.mqtt");
+    assert!(sidecar.terminate().await.success());
+}
