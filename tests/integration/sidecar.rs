@@ -105,10 +105,13 @@ impl Sidecar {
     }
 }
 
+/// One POST the app received: route, headers, body.
+type Call = (String, HeaderMap, Vec<u8>);
+
 /// A test app: answers OPTIONS with `probe`, records every POST, fails the first `failures`.
 #[derive(Clone)]
 struct App {
-    calls: Arc<Mutex<Vec<(String, HeaderMap, Vec<u8>)>>>,
+    calls: Arc<Mutex<Vec<Call>>>,
     failures: Arc<Mutex<usize>>,
     arrived: Arc<tokio::sync::Notify>,
 }
@@ -141,7 +144,7 @@ impl App {
         (app, server)
     }
 
-    async fn wait_for_calls(&self, n: usize) -> Vec<(String, HeaderMap, Vec<u8>)> {
+    async fn wait_for_calls(&self, n: usize) -> Vec<Call> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let arrived = self.arrived.notified();
