@@ -52,15 +52,19 @@ pub struct InvokeResponse {
     pub metadata: Vec<(String, String)>,
 }
 
-/// A running binding. `invoke` and `read` may run at the same time (from different tasks):
-/// each runs in its own instance of the component, and both share the binding's one broker
-/// connection. Invokes run one at a time.
+/// A running binding. Calls may come from many tasks at once: each `invoke` runs in an
+/// instance of the component taken from a pool (one Store runs one call at a time, so a
+/// single instance would make invokes queue), `read` runs in an instance of its own, and
+/// all of them share the binding's one broker connection.
 pub struct Binding {
     runtime: Arc<RuntimeInner>,
     host: Arc<BindingHost>,
     app_id: String,
     metadata: Vec<(String, String)>,
-    output: tokio::sync::Mutex<Instance>,
+    /// Idle output instances, ready for the next invoke.
+    idle: std::sync::Mutex<Vec<Instance>>,
+    /// Bounds the output instances in use at once (`RuntimeOptions::max_output_instances`).
+    permits: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Binding {
@@ -99,16 +103,43 @@ impl Binding {
         app_id: String,
         metadata: Vec<(String, String)>,
     ) -> Result<Self, BindingError> {
-        let mut output = runtime.instance(host.clone()).await?;
-        output.init(&app_id, &metadata).await?;
-        Ok(Self { runtime, host, app_id, metadata, output: tokio::sync::Mutex::new(output) })
+        // The first instance validates the metadata and opens the connection; the others
+        // are made on demand and join it.
+        let mut first = runtime.instance(host.clone()).await?;
+        first.init(&app_id, &metadata).await?;
+        let permits = tokio::sync::Semaphore::new(runtime.max_output_instances());
+        Ok(Self { runtime, host, app_id, metadata, idle: std::sync::Mutex::new(vec![first]), permits })
+    }
+
+    /// Runs `call` on an output instance from the pool. An instance that trapped is dropped,
+    /// not reused.
+    async fn with_output<T>(
+        &self,
+        call: impl AsyncFnOnce(&mut Instance) -> Result<T, BindingError>,
+    ) -> Result<T, BindingError> {
+        let _permit = self.permits.acquire().await.map_err(|_| BindingError::Broker(crate::BrokerError::Closed))?;
+        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let mut instance = match idle {
+            Some(instance) => instance,
+            None => {
+                let mut instance = self.runtime.instance(self.host.clone()).await?;
+                instance.init(&self.app_id, &self.metadata).await?;
+                instance
+            }
+        };
+        let outcome = call(&mut instance).await;
+        if !matches!(outcome, Err(BindingError::Component(_))) {
+            self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(instance);
+        }
+        outcome
     }
 
     /// The output operations the binding supports.
     pub async fn operations(&self) -> Result<Vec<String>, BindingError> {
-        let mut output = self.output.lock().await;
-        let Instance { store, exports } = &mut *output;
-        exports.mqtt_binding_binding_binding().call_operations(store).await.map_err(component_error)
+        self.with_output(async |Instance { store, exports }| {
+            exports.mqtt_binding_binding_binding().call_operations(store).await.map_err(component_error)
+        })
+        .await
     }
 
     /// Runs one output operation.
@@ -118,16 +149,14 @@ impl Binding {
             data: request.data,
             metadata: request.metadata,
         };
-        let mut output = self.output.lock().await;
-        let Instance { store, exports } = &mut *output;
-        let outcome = exports
-            .mqtt_binding_binding_binding()
-            .call_invoke(store, &request)
-            .await
-            .map_err(component_error)?;
-        outcome
-            .map(|response| InvokeResponse { data: response.data, metadata: response.metadata })
-            .map_err(from_guest)
+        self.with_output(async |Instance { store, exports }| {
+            let outcome =
+                exports.mqtt_binding_binding_binding().call_invoke(store, &request).await.map_err(component_error)?;
+            outcome
+                .map(|response| InvokeResponse { data: response.data, metadata: response.metadata })
+                .map_err(from_guest)
+        })
+        .await
     }
 
     /// Runs the input binding: subscribes and hands each message to the binding's

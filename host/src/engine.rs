@@ -42,6 +42,9 @@ pub struct RuntimeOptions {
     pub broker: BrokerSettings,
     /// Most linear memory one binding instance may use, in bytes.
     pub max_memory_bytes: usize,
+    /// Most output instances one binding runs at once, i.e. how many invokes of one binding
+    /// may be in flight together; more wait for a free instance.
+    pub max_output_instances: usize,
 }
 
 impl Default for RuntimeOptions {
@@ -51,6 +54,7 @@ impl Default for RuntimeOptions {
             cache_dir: default_cache_dir(),
             broker: BrokerSettings::default(),
             max_memory_bytes: 256 * 1024 * 1024,
+            max_output_instances: 64,
         }
     }
 }
@@ -123,6 +127,10 @@ impl Runtime {
 }
 
 impl RuntimeInner {
+    pub(crate) fn max_output_instances(&self) -> usize {
+        self.options.max_output_instances.max(1)
+    }
+
     /// A fresh instance of the component for `host`'s binding, not yet initialised.
     pub(crate) async fn instance(&self, host: Arc<BindingHost>) -> Result<Instance, BindingError> {
         // The guest gets no sockets, no files, no environment: its only network is the

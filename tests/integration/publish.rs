@@ -121,3 +121,33 @@ async fn wildcard_topics_and_unknown_operations_are_refused() {
     assert_eq!(binding.operations().await.expect("operations"), ["create"]);
     binding.close().await;
 }
+
+#[tokio::test]
+async fn concurrent_invokes_on_one_binding_all_arrive() {
+    let broker = Mosquitto::start();
+    let topic = format!("concurrent/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let binding = std::sync::Arc::new(binding(&[("url", &broker.url()), ("topic", &topic), ("qos", "1")]).await.expect("init"));
+    let mut invokes = tokio::task::JoinSet::new();
+    for n in 0..200 {
+        let binding = binding.clone();
+        invokes.spawn(async move {
+            let request = mqtt_binding::InvokeRequest {
+                operation: "create".into(),
+                data: format!("m{n}").into_bytes(),
+                metadata: vec![],
+            };
+            binding.invoke(request).await
+        });
+    }
+    while let Some(outcome) = invokes.join_next().await {
+        outcome.expect("the task ran").expect("every invoke succeeded");
+    }
+    let mut received = std::collections::BTreeSet::new();
+    for _ in 0..200 {
+        received.insert(String::from_utf8(subscriber.next().await.payload.to_vec()).expect("utf-8"));
+    }
+    let expected: std::collections::BTreeSet<String> = (0..200).map(|n| format!("m{n}")).collect();
+    assert_eq!(received, expected);
+    binding.close().await;
+}
