@@ -1,0 +1,498 @@
+//! The benchmark: every figure of the binding beside a reference measured in the same run on
+//! the same local mosquitto, as median, spread (min–max) and ratio.
+//!
+//! `cargo bench -p mqtt-binding --bench bench` runs it in full and writes the table to
+//! `docs/BENCHMARKS.md`; `cargo test -p mqtt-binding --bench bench` (no `--bench` argument)
+//! runs every figure once with a few hundred messages, so that the code cannot rot.
+//!
+//! Input figures read a persistent session preloaded with the messages (mosquitto with
+//! `queue_qos0_messages`, so QoS 0 queues too), timed from the start of connecting to the
+//! last delivery, for both. The binding's connection opens when the binding is created, so
+//! timing from the first delivery would leave the network out of its figure only.
+
+#![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
+
+#[path = "../../tests/integration/support.rs"]
+#[allow(dead_code, reason = "the benchmark uses part of the test helpers")]
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mqtt_binding::{Binding, BindingOptions, Delivery, Event, EventHandler, InvokeRequest, Runtime, RuntimeOptions};
+use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
+use support::{publish_all, runtime, unique, BrokerConfig, Mosquitto};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// Invokes (and rumqttc publishes) in flight at once for the throughput figures.
+const IN_FLIGHT: usize = 64;
+
+struct Settings {
+    full: bool,
+    runs: usize,
+    messages: usize,
+    latency_samples: usize,
+    cold_starts: usize,
+}
+
+/// One row of the table: the binding's figure and its reference, each a list of runs.
+struct Row {
+    figure: String,
+    unit: &'static str,
+    binding: Vec<f64>,
+    reference_name: String,
+    reference: Vec<f64>,
+    /// Whether more is better (throughput) or less is (latency, time).
+    higher_is_better: bool,
+}
+
+fn main() {
+    let full = std::env::args().any(|arg| arg == "--bench");
+    let settings = if full {
+        Settings { full, runs: 5, messages: 20_000, latency_samples: 2_000, cold_starts: 20 }
+    } else {
+        Settings { full, runs: 1, messages: 300, latency_samples: 100, cold_starts: 2 }
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rows = rt.block_on(measure(&settings));
+    let table = render(&rows);
+    println!("{table}");
+    if settings.full {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/BENCHMARKS.md");
+        std::fs::write(path, document(&settings, &table)).expect("writing docs/BENCHMARKS.md");
+        println!("written to docs/BENCHMARKS.md");
+    }
+}
+
+async fn measure(settings: &Settings) -> Vec<Row> {
+    let broker = Mosquitto::start_with(BrokerConfig {
+        extra: "queue_qos0_messages true\nmax_queued_messages 0\n".into(),
+        ..Default::default()
+    });
+    let mut rows = Vec::new();
+    let n = settings.messages;
+    for (qos, size) in [(QoS::AtMostOnce, 100), (QoS::AtLeastOnce, 100), (QoS::AtLeastOnce, 1024), (QoS::AtLeastOnce, 64 * 1024)] {
+        let messages = if size > 1024 { n / 10 } else { n }.max(IN_FLIGHT);
+        let mut row = Row {
+            figure: format!("output QoS {}, {} B, {IN_FLIGHT} in flight", qos as u8, size),
+            unit: "msg/s",
+            binding: Vec::new(),
+            reference_name: "rumqttc, same pipelining".into(),
+            reference: Vec::new(),
+            higher_is_better: true,
+        };
+        let mut versus_pub = Row {
+            figure: row.figure.clone(),
+            unit: "msg/s",
+            binding: Vec::new(),
+            reference_name: "`mosquitto_pub -l`".into(),
+            reference: Vec::new(),
+            higher_is_better: true,
+        };
+        for _ in 0..settings.runs {
+            let binding = output_rate(&broker, qos, size, messages).await;
+            row.binding.push(binding);
+            versus_pub.binding.push(binding);
+            row.reference.push(rumqttc_output_rate(&broker, qos, size, messages).await);
+            if size <= 1024 {
+                versus_pub.reference.push(mosquitto_pub_rate(&broker, qos, size, messages).await);
+            }
+        }
+        rows.push(row);
+        if size <= 1024 {
+            rows.push(versus_pub);
+        }
+    }
+
+    let mut latency = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..settings.runs {
+        let (p50, p99) = percentiles(invoke_latencies(&broker, settings.latency_samples).await);
+        latency.0.push(p50);
+        latency.1.push(p99);
+        let (p50, p99) = percentiles(rumqttc_latencies(&broker, settings.latency_samples).await);
+        latency.2.push(p50);
+        latency.3.push(p99);
+        latency.4.push(percentiles(ping_latencies(&broker, settings.latency_samples).await).0);
+    }
+    rows.push(Row { figure: "output latency QoS 1, p50".into(), unit: "µs", binding: latency.0.clone(), reference_name: "rumqttc p50".into(), reference: latency.2.clone(), higher_is_better: false });
+    rows.push(Row { figure: "output latency QoS 1, p99".into(), unit: "µs", binding: latency.1, reference_name: "rumqttc p99".into(), reference: latency.3, higher_is_better: false });
+    rows.push(Row { figure: "output latency QoS 1, p50".into(), unit: "µs", binding: latency.0, reference_name: "TCP floor (PINGREQ/PINGRESP) p50".into(), reference: latency.4, higher_is_better: false });
+
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let mut row = Row {
+            figure: format!("input QoS {}, 100 B, handler returns at once", qos as u8),
+            unit: "msg/s",
+            binding: Vec::new(),
+            reference_name: "raw rumqttc subscriber, manual acks".into(),
+            reference: Vec::new(),
+            higher_is_better: true,
+        };
+        for _ in 0..settings.runs {
+            row.binding.push(binding_rate(&broker, qos, n).await);
+            row.reference.push(raw_rate(&broker, qos, n).await);
+        }
+        rows.push(row);
+    }
+
+    let mut starts = Vec::new();
+    for _ in 0..settings.cold_starts {
+        starts.push(cold_start(&broker).await);
+    }
+    rows.push(Row { figure: "cold start in process: load (cached) + instantiate + init + connect".into(), unit: "ms", binding: starts, reference_name: "(none)".into(), reference: Vec::new(), higher_is_better: false });
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..settings.cold_starts {
+        ours.push(invoke_process(&broker).await);
+        theirs.push(mosquitto_pub_process(&broker).await);
+    }
+    rows.push(Row { figure: "`mqtt-binding invoke` process, QoS 1".into(), unit: "ms", binding: ours, reference_name: "one `mosquitto_pub -q 1` process".into(), reference: theirs, higher_is_better: false });
+    rows
+}
+
+fn render(rows: &[Row]) -> String {
+    let mut table = String::from("| figure | binding (median, min–max) | reference | reference (median, min–max) | ratio |\n|---|---|---|---|---|\n");
+    for row in rows {
+        let (b, bmin, bmax) = stats(&row.binding);
+        let reference = if row.reference.is_empty() {
+            "—".to_string()
+        } else {
+            let (r, rmin, rmax) = stats(&row.reference);
+            format!("{} {unit} ({}–{})", fmt(r), fmt(rmin), fmt(rmax), unit = row.unit)
+        };
+        let ratio = if row.reference.is_empty() {
+            "—".to_string()
+        } else {
+            let r = stats(&row.reference).0;
+            let ratio = b / r;
+            format!("{ratio:.2}× {}", if row.higher_is_better { "(higher is better)" } else { "(lower is better)" })
+        };
+        table.push_str(&format!(
+            "| {} | {} {unit} ({}–{}) | {} | {reference} | {ratio} |\n",
+            row.figure, fmt(b), fmt(bmin), fmt(bmax), row.reference_name, unit = row.unit
+        ));
+    }
+    table
+}
+
+fn fmt(value: f64) -> String {
+    if value >= 100.0 { format!("{value:.0}") } else { format!("{value:.2}") }
+}
+
+fn stats(values: &[f64]) -> (f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    (sorted[sorted.len() / 2], sorted[0], sorted[sorted.len() - 1])
+}
+
+fn document(settings: &Settings, table: &str) -> String {
+    let command = |program: &str, args: &[&str]| {
+        std::process::Command::new(program)
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default()
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_default();
+    format!(
+        "# Benchmarks\n\nProduced by `cargo bench -p mqtt-binding --bench bench` ({} runs of each figure; \
+{} messages for throughput, {} samples for latency, {} cold starts). Ratios compare figures \
+measured in the same run against the same local broker; absolute numbers drift on shared \
+machines, ratios hold.\n\nMachine: {} CPUs, {cpu}; {}; mosquitto on loopback ({}).\n\n{table}",
+        settings.runs,
+        settings.messages,
+        settings.latency_samples,
+        settings.cold_starts,
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        command("uname", &["-srm"]),
+        command("sh", &["-c", "mosquitto -h 2>&1 | head -1"]),
+    )
+}
+
+fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6;
+    (at(0.5), at(0.99))
+}
+
+fn metadata(pairs: &[(&str, String)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+}
+
+async fn output_binding(broker: &Mosquitto, qos: QoS) -> Arc<Binding> {
+    let options = BindingOptions {
+        name: "bench".into(),
+        app_id: format!("bench-out-{}", unique()),
+        metadata: metadata(&[("url", broker.url()), ("topic", format!("bench/out/{}", unique())), ("qos", (qos as u8).to_string())]),
+        handler: None,
+    };
+    Arc::new(runtime().binding(options).await.expect("binding"))
+}
+
+/// Many invokes in flight through one binding.
+async fn output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize) -> f64 {
+    let binding = output_binding(broker, qos).await;
+    let started = Instant::now();
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..IN_FLIGHT {
+        let binding = binding.clone();
+        let count = messages / IN_FLIGHT;
+        workers.spawn(async move {
+            for _ in 0..count {
+                let request = InvokeRequest { operation: "create".into(), data: vec![b'x'; size], metadata: vec![] };
+                binding.invoke(request).await.expect("invoke");
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+    let elapsed = started.elapsed();
+    binding.close().await;
+    ((messages / IN_FLIGHT) * IN_FLIGHT) as f64 / elapsed.as_secs_f64()
+}
+
+/// rumqttc alone with the same number in flight, until every publish is written (QoS 0) or
+/// acknowledged (QoS 1).
+async fn rumqttc_output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize) -> f64 {
+    let messages = (messages / IN_FLIGHT) * IN_FLIGHT;
+    let started = Instant::now();
+    let mut options = MqttOptions::new(format!("bench-raw-out-{}", unique()), "127.0.0.1", broker.port);
+    options.set_inflight(IN_FLIGHT as u16).set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = AsyncClient::new(options, IN_FLIGHT);
+    eventloop.network_options.set_tcp_nodelay(true);
+    let topic = format!("bench/raw/{}", unique());
+    let sender = tokio::spawn(async move {
+        for _ in 0..messages {
+            client.publish(topic.clone(), qos, false, vec![b'x'; size]).await.expect("publish");
+        }
+        client
+    });
+    let mut done = 0;
+    while done < messages {
+        match eventloop.poll().await.expect("connected") {
+            rumqttc::Event::Incoming(Packet::PubAck(_)) if qos == QoS::AtLeastOnce => done += 1,
+            rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => done += 1,
+            _ => {}
+        }
+    }
+    let elapsed = started.elapsed();
+    let client = sender.await.expect("sender");
+    let _ = client.try_disconnect();
+    messages as f64 / elapsed.as_secs_f64()
+}
+
+/// `mosquitto_pub -l` fed the same number of lines, as a whole process.
+async fn mosquitto_pub_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize) -> f64 {
+    let mut input = Vec::with_capacity(messages * (size + 1));
+    for _ in 0..messages {
+        input.extend(std::iter::repeat_n(b'x', size));
+        input.push(b'\n');
+    }
+    let started = Instant::now();
+    let mut child = tokio::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", &format!("bench/pub/{}", unique())])
+        .args(["-q", &(qos as u8).to_string(), "-l"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub runs");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(&input).await.expect("feeding mosquitto_pub");
+    drop(stdin);
+    assert!(child.wait().await.expect("mosquitto_pub ends").success());
+    messages as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn invoke_latencies(broker: &Mosquitto, samples: usize) -> Vec<Duration> {
+    let binding = output_binding(broker, QoS::AtLeastOnce).await;
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let request = InvokeRequest { operation: "create".into(), data: vec![b'x'; 100], metadata: vec![] };
+        let started = Instant::now();
+        binding.invoke(request).await.expect("invoke");
+        latencies.push(started.elapsed());
+    }
+    binding.close().await;
+    latencies
+}
+
+async fn rumqttc_latencies(broker: &Mosquitto, samples: usize) -> Vec<Duration> {
+    let mut options = MqttOptions::new(format!("bench-raw-lat-{}", unique()), "127.0.0.1", broker.port);
+    options.set_inflight(1);
+    let (client, mut eventloop) = AsyncClient::new(options, 4);
+    eventloop.network_options.set_tcp_nodelay(true);
+    while !matches!(eventloop.poll().await.expect("connect"), rumqttc::Event::Incoming(Packet::ConnAck(_))) {}
+    let topic = format!("bench/lat/{}", unique());
+    let mut latencies = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let started = Instant::now();
+        client.try_publish(topic.clone(), QoS::AtLeastOnce, false, vec![b'x'; 100]).expect("publish");
+        while !matches!(eventloop.poll().await.expect("connected"), rumqttc::Event::Incoming(Packet::PubAck(_))) {}
+        latencies.push(started.elapsed());
+    }
+    let _ = client.try_disconnect();
+    latencies
+}
+
+/// The floor: PINGREQ/PINGRESP over a raw TCP socket, after a hand-made CONNECT.
+async fn ping_latencies(broker: &Mosquitto, samples: usize) -> Vec<Duration> {
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", broker.port)).await.expect("connect");
+    socket.set_nodelay(true).expect("nodelay");
+    let id = format!("bench-ping-{}", unique());
+    let mut connect = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c];
+    connect.extend((id.len() as u16).to_be_bytes());
+    connect.extend(id.as_bytes());
+    let mut packet = vec![0x10, connect.len() as u8];
+    packet.extend(connect);
+    socket.write_all(&packet).await.expect("CONNECT");
+    let mut connack = [0u8; 4];
+    socket.read_exact(&mut connack).await.expect("CONNACK");
+    let mut latencies = Vec::with_capacity(samples);
+    let mut pingresp = [0u8; 2];
+    for _ in 0..samples {
+        let started = Instant::now();
+        socket.write_all(&[0xc0, 0x00]).await.expect("PINGREQ");
+        socket.read_exact(&mut pingresp).await.expect("PINGRESP");
+        latencies.push(started.elapsed());
+    }
+    latencies
+}
+
+/// In-process: a runtime from the compile cache, then a binding (instantiate, init, connect).
+async fn cold_start(broker: &Mosquitto) -> f64 {
+    let started = Instant::now();
+    let runtime = Runtime::new(RuntimeOptions::default()).expect("runtime");
+    let options = BindingOptions {
+        name: "cold".into(),
+        app_id: format!("bench-cold-{}", unique()),
+        metadata: metadata(&[("url", broker.url()), ("topic", "bench/cold".into())]),
+        handler: None,
+    };
+    let binding = runtime.binding(options).await.expect("binding");
+    let elapsed = started.elapsed();
+    binding.close().await;
+    elapsed.as_secs_f64() * 1e3
+}
+
+async fn invoke_process(broker: &Mosquitto) -> f64 {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("c.yaml");
+    let yaml = format!(
+        "kind: Component\nmetadata: {{name: cold}}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n  - {{name: url, value: \"{}\"}}\n  - {{name: topic, value: bench/process}}\n  - {{name: qos, value: 1}}\n",
+        broker.url()
+    );
+    std::fs::write(&file, yaml).expect("component file");
+    let started = Instant::now();
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-binding"))
+        .args(["invoke", "--component", file.to_str().expect("path"), "--data", "x"])
+        .status()
+        .await
+        .expect("mqtt-binding runs");
+    assert!(status.success());
+    started.elapsed().as_secs_f64() * 1e3
+}
+
+async fn mosquitto_pub_process(broker: &Mosquitto) -> f64 {
+    let started = Instant::now();
+    let status = tokio::process::Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-t", "bench/process", "-m", "x"])
+        .status()
+        .await
+        .expect("mosquitto_pub runs");
+    assert!(status.success());
+    started.elapsed().as_secs_f64() * 1e3
+}
+
+/// Creates a persistent session subscribed to a fresh topic, then fills it while offline.
+async fn preload(broker: &Mosquitto, qos: QoS, messages: usize, client_id: &str) -> String {
+    let topic = format!("bench/{}", unique());
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.port);
+    options.set_clean_session(false);
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    client.subscribe(&topic, qos).await.expect("subscribe");
+    loop {
+        if let rumqttc::Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await.expect("connected") {
+            break;
+        }
+    }
+    client.disconnect().await.expect("disconnect");
+    while eventloop.poll().await.is_ok() {}
+    let payloads = vec![vec![b'x'; 100]; messages];
+    publish_all(broker.port, &topic, QoS::AtLeastOnce, &payloads).await;
+    topic
+}
+
+struct Count {
+    seen: AtomicUsize,
+    target: usize,
+    done: tokio::sync::Notify,
+}
+
+impl EventHandler for Count {
+    fn deliver(&self, _event: Event) -> Delivery<'_> {
+        let seen = self.seen.fetch_add(1, Ordering::AcqRel) + 1;
+        if seen == self.target {
+            self.done.notify_one();
+        }
+        Box::pin(async { Ok(()) })
+    }
+}
+
+async fn binding_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> f64 {
+    let client_id = format!("bench-binding-{}", unique());
+    let topic = preload(broker, qos, messages, &client_id).await;
+    let count = Arc::new(Count { seen: AtomicUsize::new(0), target: messages, done: tokio::sync::Notify::new() });
+    let qos_text = (qos as u8).to_string();
+    let metadata = [
+        ("url", broker.url()),
+        ("topic", topic),
+        ("qos", qos_text),
+        ("consumerID", client_id),
+        ("cleanSession", "false".to_string()),
+    ];
+    let options = BindingOptions {
+        name: "bench".into(),
+        app_id: "bench".into(),
+        metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        handler: Some(count.clone()),
+    };
+    let runtime = runtime();
+    let started = Instant::now();
+    let binding = runtime.binding(options).await.expect("binding");
+    let reading = binding.read();
+    let timed = async {
+        tokio::time::timeout(Duration::from_secs(300), count.done.notified()).await.expect("all delivered");
+        let elapsed = started.elapsed();
+        binding.shutdown();
+        elapsed
+    };
+    let (read, elapsed) = tokio::join!(reading, timed);
+    read.expect("read ends cleanly");
+    binding.close().await;
+    messages as f64 / elapsed.as_secs_f64()
+}
+
+async fn raw_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> f64 {
+    let client_id = format!("bench-raw-{}", unique());
+    let topic = preload(broker, qos, messages, &client_id).await;
+    let started = Instant::now();
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.port);
+    options.set_clean_session(false).set_manual_acks(true);
+    let (client, mut eventloop) = AsyncClient::new(options, messages + 16);
+    eventloop.network_options.set_tcp_nodelay(true);
+    client.subscribe(&topic, qos).await.expect("subscribe");
+    let mut seen = 0;
+    while seen < messages {
+        match tokio::time::timeout(Duration::from_secs(300), eventloop.poll()).await.expect("in time") {
+            Ok(rumqttc::Event::Incoming(Packet::Publish(publish))) => {
+                seen += 1;
+                client.try_ack(&publish).expect("ack queued");
+            }
+            Ok(_) => {}
+            Err(error) => panic!("raw subscriber: {error}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    client.disconnect().await.expect("disconnect");
+    messages as f64 / elapsed.as_secs_f64()
+}
