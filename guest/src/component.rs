@@ -132,6 +132,8 @@ enum Settled {
 /// it for the broker to redeliver.
 fn deliver(binding: &Binding, message: broker::Message) -> Settled {
     let topic = message.topic;
+    // QoS 0 has nothing to acknowledge; skipping the call saves a boundary crossing per message.
+    let needs_ack = message.qos != types::Qos::AtMostOnce;
     let event = Event {
         data: message.payload,
         metadata: vec![
@@ -144,7 +146,8 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
     let mut failures = 0;
     let reason = loop {
         let reason = match delivery::deliver(&event) {
-            Ok(()) => return acknowledge(&binding.connection, message.id, &topic),
+            Ok(()) if needs_ack => return acknowledge(&binding.connection, message.id, &topic),
+            Ok(()) => return Settled::Acknowledged,
             Err(reason) => reason,
         };
         failures += 1;
@@ -182,7 +185,7 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
                 Level::Warn,
                 &format!("delivery of a message on {topic:?} failed {failures} times, last: {reason}; moved to the dead-letter topic {dead_letter:?}"),
             );
-            acknowledge(&binding.connection, message.id, &topic)
+            if needs_ack { acknowledge(&binding.connection, message.id, &topic) } else { Settled::Acknowledged }
         }
         Err(error) => {
             logging::log(

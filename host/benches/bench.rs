@@ -59,8 +59,9 @@ fn main() {
     let table = render(&rows);
     println!("{table}");
     if settings.full {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/BENCHMARKS.md");
-        std::fs::write(path, document(&settings, &table)).expect("writing docs/BENCHMARKS.md");
+        let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
+        std::fs::create_dir_all(&docs).expect("creating docs/");
+        std::fs::write(docs.join("BENCHMARKS.md"), document(&settings, &table)).expect("writing docs/BENCHMARKS.md");
         println!("written to docs/BENCHMARKS.md");
     }
 }
