@@ -147,7 +147,83 @@ async fn measure(settings: &Settings) -> Vec<Row> {
         theirs.push(mosquitto_pub_process(&broker).await);
     }
     rows.push(Row { figure: "`mqtt-binding invoke` process, QoS 1".into(), unit: "ms", binding: ours, reference_name: "one `mosquitto_pub -q 1` process".into(), reference: theirs, higher_is_better: false });
+
+    let (mut idle, mut loaded) = (Vec::new(), Vec::new());
+    for _ in 0..settings.runs {
+        let (at_rest, peak) = sidecar_memory(&broker, settings.messages).await;
+        idle.push(at_rest);
+        loaded.push(peak);
+    }
+    rows.push(Row { figure: "`mqtt-binding run`, one binding, resident memory idle".into(), unit: "MiB", binding: idle, reference_name: "(none)".into(), reference: Vec::new(), higher_is_better: false });
+    rows.push(Row { figure: format!("`mqtt-binding run`, peak resident memory, {} HTTP invokes, {IN_FLIGHT} in flight", settings.messages), unit: "MiB", binding: loaded, reference_name: "(none)".into(), reference: Vec::new(), higher_is_better: false });
     rows
+}
+
+/// Resident set size of a process, in MiB.
+fn resident_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse().ok())
+        .unwrap_or(0.0);
+    kib / 1024.0
+}
+
+/// `mqtt-binding run` with one output binding: RSS once healthy, and the peak while
+/// `invokes` HTTP requests run, IN_FLIGHT at a time.
+async fn sidecar_memory(broker: &Mosquitto, invokes: usize) -> (f64, f64) {
+    let dir = tempfile::tempdir().expect("dir");
+    let yaml = format!(
+        "kind: Component\nmetadata: {{name: orders}}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n  - {{name: url, value: \"{}\"}}\n  - {{name: topic, value: bench/memory}}\n  - {{name: qos, value: 1}}\n",
+        broker.url()
+    );
+    std::fs::write(dir.path().join("orders.yaml"), yaml).expect("component file");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-binding"))
+        .args(["run", "--resources-path", dir.path().to_str().expect("path"), "--app-id", &format!("bench-mem-{}", unique())])
+        .args(["--dapr-http-port", &port.to_string()])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mqtt-binding run starts");
+    let pid = child.id().expect("pid");
+    let client = reqwest::Client::new();
+    let health = format!("http://127.0.0.1:{port}/v1.0/healthz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client.get(&health).send().await.is_ok_and(|r| r.status() == reqwest::StatusCode::NO_CONTENT) {
+        assert!(Instant::now() < deadline, "the sidecar never became healthy");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let idle = resident_mib(pid);
+
+    let url = format!("http://127.0.0.1:{port}/v1.0/bindings/orders");
+    let mut senders = tokio::task::JoinSet::new();
+    for _ in 0..IN_FLIGHT {
+        let (client, url) = (client.clone(), url.clone());
+        let count = (invokes / IN_FLIGHT).max(1);
+        senders.spawn(async move {
+            for _ in 0..count {
+                let body = r#"{"data": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "operation": "create"}"#;
+                let response = client.post(&url).body(body).send().await.expect("invoke answered");
+                assert_eq!(response.status(), reqwest::StatusCode::NO_CONTENT);
+            }
+        });
+    }
+    let mut peak = idle;
+    loop {
+        tokio::select! {
+            next = senders.join_next() => match next {
+                Some(done) => done.expect("sender"),
+                None => break,
+            },
+            () = tokio::time::sleep(Duration::from_millis(5)) => peak = peak.max(resident_mib(pid)),
+        }
+    }
+    peak = peak.max(resident_mib(pid));
+    let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    (idle, peak)
 }
 
 fn render(rows: &[Row]) -> String {
