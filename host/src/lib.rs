@@ -6,7 +6,7 @@
 //! use mqtt_binding::{BindingOptions, InvokeRequest, Runtime, RuntimeOptions};
 //!
 //! let runtime = Runtime::new(RuntimeOptions::default())?;
-//! let mut binding = runtime
+//! let binding = runtime
 //!     .binding(BindingOptions {
 //!         name: "orders".into(),
 //!         app_id: "shop".into(),
