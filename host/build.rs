@@ -12,13 +12,22 @@ const GUEST: &str = "mqtt-binding-guest";
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let root = manifest_dir.parent().expect("host/ sits in the workspace root").to_path_buf();
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let root = manifest_dir
+        .parent()
+        .expect("host/ sits in the workspace root")
+        .to_path_buf();
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     // Relative to this package, not absolute: checkouts that share a target directory (CI
     // does) get the same fingerprint, and an absolute path would make one checkout watch
     // another's sources and embed a stale guest.
-    for watched in ["../guest/src", "../guest/Cargo.toml", "../wit", "../Cargo.lock"] {
+    for watched in [
+        "../guest/src",
+        "../guest/Cargo.toml",
+        "../wit",
+        "../Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={watched}");
     }
 
@@ -26,7 +35,15 @@ fn main() {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(&root)
-        .args(["build", "--release", "--package", GUEST, "--target", TARGET, "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--package",
+            GUEST,
+            "--target",
+            TARGET,
+            "--target-dir",
+        ])
         .arg(&target_dir)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env_remove("RUSTFLAGS")
@@ -36,17 +53,29 @@ fn main() {
         .expect("running cargo to build the guest component");
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint = if stderr.contains("target may not be installed") || stderr.contains("can't find crate for `core`") {
-            format!("\nthe {TARGET} target is missing; install it with: rustup target add {TARGET}\n")
+        let hint = if stderr.contains("target may not be installed")
+            || stderr.contains("can't find crate for `core`")
+        {
+            format!(
+                "\nthe {TARGET} target is missing; install it with: rustup target add {TARGET}\n"
+            )
         } else {
             String::new()
         };
         panic!("building the guest component failed:{hint}\n{stderr}");
     }
 
-    let wasm_path = target_dir.join(TARGET).join("release").join("mqtt_binding_guest.wasm");
-    let wasm = std::fs::read(&wasm_path).unwrap_or_else(|e| panic!("reading {}: {e}", wasm_path.display()));
-    std::fs::write(out_dir.join("mqtt_binding_guest.wasm"), &wasm).expect("copying the guest component into OUT_DIR");
-    let digest: String = Sha256::digest(&wasm).iter().map(|b| format!("{b:02x}")).collect();
+    let wasm_path = target_dir
+        .join(TARGET)
+        .join("release")
+        .join("mqtt_binding_guest.wasm");
+    let wasm = std::fs::read(&wasm_path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", wasm_path.display()));
+    std::fs::write(out_dir.join("mqtt_binding_guest.wasm"), &wasm)
+        .expect("copying the guest component into OUT_DIR");
+    let digest: String = Sha256::digest(&wasm)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     println!("cargo:rustc-env=GUEST_WASM_SHA256={digest}");
 }

@@ -8,7 +8,10 @@ use crate::metadata::{self, Config, NoteLevel, Qos, Transport};
 use crate::request;
 use crate::retry;
 
-#[expect(unsafe_code, reason = "wit-bindgen's generated ABI glue is unsafe by nature")]
+#[expect(
+    unsafe_code,
+    reason = "wit-bindgen's generated ABI glue is unsafe by nature"
+)]
 mod bindings {
     wit_bindgen::generate!({ path: "../wit", world: "mqtt-binding" });
 
@@ -19,9 +22,9 @@ mod bindings {
 use bindings::exports::mqtt_binding::binding::binding::{
     Error, Guest, InvokeRequest, InvokeResponse,
 };
-use bindings::mqtt_binding::binding::broker::{self, Connection, ConnectOptions};
-use bindings::mqtt_binding::binding::logging::{self, Level};
+use bindings::mqtt_binding::binding::broker::{self, ConnectOptions, Connection};
 use bindings::mqtt_binding::binding::delivery::{self, Event};
+use bindings::mqtt_binding::binding::logging::{self, Level};
 use bindings::mqtt_binding::binding::{lifecycle, types};
 
 /// How long `connect` waits for CONNACK, and each publish for its acknowledgement.
@@ -64,7 +67,10 @@ impl Guest for Component {
     }
 
     fn operations() -> Vec<String> {
-        request::OPERATIONS.iter().map(|op| op.to_string()).collect()
+        request::OPERATIONS
+            .iter()
+            .map(|op| op.to_string())
+            .collect()
     }
 
     fn invoke(request: InvokeRequest) -> Result<InvokeResponse, Error> {
@@ -75,7 +81,10 @@ impl Guest for Component {
             let publish = request::publish(&binding.config, &request.metadata)
                 .map_err(|e| Error::InvalidRequest(e.to_string()))?;
             publish_with_retries(&binding.connection, &publish, &request.data)?;
-            Ok(InvokeResponse { data: None, metadata: Vec::new() })
+            Ok(InvokeResponse {
+                data: None,
+                metadata: Vec::new(),
+            })
         })
     }
 
@@ -94,7 +103,10 @@ fn read_messages(binding: &Binding) -> Result<(), Error> {
             Ok(()) => break,
             Err(broker::Error::Closed) => return Ok(()),
             Err(error) if is_retryable(&error) => {
-                logging::log(Level::Warn, &format!("subscribing to {topic:?} failed, retrying: {error:?}"));
+                logging::log(
+                    Level::Warn,
+                    &format!("subscribing to {topic:?} failed, retrying: {error:?}"),
+                );
                 if !lifecycle::sleep(SUBSCRIBE_RETRY_MS) {
                     return Ok(());
                 }
@@ -156,10 +168,15 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
         };
         logging::log(
             Level::Warn,
-            &format!("delivery of a message on {topic:?} failed (attempt {failures}), retrying in {wait:?}: {reason}"),
+            &format!(
+                "delivery of a message on {topic:?} failed (attempt {failures}), retrying in {wait:?}: {reason}"
+            ),
         );
         if !lifecycle::sleep(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX)) {
-            logging::log(Level::Info, &format!("shutting down: the message on {topic:?} stays unacknowledged"));
+            logging::log(
+                Level::Info,
+                &format!("shutting down: the message on {topic:?} stays unacknowledged"),
+            );
             return Settled::Stopped;
         }
     };
@@ -183,14 +200,22 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
         Ok(()) => {
             logging::log(
                 Level::Warn,
-                &format!("delivery of a message on {topic:?} failed {failures} times, last: {reason}; moved to the dead-letter topic {dead_letter:?}"),
+                &format!(
+                    "delivery of a message on {topic:?} failed {failures} times, last: {reason}; moved to the dead-letter topic {dead_letter:?}"
+                ),
             );
-            if needs_ack { acknowledge(&binding.connection, message.id, &topic) } else { Settled::Acknowledged }
+            if needs_ack {
+                acknowledge(&binding.connection, message.id, &topic)
+            } else {
+                Settled::Acknowledged
+            }
         }
         Err(error) => {
             logging::log(
                 Level::Error,
-                &format!("delivery of a message on {topic:?} failed {failures} times and publishing it to the dead-letter topic {dead_letter:?} failed too ({error:?}); it stays unacknowledged"),
+                &format!(
+                    "delivery of a message on {topic:?} failed {failures} times and publishing it to the dead-letter topic {dead_letter:?} failed too ({error:?}); it stays unacknowledged"
+                ),
             );
             Settled::Unacknowledged
         }
@@ -202,7 +227,10 @@ fn acknowledge(connection: &Connection, id: u64, topic: &str) -> Settled {
         Ok(()) => Settled::Acknowledged,
         Err(error) => {
             // The broker sends it again on the next connection; nothing is lost.
-            logging::log(Level::Warn, &format!("acknowledging a message on {topic:?} failed: {error:?}"));
+            logging::log(
+                Level::Warn,
+                &format!("acknowledging a message on {topic:?} failed: {error:?}"),
+            );
             Settled::Unacknowledged
         }
     }
@@ -243,7 +271,10 @@ fn publish_with_retries(
         };
         logging::log(
             Level::Warn,
-            &format!("publish to {:?} failed (attempt {failures}), retrying: {error:?}", publish.topic),
+            &format!(
+                "publish to {:?} failed (attempt {failures}), retrying: {error:?}",
+                publish.topic
+            ),
         );
         if !lifecycle::sleep(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX)) {
             return Err(Error::Broker(broker::Error::Closed));
@@ -252,7 +283,10 @@ fn publish_with_retries(
 }
 
 fn is_retryable(error: &broker::Error) -> bool {
-    matches!(error, broker::Error::Unreachable(_) | broker::Error::Timeout(_))
+    matches!(
+        error,
+        broker::Error::Unreachable(_) | broker::Error::Timeout(_)
+    )
 }
 
 fn connect_options(config: &Config) -> ConnectOptions {
@@ -272,7 +306,14 @@ fn connect_options(config: &Config) -> ConnectOptions {
         // TLS material with a plain URL was already warned about; the host does not see it.
         ca_cert: tls_only(config, config.tls.ca_cert.clone()),
         client_cert: tls_only(config, config.tls.client_cert.clone()),
-        client_key: tls_only(config, config.tls.client_key.as_ref().map(|k| k.expose().to_string())),
+        client_key: tls_only(
+            config,
+            config
+                .tls
+                .client_key
+                .as_ref()
+                .map(|k| k.expose().to_string()),
+        ),
         connect_timeout_ms: CONNECT_TIMEOUT_MS,
     }
 }

@@ -130,7 +130,10 @@ pub struct MetadataError {
 
 impl MetadataError {
     fn new(field: &str, problem: impl Into<String>) -> Self {
-        Self { field: field.to_string(), problem: problem.into() }
+        Self {
+            field: field.to_string(),
+            problem: problem.into(),
+        }
     }
 
     /// `expected X, got "V"`: only for values that are not secret.
@@ -162,13 +165,16 @@ impl<'a> Fields<'a> {
     fn new(metadata: &'a [(String, String)]) -> Result<Self, MetadataError> {
         let mut entries: Vec<(&str, String)> = Vec::with_capacity(metadata.len());
         for (name, value) in metadata {
-            if let Some((earlier, _)) =
-                entries.iter().find(|(seen, _)| seen.eq_ignore_ascii_case(name))
+            if let Some((earlier, _)) = entries
+                .iter()
+                .find(|(seen, _)| seen.eq_ignore_ascii_case(name))
             {
                 let problem = if *earlier == name.as_str() {
                     "given twice; give it once".to_string()
                 } else {
-                    format!("given twice, as {earlier:?} and {name:?} (names ignore case); give it once")
+                    format!(
+                        "given twice, as {earlier:?} and {name:?} (names ignore case); give it once"
+                    )
                 };
                 return Err(MetadataError::new(name, problem));
             }
@@ -179,7 +185,10 @@ impl<'a> Fields<'a> {
 
     /// Takes the value of a field, so that what is left at the end is unknown.
     fn take(&mut self, field: &str) -> Option<String> {
-        let at = self.entries.iter().position(|(name, _)| name.eq_ignore_ascii_case(field))?;
+        let at = self
+            .entries
+            .iter()
+            .position(|(name, _)| name.eq_ignore_ascii_case(field))?;
         Some(self.entries.swap_remove(at).1)
     }
 
@@ -215,8 +224,10 @@ pub fn expand_uuids(value: &str) -> String {
 /// Parses and validates the binding's metadata. `app_id` is the default client ID; it may
 /// be empty when the host has none.
 pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, MetadataError> {
-    let expanded: Vec<(String, String)> =
-        metadata.iter().map(|(name, value)| (name.clone(), expand_uuids(value))).collect();
+    let expanded: Vec<(String, String)> = metadata
+        .iter()
+        .map(|(name, value)| (name.clone(), expand_uuids(value)))
+        .collect();
     let mut fields = Fields::new(&expanded)?;
     let mut notes = Vec::new();
 
@@ -224,7 +235,10 @@ pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, Meta
 
     let topic = fields.require(field::TOPIC)?;
     topic::check_filter(&topic).map_err(|why| {
-        MetadataError::new(field::TOPIC, format!("expected a valid MQTT topic filter: {why}"))
+        MetadataError::new(
+            field::TOPIC,
+            format!("expected a valid MQTT topic filter: {why}"),
+        )
     })?;
 
     let client_id = match fields.optional(field::CONSUMER_ID) {
@@ -268,11 +282,17 @@ pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, Meta
         Some(value) => parse_interval(&value)?,
         None => DEFAULT_BACK_OFF_INTERVAL,
     };
-    let delivery_backoff = Backoff { retries: max_retries, interval };
+    let delivery_backoff = Backoff {
+        retries: max_retries,
+        interval,
+    };
     let dead_letter_topic = fields.optional(field::DEAD_LETTER_TOPIC);
     if let Some(dead_letter) = &dead_letter_topic {
         topic::check_name(dead_letter).map_err(|why| {
-            MetadataError::new(field::DEAD_LETTER_TOPIC, format!("expected a topic to publish to: {why}"))
+            MetadataError::new(
+                field::DEAD_LETTER_TOPIC,
+                format!("expected a topic to publish to: {why}"),
+            )
         })?;
     }
 
@@ -329,7 +349,9 @@ fn parse_optional_bool(
     field: &str,
     default: bool,
 ) -> Result<bool, MetadataError> {
-    fields.optional(field).map_or(Ok(default), |value| parse_bool(field, &value))
+    fields
+        .optional(field)
+        .map_or(Ok(default), |value| parse_bool(field, &value))
 }
 
 fn parse_retries(value: &str) -> Result<Retries, MetadataError> {
@@ -346,11 +368,19 @@ fn parse_retries(value: &str) -> Result<Retries, MetadataError> {
 /// Parses a duration such as `5s`, `200ms` or `1m30s`.
 fn parse_interval(value: &str) -> Result<Duration, MetadataError> {
     let interval = humantime::parse_duration(value.trim()).map_err(|_| {
-        MetadataError::expected(field::BACK_OFF_INTERVAL, "a duration such as 5s, 200ms or 1m30s", value)
+        MetadataError::expected(
+            field::BACK_OFF_INTERVAL,
+            "a duration such as 5s, 200ms or 1m30s",
+            value,
+        )
     })?;
     // The wait is passed to the host in milliseconds as a u32 (about 49 days).
     if interval > Duration::from_millis(u64::from(u32::MAX)) {
-        return Err(MetadataError::expected(field::BACK_OFF_INTERVAL, "a duration of at most 49 days", value));
+        return Err(MetadataError::expected(
+            field::BACK_OFF_INTERVAL,
+            "a duration of at most 49 days",
+            value,
+        ));
     }
     Ok(interval)
 }
@@ -361,7 +391,9 @@ fn parse_url(value: &str) -> Result<Broker, MetadataError> {
     let invalid = |why: String| MetadataError::new(field::URL, why);
     // The value may hold a password, so no error below echoes it whole.
     let url = url::Url::parse(value.trim()).map_err(|e| {
-        invalid(format!("expected a URL such as tcp://host:1883 ({SCHEMES}): {e}"))
+        invalid(format!(
+            "expected a URL such as tcp://host:1883 ({SCHEMES}): {e}"
+        ))
     })?;
     let (transport, default_port) = match url.scheme() {
         "tcp" | "mqtt" => (Transport::Tcp, 1883),
@@ -373,13 +405,19 @@ fn parse_url(value: &str) -> Result<Broker, MetadataError> {
             )));
         }
         other => {
-            return Err(invalid(format!("expected a scheme of {SCHEMES}, got \"{other}://\"")));
+            return Err(invalid(format!(
+                "expected a scheme of {SCHEMES}, got \"{other}://\""
+            )));
         }
     };
     let host = match url.host() {
         Some(url::Host::Ipv6(ip)) => ip.to_string(),
         Some(host) if !host.to_string().is_empty() => host.to_string(),
-        _ => return Err(invalid("expected a host name, as in tcp://host:1883; there is none".into())),
+        _ => {
+            return Err(invalid(
+                "expected a host name, as in tcp://host:1883; there is none".into(),
+            ));
+        }
     };
     let port = match url.port() {
         Some(0) => return Err(invalid("port 0 is not a port a broker listens on".into())),
@@ -396,14 +434,27 @@ fn parse_url(value: &str) -> Result<Broker, MetadataError> {
         percent_decode_str(part)
             .decode_utf8()
             .map(|s| s.into_owned())
-            .map_err(|_| invalid(format!("the {what} is not valid UTF-8 once percent-decoded")))
+            .map_err(|_| {
+                invalid(format!(
+                    "the {what} is not valid UTF-8 once percent-decoded"
+                ))
+            })
     };
     let username = match url.username() {
         "" => None,
         user => Some(decode(user, "user name")?),
     };
-    let password = url.password().map(|p| decode(p, "password").map(Secret)).transpose()?;
-    Ok(Broker { transport, host, port, username, password })
+    let password = url
+        .password()
+        .map(|p| decode(p, "password").map(Secret))
+        .transpose()?;
+    Ok(Broker {
+        transport,
+        host,
+        port,
+        username,
+        password,
+    })
 }
 
 fn parse_tls(fields: &mut Fields<'_>) -> Result<Tls, MetadataError> {
@@ -438,7 +489,11 @@ fn parse_tls(fields: &mut Fields<'_>) -> Result<Tls, MetadataError> {
         }
         (None, None) => {}
     }
-    Ok(Tls { ca_cert, client_cert, client_key: client_key.map(Secret) })
+    Ok(Tls {
+        ca_cert,
+        client_cert,
+        client_key: client_key.map(Secret),
+    })
 }
 
 /// Checks that `pem` holds at least one certificate and nothing unreadable.
@@ -466,11 +521,15 @@ fn check_certificates(field: &str, pem: &str) -> Result<(), MetadataError> {
 mod tests {
     use super::*;
 
-    const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
+    const CERT: &str =
+        "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
     const KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
 
     fn md(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
     }
 
     fn with(extra: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -552,7 +611,9 @@ mod tests {
             ("TCP://h:1884/", Transport::Tcp, 1884),
             ("ssl://h:9999", Transport::Tls, 9999),
         ] {
-            let broker = parse("a", &md(&[("url", url), ("topic", "t")])).expect(url).broker;
+            let broker = parse("a", &md(&[("url", url), ("topic", "t")]))
+                .expect(url)
+                .broker;
             assert_eq!((broker.transport, broker.port), (transport, port), "{url}");
         }
     }
@@ -564,34 +625,68 @@ mod tests {
             ("tcp://[::1]:1883", "::1"),
             ("tcp://Broker.Example.com", "Broker.Example.com"),
         ] {
-            let broker = parse("a", &md(&[("url", url), ("topic", "t")])).expect(url).broker;
+            let broker = parse("a", &md(&[("url", url), ("topic", "t")]))
+                .expect(url)
+                .broker;
             assert_eq!(broker.host, host, "{url}");
         }
     }
 
     #[test]
     fn url_credentials_are_percent_decoded() {
-        let broker = parse("a", &md(&[("url", "tcp://us%40er:p%3Ass@h:1"), ("topic", "t")]))
-            .expect("valid")
-            .broker;
+        let broker = parse(
+            "a",
+            &md(&[("url", "tcp://us%40er:p%3Ass@h:1"), ("topic", "t")]),
+        )
+        .expect("valid")
+        .broker;
         assert_eq!(broker.username.as_deref(), Some("us@er"));
         assert_eq!(broker.password.as_ref().map(Secret::expose), Some("p:ss"));
-        let broker = parse("a", &md(&[("url", "tcp://user@h"), ("topic", "t")])).expect("valid").broker;
-        assert_eq!((broker.username.as_deref(), broker.password), (Some("user"), None));
+        let broker = parse("a", &md(&[("url", "tcp://user@h"), ("topic", "t")]))
+            .expect("valid")
+            .broker;
+        assert_eq!(
+            (broker.username.as_deref(), broker.password),
+            (Some("user"), None)
+        );
     }
 
     #[test]
     fn bad_urls_are_refused_without_echoing_the_password() {
         let cases = [
             ("", r#"metadata field "url": is empty; it is required"#),
-            ("localhost:1883", r#"metadata field "url": expected a scheme of tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://, got "localhost://""#),
-            ("http://h", r#"metadata field "url": expected a scheme of tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://, got "http://""#),
-            ("ws://h/mqtt", r#"metadata field "url": WebSocket URLs (ws://) are not supported by this binding yet; use tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://"#),
-            ("tcp://", r#"metadata field "url": expected a host name, as in tcp://host:1883; there is none"#),
-            ("tcp://u:secret@h:99999", r#"metadata field "url": expected a URL such as tcp://host:1883 (tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://): invalid port number"#),
-            ("tcp://h:0", r#"metadata field "url": port 0 is not a port a broker listens on"#),
-            ("tcp://u:secret@h/path", r#"metadata field "url": expected no path, query or fragment after tcp://host:port"#),
-            ("no url at all", r#"metadata field "url": expected a URL such as tcp://host:1883 (tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://): relative URL without a base"#),
+            (
+                "localhost:1883",
+                r#"metadata field "url": expected a scheme of tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://, got "localhost://""#,
+            ),
+            (
+                "http://h",
+                r#"metadata field "url": expected a scheme of tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://, got "http://""#,
+            ),
+            (
+                "ws://h/mqtt",
+                r#"metadata field "url": WebSocket URLs (ws://) are not supported by this binding yet; use tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://"#,
+            ),
+            (
+                "tcp://",
+                r#"metadata field "url": expected a host name, as in tcp://host:1883; there is none"#,
+            ),
+            (
+                "tcp://u:secret@h:99999",
+                r#"metadata field "url": expected a URL such as tcp://host:1883 (tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://): invalid port number"#,
+            ),
+            (
+                "tcp://h:0",
+                r#"metadata field "url": port 0 is not a port a broker listens on"#,
+            ),
+            (
+                "tcp://u:secret@h/path",
+                r#"metadata field "url": expected no path, query or fragment after tcp://host:port"#,
+            ),
+            (
+                "no url at all",
+                r#"metadata field "url": expected a URL such as tcp://host:1883 (tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://): relative URL without a base"#,
+            ),
         ];
         for (url, expected) in cases {
             let error = error_of(&md(&[("url", url), ("topic", "t")]));
@@ -624,7 +719,11 @@ mod tests {
 
     #[test]
     fn qos_accepts_only_0_1_2() {
-        for (value, qos) in [("0", Qos::AtMostOnce), ("1", Qos::AtLeastOnce), (" 2 ", Qos::ExactlyOnce)] {
+        for (value, qos) in [
+            ("0", Qos::AtMostOnce),
+            ("1", Qos::AtLeastOnce),
+            (" 2 ", Qos::ExactlyOnce),
+        ] {
             assert_eq!(parse("a", &with(&[("qos", value)])).expect(value).qos, qos);
         }
         for value in ["7", "-1", "1.0", "one"] {
@@ -638,11 +737,27 @@ mod tests {
     #[test]
     fn booleans_accept_the_usual_words_and_refuse_others() {
         for (value, expected) in [
-            ("true", true), ("TRUE", true), ("1", true), ("yes", true), ("On", true), ("t", true), ("Y", true),
-            ("false", false), ("0", false), ("NO", false), ("off", false), ("F", false), ("n", false),
+            ("true", true),
+            ("TRUE", true),
+            ("1", true),
+            ("yes", true),
+            ("On", true),
+            ("t", true),
+            ("Y", true),
+            ("false", false),
+            ("0", false),
+            ("NO", false),
+            ("off", false),
+            ("F", false),
+            ("n", false),
         ] {
-            let config = parse("a", &with(&[("retain", value), ("cleanSession", value)])).expect(value);
-            assert_eq!((config.retain, config.clean_session), (expected, expected), "{value}");
+            let config =
+                parse("a", &with(&[("retain", value), ("cleanSession", value)])).expect(value);
+            assert_eq!(
+                (config.retain, config.clean_session),
+                (expected, expected),
+                "{value}"
+            );
         }
         assert_eq!(
             error_of(&with(&[("retain", "maybe")])),
@@ -657,10 +772,21 @@ mod tests {
     #[test]
     fn consumer_id_defaults_to_app_id_and_expands_uuid() {
         assert_eq!(parse("app-1", &with(&[])).expect("ok").client_id, "app-1");
-        assert_eq!(parse("app-1", &with(&[("consumerID", "")])).expect("ok").client_id, "app-1");
-        let id = parse("app", &with(&[("consumerID", "svc-{uuid}")])).expect("ok").client_id;
+        assert_eq!(
+            parse("app-1", &with(&[("consumerID", "")]))
+                .expect("ok")
+                .client_id,
+            "app-1"
+        );
+        let id = parse("app", &with(&[("consumerID", "svc-{uuid}")]))
+            .expect("ok")
+            .client_id;
         let uuid = id.strip_prefix("svc-").expect("prefix kept");
-        assert_eq!(uuid::Uuid::parse_str(uuid).map(|u| u.get_version_num()), Ok(4), "{id}");
+        assert_eq!(
+            uuid::Uuid::parse_str(uuid).map(|u| u.get_version_num()),
+            Ok(4),
+            "{id}"
+        );
         match parse("", &with(&[])) {
             Err(e) => assert_eq!(
                 e.to_string(),
@@ -675,15 +801,26 @@ mod tests {
         let value = expand_uuids("{uuid}/{uuid}");
         let (a, b) = value.split_once('/').expect("two parts");
         assert_ne!(a, b);
-        assert!(uuid::Uuid::parse_str(a).is_ok() && uuid::Uuid::parse_str(b).is_ok(), "{value}");
+        assert!(
+            uuid::Uuid::parse_str(a).is_ok() && uuid::Uuid::parse_str(b).is_ok(),
+            "{value}"
+        );
         assert_eq!(expand_uuids("plain"), "plain");
     }
 
     #[test]
     fn back_off_max_retries_takes_integers_negative_means_forever() {
-        for (value, retries) in [("0", Retries::Limited(0)), ("3", Retries::Limited(3)), ("-1", Retries::Forever), ("-5", Retries::Forever)] {
+        for (value, retries) in [
+            ("0", Retries::Limited(0)),
+            ("3", Retries::Limited(3)),
+            ("-1", Retries::Forever),
+            ("-5", Retries::Forever),
+        ] {
             assert_eq!(
-                parse("a", &with(&[("backOffMaxRetries", value)])).expect(value).delivery_backoff.retries,
+                parse("a", &with(&[("backOffMaxRetries", value)]))
+                    .expect(value)
+                    .delivery_backoff
+                    .retries,
                 retries
             );
         }
@@ -695,14 +832,26 @@ mod tests {
 
     #[test]
     fn back_off_interval_takes_durations() {
-        for (value, expected) in [("5s", 5_000), ("200ms", 200), ("1m30s", 90_000), ("0s", 0), (" 2s ", 2_000), ("1.5s", 1_500)] {
-            let interval = parse("a", &with(&[("backOffInterval", value)])).expect(value).delivery_backoff.interval;
+        for (value, expected) in [
+            ("5s", 5_000),
+            ("200ms", 200),
+            ("1m30s", 90_000),
+            ("0s", 0),
+            (" 2s ", 2_000),
+            ("1.5s", 1_500),
+        ] {
+            let interval = parse("a", &with(&[("backOffInterval", value)]))
+                .expect(value)
+                .delivery_backoff
+                .interval;
             assert_eq!(interval, Duration::from_millis(expected), "{value}");
         }
         for value in ["5", "fast", "-1s"] {
             assert_eq!(
                 error_of(&with(&[("backOffInterval", value)])),
-                format!(r#"metadata field "backOffInterval": expected a duration such as 5s, 200ms or 1m30s, got {value:?}"#)
+                format!(
+                    r#"metadata field "backOffInterval": expected a duration such as 5s, 200ms or 1m30s, got {value:?}"#
+                )
             );
         }
         assert_eq!(
@@ -715,7 +864,10 @@ mod tests {
     fn dead_letter_topic_must_be_publishable() {
         let config = parse("a", &with(&[("deadLetterTopic", "dlq/orders")])).expect("valid");
         assert_eq!(config.dead_letter_topic.as_deref(), Some("dlq/orders"));
-        assert_eq!(parse("a", &with(&[])).expect("valid").dead_letter_topic, None);
+        assert_eq!(
+            parse("a", &with(&[])).expect("valid").dead_letter_topic,
+            None
+        );
         assert_eq!(
             error_of(&with(&[("deadLetterTopic", "dlq/#")])),
             r#"metadata field "deadLetterTopic": expected a topic to publish to: a topic to publish to must not contain + or #"#
@@ -724,9 +876,16 @@ mod tests {
 
     #[test]
     fn tls_material_must_parse_and_come_in_pairs() {
-        let tls = parse("a", &md(&[
-            ("url", "ssl://h"), ("topic", "t"), ("caCert", CERT), ("clientCert", CERT), ("clientKey", KEY),
-        ]))
+        let tls = parse(
+            "a",
+            &md(&[
+                ("url", "ssl://h"),
+                ("topic", "t"),
+                ("caCert", CERT),
+                ("clientCert", CERT),
+                ("clientKey", KEY),
+            ]),
+        )
         .expect("valid")
         .tls;
         assert_eq!(tls.ca_cert.as_deref(), Some(CERT));
@@ -737,7 +896,10 @@ mod tests {
             r#"metadata field "caCert": expected at least one PEM certificate (-----BEGIN CERTIFICATE-----); found none"#
         );
         assert_eq!(
-            error_of(&with(&[("caCert", "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n")])),
+            error_of(&with(&[(
+                "caCert",
+                "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n"
+            )])),
             r#"metadata field "caCert": expected PEM certificates; certificate 1 is not valid PEM (bad framing or base64)"#
         );
         assert_eq!(
@@ -766,8 +928,11 @@ mod tests {
 
     #[test]
     fn unknown_names_are_noted_and_host_names_are_not() {
-        let config = parse("a", &with(&[("direction", "input"), ("route", "/x"), ("colour", "red")]))
-            .expect("valid");
+        let config = parse(
+            "a",
+            &with(&[("direction", "input"), ("route", "/x"), ("colour", "red")]),
+        )
+        .expect("valid");
         assert_eq!(
             config.notes,
             vec![Note {
@@ -779,11 +944,20 @@ mod tests {
 
     #[test]
     fn secrets_do_not_show_in_debug_output() {
-        let config = parse("a", &md(&[
-            ("url", "ssl://u:hunter2@h"), ("topic", "t"), ("clientCert", CERT), ("clientKey", KEY),
-        ]))
+        let config = parse(
+            "a",
+            &md(&[
+                ("url", "ssl://u:hunter2@h"),
+                ("topic", "t"),
+                ("clientCert", CERT),
+                ("clientKey", KEY),
+            ]),
+        )
         .expect("valid");
         let debug = format!("{config:?}");
-        assert!(!debug.contains("hunter2") && !debug.contains("MIGHAgEA"), "{debug}");
+        assert!(
+            !debug.contains("hunter2") && !debug.contains("MIGHAgEA"),
+            "{debug}"
+        );
     }
 }

@@ -74,7 +74,11 @@ pub fn publish(config: &Config, request: &[(String, String)]) -> Result<Publish,
     };
     let retain = get("retain").map_or(Ok(config.retain), |v| metadata::parse_bool("retain", v));
     let qos = get("qos").map_or(Ok(config.qos), |v| metadata::parse_qos("qos", v));
-    Ok(Publish { topic, qos: qos.map_err(invalid)?, retain: retain.map_err(invalid)? })
+    Ok(Publish {
+        topic,
+        qos: qos.map_err(invalid)?,
+        retain: retain.map_err(invalid)?,
+    })
 }
 
 #[cfg(test)]
@@ -88,7 +92,10 @@ mod tests {
     }
 
     fn md(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -104,21 +111,35 @@ mod tests {
     fn defaults_come_from_the_component() {
         assert_eq!(
             publish(&config("orders"), &[]),
-            Ok(Publish { topic: "orders".into(), qos: Qos::AtLeastOnce, retain: false })
+            Ok(Publish {
+                topic: "orders".into(),
+                qos: Qos::AtLeastOnce,
+                retain: false
+            })
         );
     }
 
     #[test]
     fn request_metadata_overrides_topic_retain_and_qos() {
         assert_eq!(
-            publish(&config("orders"), &md(&[("Topic", "other/x"), ("retain", "true"), ("qos", "2")])),
-            Ok(Publish { topic: "other/x".into(), qos: Qos::ExactlyOnce, retain: true })
+            publish(
+                &config("orders"),
+                &md(&[("Topic", "other/x"), ("retain", "true"), ("qos", "2")])
+            ),
+            Ok(Publish {
+                topic: "other/x".into(),
+                qos: Qos::ExactlyOnce,
+                retain: true
+            })
         );
     }
 
     #[test]
     fn empty_request_topic_means_the_components() {
-        assert_eq!(publish(&config("orders"), &md(&[("topic", "")])).map(|p| p.topic), Ok("orders".into()));
+        assert_eq!(
+            publish(&config("orders"), &md(&[("topic", "")])).map(|p| p.topic),
+            Ok("orders".into())
+        );
     }
 
     #[test]
@@ -131,7 +152,10 @@ mod tests {
             publish(&config("orders/#"), &[]).map_err(|e| e.to_string()),
             Err(r#"the component's topic "orders/#" cannot be published to (a topic to publish to must not contain + or #); give the request metadata field "topic""#.into())
         );
-        assert_eq!(publish(&config("orders/#"), &md(&[("topic", "orders/1")])).map(|p| p.topic), Ok("orders/1".into()));
+        assert_eq!(
+            publish(&config("orders/#"), &md(&[("topic", "orders/1")])).map(|p| p.topic),
+            Ok("orders/1".into())
+        );
     }
 
     #[test]

@@ -33,8 +33,10 @@ impl Backoff {
 
 /// The output binding's publish policy (SPEC.md, "Output binding"): a failed attempt is
 /// retried up to 3 times, 200 ms apart.
-pub const PUBLISH: Backoff =
-    Backoff { retries: Retries::Limited(3), interval: Duration::from_millis(200) };
+pub const PUBLISH: Backoff = Backoff {
+    retries: Retries::Limited(3),
+    interval: Duration::from_millis(200),
+};
 
 #[cfg(test)]
 mod tests {
@@ -42,7 +44,10 @@ mod tests {
 
     #[test]
     fn limited_policy_allows_exactly_n_retries() {
-        let policy = Backoff { retries: Retries::Limited(2), interval: Duration::from_millis(5) };
+        let policy = Backoff {
+            retries: Retries::Limited(2),
+            interval: Duration::from_millis(5),
+        };
         assert_eq!(policy.after_failure(1), Some(Duration::from_millis(5)));
         assert_eq!(policy.after_failure(2), Some(Duration::from_millis(5)));
         assert_eq!(policy.after_failure(3), None);
@@ -50,19 +55,28 @@ mod tests {
 
     #[test]
     fn zero_retries_stops_after_the_first_failure() {
-        let policy = Backoff { retries: Retries::Limited(0), interval: Duration::from_secs(5) };
+        let policy = Backoff {
+            retries: Retries::Limited(0),
+            interval: Duration::from_secs(5),
+        };
         assert_eq!(policy.after_failure(1), None);
     }
 
     #[test]
     fn forever_never_stops() {
-        let policy = Backoff { retries: Retries::Forever, interval: Duration::from_secs(5) };
+        let policy = Backoff {
+            retries: Retries::Forever,
+            interval: Duration::from_secs(5),
+        };
         assert_eq!(policy.after_failure(u64::MAX), Some(Duration::from_secs(5)));
     }
 
     #[test]
     fn publish_policy_is_three_retries_200ms_apart() {
-        let attempts = (1..).take_while(|&n| PUBLISH.after_failure(n).is_some()).count() + 1;
+        let attempts = (1..)
+            .take_while(|&n| PUBLISH.after_failure(n).is_some())
+            .count()
+            + 1;
         assert_eq!(attempts, 4);
         assert_eq!(PUBLISH.after_failure(1), Some(Duration::from_millis(200)));
     }

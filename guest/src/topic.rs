@@ -60,7 +60,10 @@ fn check_common(topic: &str) -> Result<(), String> {
         return Err("it is empty".into());
     }
     if topic.len() > MAX_TOPIC_BYTES {
-        return Err(format!("it is {} bytes long, MQTT allows {MAX_TOPIC_BYTES}", topic.len()));
+        return Err(format!(
+            "it is {} bytes long, MQTT allows {MAX_TOPIC_BYTES}",
+            topic.len()
+        ));
     }
     // Section 4.7.3: topic names and filters must not include the null character.
     if topic.contains('\0') {
@@ -76,8 +79,19 @@ mod tests {
     #[test]
     fn valid_filters_pass() {
         for filter in [
-            "a", "a/b", "/a", "a/", "#", "+", "a/+/c", "a/#", "+/+", "$share/g/a/#",
-            "$share/g/+", "$SYS/#", "a b/c",
+            "a",
+            "a/b",
+            "/a",
+            "a/",
+            "#",
+            "+",
+            "a/+/c",
+            "a/#",
+            "+/+",
+            "$share/g/a/#",
+            "$share/g/+",
+            "$SYS/#",
+            "a b/c",
         ] {
             assert_eq!(check_filter(filter), Ok(()), "{filter}");
         }
@@ -92,10 +106,19 @@ mod tests {
             ("a+", "+ must be a whole level"),
             ("a/b+/c", "+ must be a whole level"),
             ("a\0b", "it contains the null character"),
-            ("$share/g", "a shared subscription needs $share/<group>/<filter>"),
-            ("$share//a", "the share group of $share/<group>/<filter> is empty"),
+            (
+                "$share/g",
+                "a shared subscription needs $share/<group>/<filter>",
+            ),
+            (
+                "$share//a",
+                "the share group of $share/<group>/<filter> is empty",
+            ),
             ("$share/g+/a", "the share group must not contain + or #"),
-            ("$share/g/", "the filter of $share/<group>/<filter> is empty"),
+            (
+                "$share/g/",
+                "the filter of $share/<group>/<filter> is empty",
+            ),
             ("$share/g/a/#/b", "# must be a whole level and the last one"),
         ] {
             assert_eq!(check_filter(filter), Err(why.to_string()), "{filter:?}");
@@ -114,8 +137,14 @@ mod tests {
     #[test]
     fn topic_names_refuse_wildcards_and_share() {
         assert_eq!(check_name("a/b"), Ok(()));
-        assert_eq!(check_name("a/+"), Err("a topic to publish to must not contain + or #".into()));
-        assert_eq!(check_name("#"), Err("a topic to publish to must not contain + or #".into()));
+        assert_eq!(
+            check_name("a/+"),
+            Err("a topic to publish to must not contain + or #".into())
+        );
+        assert_eq!(
+            check_name("#"),
+            Err("a topic to publish to must not contain + or #".into())
+        );
         assert_eq!(
             check_name("$share/g/a"),
             Err("$share/ is a subscription prefix, not a topic to publish to".into())

@@ -16,13 +16,15 @@
 #[allow(dead_code, reason = "the benchmark uses part of the test helpers")]
 mod support;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use mqtt_binding::{Binding, BindingOptions, Delivery, Event, EventHandler, InvokeRequest, Runtime, RuntimeOptions};
+use mqtt_binding::{
+    Binding, BindingOptions, Delivery, Event, EventHandler, InvokeRequest, Runtime, RuntimeOptions,
+};
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
-use support::{publish_all, runtime, unique, BrokerConfig, Mosquitto};
+use support::{BrokerConfig, Mosquitto, publish_all, runtime, unique};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Invokes (and rumqttc publishes) in flight at once for the throughput figures.
@@ -50,18 +52,34 @@ struct Row {
 fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
     let settings = if full {
-        Settings { full, runs: 5, messages: 20_000, latency_samples: 2_000, cold_starts: 20 }
+        Settings {
+            full,
+            runs: 5,
+            messages: 20_000,
+            latency_samples: 2_000,
+            cold_starts: 20,
+        }
     } else {
-        Settings { full, runs: 1, messages: 300, latency_samples: 100, cold_starts: 2 }
+        Settings {
+            full,
+            runs: 1,
+            messages: 300,
+            latency_samples: 100,
+            cold_starts: 2,
+        }
     };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     let rows = rt.block_on(measure(&settings));
     let table = render(&rows);
     println!("{table}");
     if settings.full {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
         std::fs::create_dir_all(&docs).expect("creating docs/");
-        std::fs::write(docs.join("BENCHMARKS.md"), document(&settings, &table)).expect("writing docs/BENCHMARKS.md");
+        std::fs::write(docs.join("BENCHMARKS.md"), document(&settings, &table))
+            .expect("writing docs/BENCHMARKS.md");
         println!("written to docs/BENCHMARKS.md");
     }
 }
@@ -73,10 +91,18 @@ async fn measure(settings: &Settings) -> Vec<Row> {
     });
     let mut rows = Vec::new();
     let n = settings.messages;
-    for (qos, size) in [(QoS::AtMostOnce, 100), (QoS::AtLeastOnce, 100), (QoS::AtLeastOnce, 1024), (QoS::AtLeastOnce, 64 * 1024)] {
+    for (qos, size) in [
+        (QoS::AtMostOnce, 100),
+        (QoS::AtLeastOnce, 100),
+        (QoS::AtLeastOnce, 1024),
+        (QoS::AtLeastOnce, 64 * 1024),
+    ] {
         let messages = if size > 1024 { n / 10 } else { n }.max(IN_FLIGHT);
         let mut row = Row {
-            figure: format!("output QoS {}, {} B, {IN_FLIGHT} in flight", qos as u8, size),
+            figure: format!(
+                "output QoS {}, {} B, {IN_FLIGHT} in flight",
+                qos as u8, size
+            ),
             unit: "msg/s",
             binding: Vec::new(),
             reference_name: "rumqttc, same pipelining".into(),
@@ -95,9 +121,12 @@ async fn measure(settings: &Settings) -> Vec<Row> {
             let binding = output_rate(&broker, qos, size, messages).await;
             row.binding.push(binding);
             versus_pub.binding.push(binding);
-            row.reference.push(rumqttc_output_rate(&broker, qos, size, messages).await);
+            row.reference
+                .push(rumqttc_output_rate(&broker, qos, size, messages).await);
             if size <= 1024 {
-                versus_pub.reference.push(mosquitto_pub_rate(&broker, qos, size, messages).await);
+                versus_pub
+                    .reference
+                    .push(mosquitto_pub_rate(&broker, qos, size, messages).await);
             }
         }
         rows.push(row);
@@ -114,11 +143,34 @@ async fn measure(settings: &Settings) -> Vec<Row> {
         let (p50, p99) = percentiles(rumqttc_latencies(&broker, settings.latency_samples).await);
         latency.2.push(p50);
         latency.3.push(p99);
-        latency.4.push(percentiles(ping_latencies(&broker, settings.latency_samples).await).0);
+        latency
+            .4
+            .push(percentiles(ping_latencies(&broker, settings.latency_samples).await).0);
     }
-    rows.push(Row { figure: "output latency QoS 1, p50".into(), unit: "µs", binding: latency.0.clone(), reference_name: "rumqttc p50".into(), reference: latency.2.clone(), higher_is_better: false });
-    rows.push(Row { figure: "output latency QoS 1, p99".into(), unit: "µs", binding: latency.1, reference_name: "rumqttc p99".into(), reference: latency.3, higher_is_better: false });
-    rows.push(Row { figure: "output latency QoS 1, p50".into(), unit: "µs", binding: latency.0, reference_name: "TCP floor (PINGREQ/PINGRESP) p50".into(), reference: latency.4, higher_is_better: false });
+    rows.push(Row {
+        figure: "output latency QoS 1, p50".into(),
+        unit: "µs",
+        binding: latency.0.clone(),
+        reference_name: "rumqttc p50".into(),
+        reference: latency.2.clone(),
+        higher_is_better: false,
+    });
+    rows.push(Row {
+        figure: "output latency QoS 1, p99".into(),
+        unit: "µs",
+        binding: latency.1,
+        reference_name: "rumqttc p99".into(),
+        reference: latency.3,
+        higher_is_better: false,
+    });
+    rows.push(Row {
+        figure: "output latency QoS 1, p50".into(),
+        unit: "µs",
+        binding: latency.0,
+        reference_name: "TCP floor (PINGREQ/PINGRESP) p50".into(),
+        reference: latency.4,
+        higher_is_better: false,
+    });
 
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
         let mut row = Row {
@@ -140,13 +192,27 @@ async fn measure(settings: &Settings) -> Vec<Row> {
     for _ in 0..settings.cold_starts {
         starts.push(cold_start(&broker).await);
     }
-    rows.push(Row { figure: "cold start in process: load (cached) + instantiate + init + connect".into(), unit: "ms", binding: starts, reference_name: "(none)".into(), reference: Vec::new(), higher_is_better: false });
+    rows.push(Row {
+        figure: "cold start in process: load (cached) + instantiate + init + connect".into(),
+        unit: "ms",
+        binding: starts,
+        reference_name: "(none)".into(),
+        reference: Vec::new(),
+        higher_is_better: false,
+    });
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for _ in 0..settings.cold_starts {
         ours.push(invoke_process(&broker).await);
         theirs.push(mosquitto_pub_process(&broker).await);
     }
-    rows.push(Row { figure: "`mqtt-binding invoke` process, QoS 1".into(), unit: "ms", binding: ours, reference_name: "one `mosquitto_pub -q 1` process".into(), reference: theirs, higher_is_better: false });
+    rows.push(Row {
+        figure: "`mqtt-binding invoke` process, QoS 1".into(),
+        unit: "ms",
+        binding: ours,
+        reference_name: "one `mosquitto_pub -q 1` process".into(),
+        reference: theirs,
+        higher_is_better: false,
+    });
 
     let (mut idle, mut loaded) = (Vec::new(), Vec::new());
     for _ in 0..settings.runs {
@@ -154,8 +220,25 @@ async fn measure(settings: &Settings) -> Vec<Row> {
         idle.push(at_rest);
         loaded.push(peak);
     }
-    rows.push(Row { figure: "`mqtt-binding run`, one binding, resident memory idle".into(), unit: "MiB", binding: idle, reference_name: "(none)".into(), reference: Vec::new(), higher_is_better: false });
-    rows.push(Row { figure: format!("`mqtt-binding run`, peak resident memory, {} HTTP invokes, {IN_FLIGHT} in flight", settings.messages), unit: "MiB", binding: loaded, reference_name: "(none)".into(), reference: Vec::new(), higher_is_better: false });
+    rows.push(Row {
+        figure: "`mqtt-binding run`, one binding, resident memory idle".into(),
+        unit: "MiB",
+        binding: idle,
+        reference_name: "(none)".into(),
+        reference: Vec::new(),
+        higher_is_better: false,
+    });
+    rows.push(Row {
+        figure: format!(
+            "`mqtt-binding run`, peak resident memory, {} HTTP invokes, {IN_FLIGHT} in flight",
+            settings.messages
+        ),
+        unit: "MiB",
+        binding: loaded,
+        reference_name: "(none)".into(),
+        reference: Vec::new(),
+        higher_is_better: false,
+    });
     rows
 }
 
@@ -180,9 +263,18 @@ async fn sidecar_memory(broker: &Mosquitto, invokes: usize) -> (f64, f64) {
         broker.url()
     );
     std::fs::write(dir.path().join("orders.yaml"), yaml).expect("component file");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-binding"))
-        .args(["run", "--resources-path", dir.path().to_str().expect("path"), "--app-id", &format!("bench-mem-{}", unique())])
+        .args([
+            "run",
+            "--resources-path",
+            dir.path().to_str().expect("path"),
+            "--app-id",
+            &format!("bench-mem-{}", unique()),
+        ])
         .args(["--dapr-http-port", &port.to_string()])
         .kill_on_drop(true)
         .spawn()
@@ -191,8 +283,16 @@ async fn sidecar_memory(broker: &Mosquitto, invokes: usize) -> (f64, f64) {
     let client = reqwest::Client::new();
     let health = format!("http://127.0.0.1:{port}/v1.0/healthz");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !client.get(&health).send().await.is_ok_and(|r| r.status() == reqwest::StatusCode::NO_CONTENT) {
-        assert!(Instant::now() < deadline, "the sidecar never became healthy");
+    while !client
+        .get(&health)
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == reqwest::StatusCode::NO_CONTENT)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the sidecar never became healthy"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let idle = resident_mib(pid);
@@ -221,44 +321,75 @@ async fn sidecar_memory(broker: &Mosquitto, invokes: usize) -> (f64, f64) {
         }
     }
     peak = peak.max(resident_mib(pid));
-    let _ = tokio::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().await;
+    let _ = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await;
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
     (idle, peak)
 }
 
 fn render(rows: &[Row]) -> String {
-    let mut table = String::from("| figure | binding (median, min–max) | reference | reference (median, min–max) | ratio |\n|---|---|---|---|---|\n");
+    let mut table = String::from(
+        "| figure | binding (median, min–max) | reference | reference (median, min–max) | ratio |\n|---|---|---|---|---|\n",
+    );
     for row in rows {
         let (b, bmin, bmax) = stats(&row.binding);
         let reference = if row.reference.is_empty() {
             "—".to_string()
         } else {
             let (r, rmin, rmax) = stats(&row.reference);
-            format!("{} {unit} ({}–{})", fmt(r), fmt(rmin), fmt(rmax), unit = row.unit)
+            format!(
+                "{} {unit} ({}–{})",
+                fmt(r),
+                fmt(rmin),
+                fmt(rmax),
+                unit = row.unit
+            )
         };
         let ratio = if row.reference.is_empty() {
             "—".to_string()
         } else {
             let r = stats(&row.reference).0;
             let ratio = b / r;
-            format!("{ratio:.2}× {}", if row.higher_is_better { "(higher is better)" } else { "(lower is better)" })
+            format!(
+                "{ratio:.2}× {}",
+                if row.higher_is_better {
+                    "(higher is better)"
+                } else {
+                    "(lower is better)"
+                }
+            )
         };
         table.push_str(&format!(
             "| {} | {} {unit} ({}–{}) | {} | {reference} | {ratio} |\n",
-            row.figure, fmt(b), fmt(bmin), fmt(bmax), row.reference_name, unit = row.unit
+            row.figure,
+            fmt(b),
+            fmt(bmin),
+            fmt(bmax),
+            row.reference_name,
+            unit = row.unit
         ));
     }
     table
 }
 
 fn fmt(value: f64) -> String {
-    if value >= 100.0 { format!("{value:.0}") } else { format!("{value:.2}") }
+    if value >= 100.0 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.2}")
+    }
 }
 
 fn stats(values: &[f64]) -> (f64, f64, f64) {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
-    (sorted[sorted.len() / 2], sorted[0], sorted[sorted.len() - 1])
+    (
+        sorted[sorted.len() / 2],
+        sorted[0],
+        sorted[sorted.len() - 1],
+    )
 }
 
 fn document(settings: &Settings, table: &str) -> String {
@@ -271,7 +402,11 @@ fn document(settings: &Settings, table: &str) -> String {
     };
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|info| info.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_default();
     format!(
         "# Benchmarks\n\nProduced by `cargo bench -p mqtt-binding --bench bench` ({} runs of each figure; \
@@ -282,7 +417,9 @@ machines, ratios hold.\n\nMachine: {} CPUs, {cpu}; {}; mosquitto on loopback ({}
         settings.messages,
         settings.latency_samples,
         settings.cold_starts,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0),
         command("uname", &["-srm"]),
         command("sh", &["-c", "mosquitto -h 2>&1 | head -1"]),
     )
@@ -290,19 +427,27 @@ machines, ratios hold.\n\nMachine: {} CPUs, {cpu}; {}; mosquitto on loopback ({}
 
 fn percentiles(mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6;
+    let at =
+        |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e6;
     (at(0.5), at(0.99))
 }
 
 fn metadata(pairs: &[(&str, String)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect()
 }
 
 async fn output_binding(broker: &Mosquitto, qos: QoS) -> Arc<Binding> {
     let options = BindingOptions {
         name: "bench".into(),
         app_id: format!("bench-out-{}", unique()),
-        metadata: metadata(&[("url", broker.url()), ("topic", format!("bench/out/{}", unique())), ("qos", (qos as u8).to_string())]),
+        metadata: metadata(&[
+            ("url", broker.url()),
+            ("topic", format!("bench/out/{}", unique())),
+            ("qos", (qos as u8).to_string()),
+        ]),
         handler: None,
     };
     Arc::new(runtime().binding(options).await.expect("binding"))
@@ -318,7 +463,11 @@ async fn output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize)
         let count = messages / IN_FLIGHT;
         workers.spawn(async move {
             for _ in 0..count {
-                let request = InvokeRequest { operation: "create".into(), data: vec![b'x'; size], metadata: vec![] };
+                let request = InvokeRequest {
+                    operation: "create".into(),
+                    data: vec![b'x'; size],
+                    metadata: vec![],
+                };
                 binding.invoke(request).await.expect("invoke");
             }
         });
@@ -334,14 +483,23 @@ async fn output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize)
 async fn rumqttc_output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize) -> f64 {
     let messages = (messages / IN_FLIGHT) * IN_FLIGHT;
     let started = Instant::now();
-    let mut options = MqttOptions::new(format!("bench-raw-out-{}", unique()), "127.0.0.1", broker.port);
-    options.set_inflight(IN_FLIGHT as u16).set_max_packet_size(1 << 20, 1 << 20);
+    let mut options = MqttOptions::new(
+        format!("bench-raw-out-{}", unique()),
+        "127.0.0.1",
+        broker.port,
+    );
+    options
+        .set_inflight(IN_FLIGHT as u16)
+        .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, IN_FLIGHT);
     eventloop.network_options.set_tcp_nodelay(true);
     let topic = format!("bench/raw/{}", unique());
     let sender = tokio::spawn(async move {
         for _ in 0..messages {
-            client.publish(topic.clone(), qos, false, vec![b'x'; size]).await.expect("publish");
+            client
+                .publish(topic.clone(), qos, false, vec![b'x'; size])
+                .await
+                .expect("publish");
         }
         client
     });
@@ -349,7 +507,9 @@ async fn rumqttc_output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages
     while done < messages {
         match eventloop.poll().await.expect("connected") {
             rumqttc::Event::Incoming(Packet::PubAck(_)) if qos == QoS::AtLeastOnce => done += 1,
-            rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => done += 1,
+            rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => {
+                done += 1
+            }
             _ => {}
         }
     }
@@ -368,13 +528,23 @@ async fn mosquitto_pub_rate(broker: &Mosquitto, qos: QoS, size: usize, messages:
     }
     let started = Instant::now();
     let mut child = tokio::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-t", &format!("bench/pub/{}", unique())])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            &format!("bench/pub/{}", unique()),
+        ])
         .args(["-q", &(qos as u8).to_string(), "-l"])
         .stdin(std::process::Stdio::piped())
         .spawn()
         .expect("mosquitto_pub runs");
     let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(&input).await.expect("feeding mosquitto_pub");
+    stdin
+        .write_all(&input)
+        .await
+        .expect("feeding mosquitto_pub");
     drop(stdin);
     assert!(child.wait().await.expect("mosquitto_pub ends").success());
     messages as f64 / started.elapsed().as_secs_f64()
@@ -384,7 +554,11 @@ async fn invoke_latencies(broker: &Mosquitto, samples: usize) -> Vec<Duration> {
     let binding = output_binding(broker, QoS::AtLeastOnce).await;
     let mut latencies = Vec::with_capacity(samples);
     for _ in 0..samples {
-        let request = InvokeRequest { operation: "create".into(), data: vec![b'x'; 100], metadata: vec![] };
+        let request = InvokeRequest {
+            operation: "create".into(),
+            data: vec![b'x'; 100],
+            metadata: vec![],
+        };
         let started = Instant::now();
         binding.invoke(request).await.expect("invoke");
         latencies.push(started.elapsed());
@@ -394,17 +568,29 @@ async fn invoke_latencies(broker: &Mosquitto, samples: usize) -> Vec<Duration> {
 }
 
 async fn rumqttc_latencies(broker: &Mosquitto, samples: usize) -> Vec<Duration> {
-    let mut options = MqttOptions::new(format!("bench-raw-lat-{}", unique()), "127.0.0.1", broker.port);
+    let mut options = MqttOptions::new(
+        format!("bench-raw-lat-{}", unique()),
+        "127.0.0.1",
+        broker.port,
+    );
     options.set_inflight(1);
     let (client, mut eventloop) = AsyncClient::new(options, 4);
     eventloop.network_options.set_tcp_nodelay(true);
-    while !matches!(eventloop.poll().await.expect("connect"), rumqttc::Event::Incoming(Packet::ConnAck(_))) {}
+    while !matches!(
+        eventloop.poll().await.expect("connect"),
+        rumqttc::Event::Incoming(Packet::ConnAck(_))
+    ) {}
     let topic = format!("bench/lat/{}", unique());
     let mut latencies = Vec::with_capacity(samples);
     for _ in 0..samples {
         let started = Instant::now();
-        client.try_publish(topic.clone(), QoS::AtLeastOnce, false, vec![b'x'; 100]).expect("publish");
-        while !matches!(eventloop.poll().await.expect("connected"), rumqttc::Event::Incoming(Packet::PubAck(_))) {}
+        client
+            .try_publish(topic.clone(), QoS::AtLeastOnce, false, vec![b'x'; 100])
+            .expect("publish");
+        while !matches!(
+            eventloop.poll().await.expect("connected"),
+            rumqttc::Event::Incoming(Packet::PubAck(_))
+        ) {}
         latencies.push(started.elapsed());
     }
     let _ = client.try_disconnect();
@@ -413,7 +599,9 @@ async fn rumqttc_latencies(broker: &Mosquitto, samples: usize) -> Vec<Duration> 
 
 /// The floor: PINGREQ/PINGRESP over a raw TCP socket, after a hand-made CONNECT.
 async fn ping_latencies(broker: &Mosquitto, samples: usize) -> Vec<Duration> {
-    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", broker.port)).await.expect("connect");
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", broker.port))
+        .await
+        .expect("connect");
     socket.set_nodelay(true).expect("nodelay");
     let id = format!("bench-ping-{}", unique());
     let mut connect = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c];
@@ -461,7 +649,13 @@ async fn invoke_process(broker: &Mosquitto) -> f64 {
     std::fs::write(&file, yaml).expect("component file");
     let started = Instant::now();
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-binding"))
-        .args(["invoke", "--component", file.to_str().expect("path"), "--data", "x"])
+        .args([
+            "invoke",
+            "--component",
+            file.to_str().expect("path"),
+            "--data",
+            "x",
+        ])
         .status()
         .await
         .expect("mqtt-binding runs");
@@ -472,7 +666,18 @@ async fn invoke_process(broker: &Mosquitto) -> f64 {
 async fn mosquitto_pub_process(broker: &Mosquitto) -> f64 {
     let started = Instant::now();
     let status = tokio::process::Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &broker.port.to_string(), "-q", "1", "-t", "bench/process", "-m", "x"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            "bench/process",
+            "-m",
+            "x",
+        ])
         .status()
         .await
         .expect("mosquitto_pub runs");
@@ -488,7 +693,9 @@ async fn preload(broker: &Mosquitto, qos: QoS, messages: usize, client_id: &str)
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     client.subscribe(&topic, qos).await.expect("subscribe");
     loop {
-        if let rumqttc::Event::Incoming(Packet::SubAck(_)) = eventloop.poll().await.expect("connected") {
+        if let rumqttc::Event::Incoming(Packet::SubAck(_)) =
+            eventloop.poll().await.expect("connected")
+        {
             break;
         }
     }
@@ -518,7 +725,11 @@ impl EventHandler for Count {
 async fn binding_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> f64 {
     let client_id = format!("bench-binding-{}", unique());
     let topic = preload(broker, qos, messages, &client_id).await;
-    let count = Arc::new(Count { seen: AtomicUsize::new(0), target: messages, done: tokio::sync::Notify::new() });
+    let count = Arc::new(Count {
+        seen: AtomicUsize::new(0),
+        target: messages,
+        done: tokio::sync::Notify::new(),
+    });
     let qos_text = (qos as u8).to_string();
     let metadata = [
         ("url", broker.url()),
@@ -530,7 +741,10 @@ async fn binding_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> f64 {
     let options = BindingOptions {
         name: "bench".into(),
         app_id: "bench".into(),
-        metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
         handler: Some(count.clone()),
     };
     let runtime = runtime();
@@ -538,7 +752,9 @@ async fn binding_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> f64 {
     let binding = runtime.binding(options).await.expect("binding");
     let reading = binding.read();
     let timed = async {
-        tokio::time::timeout(Duration::from_secs(300), count.done.notified()).await.expect("all delivered");
+        tokio::time::timeout(Duration::from_secs(300), count.done.notified())
+            .await
+            .expect("all delivered");
         let elapsed = started.elapsed();
         binding.shutdown();
         elapsed
@@ -560,7 +776,10 @@ async fn raw_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> f64 {
     client.subscribe(&topic, qos).await.expect("subscribe");
     let mut seen = 0;
     while seen < messages {
-        match tokio::time::timeout(Duration::from_secs(300), eventloop.poll()).await.expect("in time") {
+        match tokio::time::timeout(Duration::from_secs(300), eventloop.poll())
+            .await
+            .expect("in time")
+        {
             Ok(rumqttc::Event::Incoming(Packet::Publish(publish))) => {
                 seen += 1;
                 client.try_ack(&publish).expect("ack queued");

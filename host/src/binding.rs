@@ -6,11 +6,11 @@ use std::sync::Arc;
 
 use wasmtime::Store;
 
-use crate::bindings::exports::mqtt_binding::binding::binding as wit;
 use crate::bindings::MqttBinding;
+use crate::bindings::exports::mqtt_binding::binding::binding as wit;
 use crate::engine::RuntimeInner;
 use crate::error::BindingError;
-use crate::imports::{from_wit, BindingHost, EventHandler, HostState};
+use crate::imports::{BindingHost, EventHandler, HostState, from_wit};
 
 /// What a binding is made from.
 #[derive(Clone)]
@@ -28,7 +28,11 @@ pub struct BindingOptions {
 impl std::fmt::Debug for BindingOptions {
     /// Metadata values may be secrets: show the names only.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let names: Vec<&str> = self.metadata.iter().map(|(name, _)| name.as_str()).collect();
+        let names: Vec<&str> = self
+            .metadata
+            .iter()
+            .map(|(name, _)| name.as_str())
+            .collect();
         f.debug_struct("BindingOptions")
             .field("name", &self.name)
             .field("app_id", &self.app_id)
@@ -69,7 +73,9 @@ pub struct Binding {
 
 impl std::fmt::Debug for Binding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Binding").field("name", &self.host.name).finish_non_exhaustive()
+        f.debug_struct("Binding")
+            .field("name", &self.host.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -84,7 +90,11 @@ impl Instance {
         Self { store, exports }
     }
 
-    async fn init(&mut self, app_id: &str, metadata: &Vec<(String, String)>) -> Result<(), BindingError> {
+    async fn init(
+        &mut self,
+        app_id: &str,
+        metadata: &Vec<(String, String)>,
+    ) -> Result<(), BindingError> {
         let outcome = self
             .exports
             .mqtt_binding_binding_binding()
@@ -108,7 +118,14 @@ impl Binding {
         let mut first = runtime.instance(host.clone()).await?;
         first.init(&app_id, &metadata).await?;
         let permits = tokio::sync::Semaphore::new(runtime.max_output_instances());
-        Ok(Self { runtime, host, app_id, metadata, idle: std::sync::Mutex::new(vec![first]), permits })
+        Ok(Self {
+            runtime,
+            host,
+            app_id,
+            metadata,
+            idle: std::sync::Mutex::new(vec![first]),
+            permits,
+        })
     }
 
     /// Runs `call` on an output instance from the pool. An instance that trapped is dropped,
@@ -117,8 +134,16 @@ impl Binding {
         &self,
         call: impl AsyncFnOnce(&mut Instance) -> Result<T, BindingError>,
     ) -> Result<T, BindingError> {
-        let _permit = self.permits.acquire().await.map_err(|_| BindingError::Broker(crate::BrokerError::Closed))?;
-        let idle = self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).pop();
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| BindingError::Broker(crate::BrokerError::Closed))?;
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop();
         let mut instance = match idle {
             Some(instance) => instance,
             None => {
@@ -129,7 +154,10 @@ impl Binding {
         };
         let outcome = call(&mut instance).await;
         if !matches!(outcome, Err(BindingError::Component(_))) {
-            self.idle.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(instance);
+            self.idle
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push(instance);
         }
         outcome
     }
@@ -137,7 +165,11 @@ impl Binding {
     /// The output operations the binding supports.
     pub async fn operations(&self) -> Result<Vec<String>, BindingError> {
         self.with_output(async |Instance { store, exports }| {
-            exports.mqtt_binding_binding_binding().call_operations(store).await.map_err(component_error)
+            exports
+                .mqtt_binding_binding_binding()
+                .call_operations(store)
+                .await
+                .map_err(component_error)
         })
         .await
     }
@@ -150,10 +182,16 @@ impl Binding {
             metadata: request.metadata,
         };
         self.with_output(async |Instance { store, exports }| {
-            let outcome =
-                exports.mqtt_binding_binding_binding().call_invoke(store, &request).await.map_err(component_error)?;
+            let outcome = exports
+                .mqtt_binding_binding_binding()
+                .call_invoke(store, &request)
+                .await
+                .map_err(component_error)?;
             outcome
-                .map(|response| InvokeResponse { data: response.data, metadata: response.metadata })
+                .map(|response| InvokeResponse {
+                    data: response.data,
+                    metadata: response.metadata,
+                })
                 .map_err(from_guest)
         })
         .await
@@ -165,7 +203,11 @@ impl Binding {
         let mut input = self.runtime.instance(self.host.clone()).await?;
         input.init(&self.app_id, &self.metadata).await?;
         let Instance { store, exports } = &mut input;
-        let outcome = exports.mqtt_binding_binding_binding().call_read(store).await.map_err(component_error)?;
+        let outcome = exports
+            .mqtt_binding_binding_binding()
+            .call_read(store)
+            .await
+            .map_err(component_error)?;
         outcome.map_err(from_guest)
     }
 
@@ -173,7 +215,8 @@ impl Binding {
     /// started). Useful before publishing to a binding that has no persistent session.
     pub async fn wait_subscribed(&self) -> Result<(), BindingError> {
         let connection = self.host.connection.lock().await.clone();
-        let connection = connection.ok_or(BindingError::Broker(crate::error::BrokerError::Closed))?;
+        let connection =
+            connection.ok_or(BindingError::Broker(crate::error::BrokerError::Closed))?;
         Ok(connection.wait_subscribed().await?)
     }
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 /// The component types this host runs.
@@ -100,7 +100,8 @@ struct Auth {
 
 /// Reads every `kind: Component` document of a file; other kinds are skipped.
 pub fn read_file(path: &Path) -> anyhow::Result<Vec<ComponentSpec>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     parse(&text).with_context(|| format!("component file {}", path.display()))
 }
 
@@ -124,12 +125,16 @@ fn convert(document: Document) -> anyhow::Result<ComponentSpec> {
         Some(name) if !name.trim().is_empty() => name,
         _ => bail!("metadata.name is missing; a component needs a name"),
     };
-    let spec = document.spec.with_context(|| format!("component {name:?}: spec is missing"))?;
+    let spec = document
+        .spec
+        .with_context(|| format!("component {name:?}: spec is missing"))?;
     let component_type = spec
         .component_type
         .with_context(|| format!("component {name:?}: spec.type is missing"))?;
     let version = match spec.version {
-        Some(value) => scalar(&value).with_context(|| format!("component {name:?}: spec.version"))?,
+        Some(value) => {
+            scalar(&value).with_context(|| format!("component {name:?}: spec.version"))?
+        }
         None => String::new(),
     };
     let mut metadata = Vec::with_capacity(spec.metadata.len());
@@ -140,14 +145,22 @@ fn convert(document: Document) -> anyhow::Result<ComponentSpec> {
         };
         let value = match (item.value, item.secret_key_ref) {
             (Some(_), Some(_)) => {
-                bail!("component {name:?}: metadata field {field:?} has both value and secretKeyRef; give one")
+                bail!(
+                    "component {name:?}: metadata field {field:?} has both value and secretKeyRef; give one"
+                )
             }
             (None, Some(reference)) => match (reference.name, reference.key) {
-                (Some(secret), key) => MetadataValue::SecretRef { key: key.unwrap_or_else(|| secret.clone()), name: secret },
-                (None, _) => bail!("component {name:?}: metadata field {field:?}: secretKeyRef.name is missing"),
+                (Some(secret), key) => MetadataValue::SecretRef {
+                    key: key.unwrap_or_else(|| secret.clone()),
+                    name: secret,
+                },
+                (None, _) => bail!(
+                    "component {name:?}: metadata field {field:?}: secretKeyRef.name is missing"
+                ),
             },
             (Some(value), None) => MetadataValue::Plain(
-                scalar(&value).with_context(|| format!("component {name:?}: metadata field {field:?}"))?,
+                scalar(&value)
+                    .with_context(|| format!("component {name:?}: metadata field {field:?}"))?,
             ),
             (None, None) => MetadataValue::Plain(String::new()),
         };
@@ -171,8 +184,12 @@ fn scalar(value: &serde_yaml::Value) -> anyhow::Result<String> {
         serde_yaml::Value::Bool(b) => b.to_string(),
         serde_yaml::Value::Null => String::new(),
         serde_yaml::Value::Sequence(_) => bail!("expected a string, number or boolean, got a list"),
-        serde_yaml::Value::Mapping(_) => bail!("expected a string, number or boolean, got a mapping"),
-        serde_yaml::Value::Tagged(_) => bail!("expected a string, number or boolean, got a tagged value"),
+        serde_yaml::Value::Mapping(_) => {
+            bail!("expected a string, number or boolean, got a mapping")
+        }
+        serde_yaml::Value::Tagged(_) => {
+            bail!("expected a string, number or boolean, got a tagged value")
+        }
     })
 }
 
@@ -215,13 +232,28 @@ auth:
                 component_type: "bindings.mqtt".into(),
                 version: "v1".into(),
                 metadata: vec![
-                    MetadataItem { name: "url".into(), value: MetadataValue::Plain("tcp://localhost:1883".into()) },
-                    MetadataItem { name: "qos".into(), value: MetadataValue::Plain("1".into()) },
-                    MetadataItem { name: "retain".into(), value: MetadataValue::Plain("false".into()) },
-                    MetadataItem { name: "consumerID".into(), value: MetadataValue::Plain(String::new()) },
+                    MetadataItem {
+                        name: "url".into(),
+                        value: MetadataValue::Plain("tcp://localhost:1883".into())
+                    },
+                    MetadataItem {
+                        name: "qos".into(),
+                        value: MetadataValue::Plain("1".into())
+                    },
+                    MetadataItem {
+                        name: "retain".into(),
+                        value: MetadataValue::Plain("false".into())
+                    },
+                    MetadataItem {
+                        name: "consumerID".into(),
+                        value: MetadataValue::Plain(String::new())
+                    },
                     MetadataItem {
                         name: "clientKey".into(),
-                        value: MetadataValue::SecretRef { name: "mqtt-secrets".into(), key: "clientKey".into() }
+                        value: MetadataValue::SecretRef {
+                            name: "mqtt-secrets".into(),
+                            key: "clientKey".into()
+                        }
                     },
                 ],
                 secret_store: Some("localsecrets".into()),
@@ -232,25 +264,48 @@ auth:
 
     #[test]
     fn secret_refs_without_a_store_are_an_error_naming_the_field() {
-        let error = parse(DOC).expect("valid")[0].plain_metadata().expect_err("has a secretKeyRef");
-        assert!(error.to_string().starts_with(r#"metadata field "clientKey": secretKeyRef "mqtt-secrets"/"clientKey""#), "{error}");
+        let error = parse(DOC).expect("valid")[0]
+            .plain_metadata()
+            .expect_err("has a secretKeyRef");
+        assert!(
+            error.to_string().starts_with(
+                r#"metadata field "clientKey": secretKeyRef "mqtt-secrets"/"clientKey""#
+            ),
+            "{error}"
+        );
     }
 
     #[test]
     fn several_documents_and_other_kinds() {
-        let text = format!("{DOC}\n---\nkind: Configuration\nmetadata: {{name: c}}\n---\n{}", DOC.replace("orders", "two"));
-        let names: Vec<String> = parse(&text).expect("valid").into_iter().map(|c| c.name).collect();
+        let text = format!(
+            "{DOC}\n---\nkind: Configuration\nmetadata: {{name: c}}\n---\n{}",
+            DOC.replace("orders", "two")
+        );
+        let names: Vec<String> = parse(&text)
+            .expect("valid")
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         assert_eq!(names, ["orders", "two"]);
     }
 
     #[test]
     fn malformed_documents_say_where() {
         let error = parse("kind: Component\nmetadata: {name: x}\n").expect_err("no spec");
-        assert_eq!(format!("{error:#}"), r#"document 1: component "x": spec is missing"#);
+        assert_eq!(
+            format!("{error:#}"),
+            r#"document 1: component "x": spec is missing"#
+        );
         let error = parse("kind: Component\nmetadata: {name: x}\nspec: {type: bindings.mqtt, metadata: [{name: url, value: [1]}]}\n")
             .expect_err("list value");
-        assert_eq!(format!("{error:#}"), r#"document 1: component "x": metadata field "url": expected a string, number or boolean, got a list"#);
+        assert_eq!(
+            format!("{error:#}"),
+            r#"document 1: component "x": metadata field "url": expected a string, number or boolean, got a list"#
+        );
         let error = parse("kind: [").expect_err("bad yaml");
-        assert!(format!("{error:#}").starts_with("document 1: not a Dapr Component: "), "{error:#}");
+        assert!(
+            format!("{error:#}").starts_with("document 1: not a Dapr Component: "),
+            "{error:#}"
+        );
     }
 }

@@ -8,17 +8,25 @@ use std::time::Duration;
 use anyhow::Context as _;
 use std::sync::Arc;
 
-use mqtt_binding::{BindingOptions, Delivery, EventHandler, InvokeRequest, Runtime, RuntimeOptions};
+use mqtt_binding::{
+    BindingOptions, Delivery, EventHandler, InvokeRequest, Runtime, RuntimeOptions,
+};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-#[expect(clippy::print_stdout, reason = "the demo's output is for the person running it")]
+#[expect(
+    clippy::print_stdout,
+    reason = "the demo's output is for the person running it"
+)]
 pub async fn run(options: RuntimeOptions) -> anyhow::Result<()> {
     let address = start_broker()?;
     println!("embedded MQTT broker listening on {address}");
 
-    let (subscriber, mut events) = AsyncClient::new(MqttOptions::new("demo-subscriber", "127.0.0.1", address.port()), 64);
+    let (subscriber, mut events) = AsyncClient::new(
+        MqttOptions::new("demo-subscriber", "127.0.0.1", address.port()),
+        64,
+    );
     subscriber.subscribe("demo/#", QoS::AtLeastOnce).await?;
     // The subscriber's first successful connect is also the sign that the broker is up.
     tokio::time::timeout(WAIT, async {
@@ -31,7 +39,9 @@ pub async fn run(options: RuntimeOptions) -> anyhow::Result<()> {
         }
     })
     .await
-    .with_context(|| format!("the embedded broker did not accept a subscriber on {address} within {WAIT:?}"))?;
+    .with_context(|| {
+        format!("the embedded broker did not accept a subscriber on {address} within {WAIT:?}")
+    })?;
     println!("independent subscriber listening on demo/#");
 
     let runtime = Runtime::new(options)?;
@@ -46,7 +56,10 @@ pub async fn run(options: RuntimeOptions) -> anyhow::Result<()> {
         .binding(BindingOptions {
             name: "demo".into(),
             app_id: "demo".into(),
-            metadata: metadata.iter().map(|(k, v)| (k.to_string(), v.clone())).collect(),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect(),
             handler: Some(Arc::new(Forward(delivered_tx))),
         })
         .await?;
@@ -57,12 +70,18 @@ pub async fn run(options: RuntimeOptions) -> anyhow::Result<()> {
     ];
     let reading = binding.read();
     let demo = async {
-        tokio::time::timeout(WAIT, binding.wait_subscribed()).await.context("the binding did not subscribe")??;
+        tokio::time::timeout(WAIT, binding.wait_subscribed())
+            .await
+            .context("the binding did not subscribe")??;
         println!("binding subscribed to demo/# (its input side)");
         for (data, topic) in requests {
             let metadata = vec![("topic".to_string(), topic.to_string())];
             binding
-                .invoke(InvokeRequest { operation: "create".into(), data: data.as_bytes().to_vec(), metadata })
+                .invoke(InvokeRequest {
+                    operation: "create".into(),
+                    data: data.as_bytes().to_vec(),
+                    metadata,
+                })
                 .await?;
             println!("binding published {data:?} to {topic} (QoS 1, acknowledged by the broker)");
         }
@@ -90,7 +109,10 @@ pub async fn run(options: RuntimeOptions) -> anyhow::Result<()> {
     // A failed read explains a demo that timed out waiting for it.
     read.context("the binding's input side failed")?;
     demo?;
-    println!("done: {} messages published through the component, received, and read back", requests.len());
+    println!(
+        "done: {} messages published through the component, received, and read back",
+        requests.len()
+    );
     Ok(())
 }
 
@@ -99,15 +121,24 @@ struct Forward(tokio::sync::mpsc::UnboundedSender<(String, String)>);
 
 impl EventHandler for Forward {
     fn deliver(&self, event: mqtt_binding::Event) -> Delivery<'_> {
-        let topic = event.metadata.iter().find(|(k, _)| k == "topic").map(|(_, v)| v.clone()).unwrap_or_default();
-        let sent = self.0.send((String::from_utf8_lossy(&event.data).into_owned(), topic));
+        let topic = event
+            .metadata
+            .iter()
+            .find(|(k, _)| k == "topic")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let sent = self
+            .0
+            .send((String::from_utf8_lossy(&event.data).into_owned(), topic));
         Box::pin(async move { sent.map_err(|_| "the demo stopped".to_string()) })
     }
 }
 
 /// Starts rumqttd on a free loopback port.
 fn start_broker() -> anyhow::Result<SocketAddr> {
-    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port();
+    let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+        .local_addr()?
+        .port();
     let address = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let config: rumqttd::Config = serde_json::from_value(serde_json::json!({
         "id": 0,
@@ -132,10 +163,12 @@ fn start_broker() -> anyhow::Result<SocketAddr> {
     .context("configuring the embedded broker")?;
     let mut broker = rumqttd::Broker::new(config);
     // rumqttd runs its own threads and never returns; the process exit ends it.
-    std::thread::Builder::new().name("demo-broker".into()).spawn(move || {
-        if let Err(error) = broker.start() {
-            tracing::error!("embedded broker stopped: {error}");
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("demo-broker".into())
+        .spawn(move || {
+            if let Err(error) = broker.start() {
+                tracing::error!("embedded broker stopped: {error}");
+            }
+        })?;
     Ok(address)
 }

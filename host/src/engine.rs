@@ -13,7 +13,7 @@ use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimitsBuilder};
 use wasmtime_wasi::WasiCtxBuilder;
 
-use crate::binding::{component_error, Binding, BindingOptions, Instance};
+use crate::binding::{Binding, BindingOptions, Instance, component_error};
 use crate::bindings::{MqttBinding, MqttBindingPre};
 use crate::broker::BrokerSettings;
 use crate::error::BindingError;
@@ -82,7 +82,9 @@ pub(crate) struct RuntimeInner {
 
 impl std::fmt::Debug for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runtime").field("options", &self.inner.options).finish_non_exhaustive()
+        f.debug_struct("Runtime")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
     }
 }
 
@@ -91,10 +93,13 @@ impl Runtime {
     pub fn new(options: RuntimeOptions) -> anyhow::Result<Self> {
         let engine = Engine::new(&Config::new())?;
         let component = match &options.component {
-            ComponentSource::Embedded => {
-                load(&engine, EMBEDDED_WASM, EMBEDDED_SHA256, options.cache_dir.as_deref())
-                    .context("loading the embedded component")?
-            }
+            ComponentSource::Embedded => load(
+                &engine,
+                EMBEDDED_WASM,
+                EMBEDDED_SHA256,
+                options.cache_dir.as_deref(),
+            )
+            .context("loading the embedded component")?,
             ComponentSource::File(path) => {
                 let wasm = std::fs::read(path)
                     .with_context(|| format!("reading component {}", path.display()))?;
@@ -109,7 +114,13 @@ impl Runtime {
         let pre = MqttBindingPre::new(linker.instantiate_pre(&component)?)
             .map_err(anyhow::Error::from)
             .context("the component does not export the mqtt-binding world")?;
-        Ok(Self { inner: Arc::new(RuntimeInner { engine, pre, options }) })
+        Ok(Self {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                pre,
+                options,
+            }),
+        })
     }
 
     /// Creates a binding: an instance of the component initialised with the metadata,
@@ -141,18 +152,34 @@ impl RuntimeInner {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let limits = StoreLimitsBuilder::new().memory_size(self.options.max_memory_bytes).build();
-        let state = HostState { wasi, table: ResourceTable::new(), limits, host: host.clone() };
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(self.options.max_memory_bytes)
+            .build();
+        let state = HostState {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            host: host.clone(),
+        };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        let exports = self.pre.instantiate_async(&mut store).await.map_err(component_error)?;
+        let exports = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(component_error)?;
         Ok(Instance::new(store, exports))
     }
 }
 
 /// Loads compiled code from the cache, or compiles and stores it. The key covers the
 /// component's SHA-256 and everything of the engine that compiled code depends on.
-fn load(engine: &Engine, wasm: &[u8], digest: &str, cache_dir: Option<&Path>) -> anyhow::Result<Component> {
+fn load(
+    engine: &Engine,
+    wasm: &[u8],
+    digest: &str,
+    cache_dir: Option<&Path>,
+) -> anyhow::Result<Component> {
     let Some(dir) = cache_dir else {
         return Ok(Component::new(engine, wasm)?);
     };
@@ -162,7 +189,9 @@ fn load(engine: &Engine, wasm: &[u8], digest: &str, cache_dir: Option<&Path>) ->
     if path.exists() {
         match deserialize(engine, &path) {
             Ok(component) => return Ok(component),
-            Err(error) => tracing::debug!(path = %path.display(), "cached component unusable, recompiling: {error:#}"),
+            Err(error) => {
+                tracing::debug!(path = %path.display(), "cached component unusable, recompiling: {error:#}")
+            }
         }
     }
     let component = Component::new(engine, wasm)?;
@@ -172,7 +201,10 @@ fn load(engine: &Engine, wasm: &[u8], digest: &str, cache_dir: Option<&Path>) ->
     Ok(component)
 }
 
-#[expect(unsafe_code, reason = "loading native code that this program compiled and wrote itself")]
+#[expect(
+    unsafe_code,
+    reason = "loading native code that this program compiled and wrote itself"
+)]
 fn deserialize(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
     // SAFETY: the file was written by `store_compiled`, atomically (rename), into a
     // directory created by this program; wasmtime checks it was produced by a compatible
@@ -183,7 +215,10 @@ fn deserialize(engine: &Engine, path: &Path) -> anyhow::Result<Component> {
 fn store_compiled(dir: &Path, path: &Path, component: &Component) -> anyhow::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
     // Owner-only: loading from here runs native code (see `deserialize`).
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
     let bytes = component.serialize()?;
     // Written beside its final name and renamed into place, so that a reader never sees a
     // partial file, even with several processes compiling at once.

@@ -48,7 +48,10 @@ pub enum BrokerError {
 
 impl BrokerError {
     pub(crate) fn invalid(field: Field, reason: impl Into<String>) -> Self {
-        BrokerError::InvalidOption { field: field.wit_name().to_string(), reason: reason.into() }
+        BrokerError::InvalidOption {
+            field: field.wit_name().to_string(),
+            reason: reason.into(),
+        }
     }
 }
 

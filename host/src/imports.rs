@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use wasmtime::component::{HasData, Resource, ResourceTable};
 use wasmtime::StoreLimits;
+use wasmtime::component::{HasData, Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::mqtt_binding::binding::{broker, delivery, lifecycle, logging, types};
-use crate::broker::{BrokerSettings, Connection, ConnectOptions};
+use crate::broker::{BrokerSettings, ConnectOptions, Connection};
 use crate::error::BrokerError;
 
 /// One event for the application.
@@ -55,7 +55,10 @@ pub(crate) struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -67,7 +70,10 @@ pub(crate) struct HostView<'a> {
 
 impl HostView<'_> {
     pub fn of(state: &mut HostState) -> HostView<'_> {
-        HostView { host: &state.host, table: &mut state.table }
+        HostView {
+            host: &state.host,
+            table: &mut state.table,
+        }
     }
 }
 
@@ -97,7 +103,10 @@ fn to_wit(error: BrokerError) -> broker::Error {
 /// The reverse, for errors the guest hands back through its exports.
 pub(crate) fn from_wit(error: broker::Error) -> BrokerError {
     match error {
-        broker::Error::InvalidOption(o) => BrokerError::InvalidOption { field: o.field, reason: o.reason },
+        broker::Error::InvalidOption(o) => BrokerError::InvalidOption {
+            field: o.field,
+            reason: o.reason,
+        },
         broker::Error::Unreachable(s) => BrokerError::Unreachable(s),
         broker::Error::Tls(s) => BrokerError::Tls(s),
         broker::Error::NotAuthorized(s) => BrokerError::NotAuthorized(s),
@@ -179,7 +188,9 @@ impl broker::HostConnection for HostView<'_> {
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<(), broker::Error>> {
         let connection = self.table.get(&connection)?;
-        let outcome = connection.publish(topic, payload, qos(level), retain, millis(timeout_ms)).await;
+        let outcome = connection
+            .publish(topic, payload, qos(level), retain, millis(timeout_ms))
+            .await;
         Ok(outcome.map_err(to_wit))
     }
 
@@ -191,7 +202,10 @@ impl broker::HostConnection for HostView<'_> {
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<(), broker::Error>> {
         let connection = self.table.get(&connection)?;
-        Ok(connection.subscribe(filter, qos(level), millis(timeout_ms)).await.map_err(to_wit))
+        Ok(connection
+            .subscribe(filter, qos(level), millis(timeout_ms))
+            .await
+            .map_err(to_wit))
     }
 
     async fn next_message(
@@ -216,12 +230,19 @@ impl broker::HostConnection for HostView<'_> {
         }))
     }
 
-    async fn ack(&mut self, connection: Resource<Connection>, id: u64) -> wasmtime::Result<Result<(), broker::Error>> {
+    async fn ack(
+        &mut self,
+        connection: Resource<Connection>,
+        id: u64,
+    ) -> wasmtime::Result<Result<(), broker::Error>> {
         let connection = self.table.get(&connection)?;
         Ok(connection.ack(id).await.map_err(to_wit))
     }
 
-    async fn max_payload_bytes(&mut self, connection: Resource<Connection>) -> wasmtime::Result<u32> {
+    async fn max_payload_bytes(
+        &mut self,
+        connection: Resource<Connection>,
+    ) -> wasmtime::Result<u32> {
         Ok(self.table.get(&connection)?.max_payload_bytes())
     }
 
@@ -236,9 +257,14 @@ impl broker::HostConnection for HostView<'_> {
 impl delivery::Host for HostView<'_> {
     async fn deliver(&mut self, event: delivery::Event) -> wasmtime::Result<Result<(), String>> {
         let Some(handler) = self.host.handler.clone() else {
-            return Ok(Err("this host has no application to deliver events to".into()));
+            return Ok(Err(
+                "this host has no application to deliver events to".into()
+            ));
         };
-        let event = Event { data: event.data, metadata: event.metadata };
+        let event = Event {
+            data: event.data,
+            metadata: event.metadata,
+        };
         Ok(tokio::select! {
             biased;
             outcome = handler.deliver(event) => outcome,

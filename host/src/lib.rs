@@ -26,14 +26,14 @@ mod binding;
 mod bindings;
 mod broker;
 pub mod component_file;
-pub mod sidecar;
 mod engine;
 mod error;
 mod imports;
+pub mod sidecar;
 mod tls;
 
 pub use binding::{Binding, BindingOptions, InvokeRequest, InvokeResponse};
 pub use broker::BrokerSettings;
-pub use engine::{default_cache_dir, ComponentSource, Runtime, RuntimeOptions};
+pub use engine::{ComponentSource, Runtime, RuntimeOptions, default_cache_dir};
 pub use error::{BindingError, BrokerError};
 pub use imports::{Delivery, Event, EventHandler};

@@ -7,7 +7,7 @@ mod read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use mqtt_binding::component_file::{self, ComponentSpec};
 use mqtt_binding::{BindingOptions, ComponentSource, InvokeRequest, Runtime, RuntimeOptions};
@@ -107,10 +107,16 @@ fn main() -> ExitCode {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 
     // Two cores and one binding at a time: the current-thread runtime has the lowest latency.
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => return fail(&error.into()),
     };
@@ -127,8 +133,15 @@ fn fail(error: &anyhow::Error) -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let options = RuntimeOptions {
-        component: cli.global.wasm.map_or(ComponentSource::Embedded, ComponentSource::File),
-        cache_dir: if cli.global.no_cache { None } else { mqtt_binding::default_cache_dir() },
+        component: cli
+            .global
+            .wasm
+            .map_or(ComponentSource::Embedded, ComponentSource::File),
+        cache_dir: if cli.global.no_cache {
+            None
+        } else {
+            mqtt_binding::default_cache_dir()
+        },
         ..RuntimeOptions::default()
     };
     match cli.command {
@@ -141,23 +154,42 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn invoke(options: RuntimeOptions, args: InvokeArgs) -> anyhow::Result<()> {
     let component = single_binding(&args.component)?;
-    let metadata = component.plain_metadata().with_context(|| format!("component {:?}", component.name))?;
+    let metadata = component
+        .plain_metadata()
+        .with_context(|| format!("component {:?}", component.name))?;
     let data = match (&args.data, &args.data_file) {
         (Some(text), _) => text.clone().into_bytes(),
-        (None, Some(path)) => std::fs::read(path).with_context(|| format!("reading --data-file {}", path.display()))?,
+        (None, Some(path)) => std::fs::read(path)
+            .with_context(|| format!("reading --data-file {}", path.display()))?,
         (None, None) => bail!("give --data or --data-file"),
     };
-    let app_id = args.app_id.unwrap_or_else(|| format!("mqtt-binding-{}", std::process::id()));
+    let app_id = args
+        .app_id
+        .unwrap_or_else(|| format!("mqtt-binding-{}", std::process::id()));
 
     let runtime = Runtime::new(options)?;
     let binding = runtime
-        .binding(BindingOptions { name: component.name.clone(), app_id, metadata, handler: None })
+        .binding(BindingOptions {
+            name: component.name.clone(),
+            app_id,
+            metadata,
+            handler: None,
+        })
         .await
         .with_context(|| format!("starting binding {:?}", component.name))?;
-    let request = InvokeRequest { operation: args.operation.clone(), data, metadata: args.metadata };
+    let request = InvokeRequest {
+        operation: args.operation.clone(),
+        data,
+        metadata: args.metadata,
+    };
     let outcome = binding.invoke(request).await;
     binding.close().await;
-    let response = outcome.with_context(|| format!("binding {:?}: operation {:?}", component.name, args.operation))?;
+    let response = outcome.with_context(|| {
+        format!(
+            "binding {:?}: operation {:?}",
+            component.name, args.operation
+        )
+    })?;
     if let Some(data) = response.data {
         let mut stdout = tokio::io::stdout();
         stdout.write_all(&data).await?;
@@ -168,7 +200,10 @@ async fn invoke(options: RuntimeOptions, args: InvokeArgs) -> anyhow::Result<()>
 
 async fn run_sidecar(options: RuntimeOptions, args: RunArgs) -> anyhow::Result<()> {
     if args.app_protocol != "http" {
-        bail!("--app-protocol {:?}: only http is supported", args.app_protocol);
+        bail!(
+            "--app-protocol {:?}: only http is supported",
+            args.app_protocol
+        );
     }
     if args.app_id.trim().is_empty() {
         bail!("--app-id is empty; give the application ID");
@@ -193,8 +228,10 @@ async fn run_sidecar(options: RuntimeOptions, args: RunArgs) -> anyhow::Result<(
 
 /// The one MQTT binding component in a file.
 pub(crate) fn single_binding(path: &Path) -> anyhow::Result<ComponentSpec> {
-    let mut bindings: Vec<ComponentSpec> =
-        component_file::read_file(path)?.into_iter().filter(ComponentSpec::is_mqtt_binding).collect();
+    let mut bindings: Vec<ComponentSpec> = component_file::read_file(path)?
+        .into_iter()
+        .filter(ComponentSpec::is_mqtt_binding)
+        .collect();
     match bindings.len() {
         1 => Ok(bindings.remove(0)),
         0 => bail!(
@@ -202,6 +239,9 @@ pub(crate) fn single_binding(path: &Path) -> anyhow::Result<ComponentSpec> {
             path.display(),
             component_file::MQTT_BINDING_TYPES.join(" or ")
         ),
-        n => bail!("component file {}: {n} MQTT binding components found; give a file with one", path.display()),
+        n => bail!(
+            "component file {}: {n} MQTT binding components found; give a file with one",
+            path.display()
+        ),
     }
 }

@@ -4,14 +4,14 @@
 
 use std::io::Write as _;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 use base64::Engine as _;
 use clap::Args;
 use mqtt_binding::{BindingOptions, Delivery, Event, EventHandler, Runtime, RuntimeOptions};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{SignalKind, signal};
 
 #[derive(Args)]
 pub struct ReadArgs {
@@ -29,8 +29,14 @@ pub struct ReadArgs {
 
 pub async fn run(options: RuntimeOptions, args: ReadArgs) -> anyhow::Result<()> {
     let component = crate::single_binding(&args.component)?;
-    let metadata = component.plain_metadata().with_context(|| format!("component {:?}", component.name))?;
-    let printer = Arc::new(Printer { printed: AtomicU64::new(0), limit: args.count, done: tokio::sync::Notify::new() });
+    let metadata = component
+        .plain_metadata()
+        .with_context(|| format!("component {:?}", component.name))?;
+    let printer = Arc::new(Printer {
+        printed: AtomicU64::new(0),
+        limit: args.count,
+        done: tokio::sync::Notify::new(),
+    });
     let runtime = Runtime::new(options)?;
     let binding = runtime
         .binding(BindingOptions {
@@ -57,7 +63,10 @@ pub async fn run(options: RuntimeOptions, args: ReadArgs) -> anyhow::Result<()> 
     outcome.with_context(|| format!("binding {:?}: reading", component.name))
 }
 
-async fn stop<F: std::future::Future>(binding: &mqtt_binding::Binding, reading: std::pin::Pin<&mut F>) -> F::Output {
+async fn stop<F: std::future::Future>(
+    binding: &mqtt_binding::Binding,
+    reading: std::pin::Pin<&mut F>,
+) -> F::Output {
     binding.shutdown();
     reading.await
 }
@@ -72,14 +81,20 @@ struct Printer {
 impl EventHandler for Printer {
     fn deliver(&self, event: Event) -> Delivery<'_> {
         Box::pin(async move {
-            if self.limit.is_some_and(|limit| self.printed.load(Ordering::Acquire) >= limit) {
+            if self
+                .limit
+                .is_some_and(|limit| self.printed.load(Ordering::Acquire) >= limit)
+            {
                 // Past --count: refuse, so the message stays with the broker for the next reader.
                 return Err("--count reached".to_string());
             }
             let mut line = serde_json::to_vec(&json_line(&event)).map_err(|e| e.to_string())?;
             line.push(b'\n');
             let mut stdout = std::io::stdout().lock();
-            stdout.write_all(&line).and_then(|()| stdout.flush()).map_err(|e| format!("writing to stdout: {e}"))?;
+            stdout
+                .write_all(&line)
+                .and_then(|()| stdout.flush())
+                .map_err(|e| format!("writing to stdout: {e}"))?;
             let printed = self.printed.fetch_add(1, Ordering::AcqRel) + 1;
             if Some(printed) == self.limit {
                 self.done.notify_one();
@@ -91,8 +106,11 @@ impl EventHandler for Printer {
 
 /// `{"data": "<utf-8>", "metadata": {...}}`, or `"data_base64"` when the payload is not UTF-8.
 fn json_line(event: &Event) -> serde_json::Value {
-    let metadata: serde_json::Map<String, serde_json::Value> =
-        event.metadata.iter().map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str()))).collect();
+    let metadata: serde_json::Map<String, serde_json::Value> = event
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+        .collect();
     match std::str::from_utf8(&event.data) {
         Ok(text) => serde_json::json!({ "data": text, "metadata": metadata }),
         Err(_) => serde_json::json!({

@@ -36,21 +36,32 @@ pub fn client_config(material: &TlsMaterial<'_>) -> Result<Arc<ClientConfig>, Br
             let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| {
                 BrokerError::invalid(Field::ClientKey, "no PEM private key could be read")
             })?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| match e {
-                rustls::Error::InconsistentKeys(_) => BrokerError::invalid(
-                    Field::ClientCert,
-                    "the certificate does not match the private key in client-key",
-                ),
-                // rustls' text for an unusable key does not include the key.
-                other => BrokerError::invalid(Field::ClientKey, format!("the private key cannot be used: {other}")),
-            })?
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| match e {
+                    rustls::Error::InconsistentKeys(_) => BrokerError::invalid(
+                        Field::ClientCert,
+                        "the certificate does not match the private key in client-key",
+                    ),
+                    // rustls' text for an unusable key does not include the key.
+                    other => BrokerError::invalid(
+                        Field::ClientKey,
+                        format!("the private key cannot be used: {other}"),
+                    ),
+                })?
         }
         (None, None) => builder.with_no_client_auth(),
         (Some(_), None) => {
-            return Err(BrokerError::invalid(Field::ClientCert, "given without client-key"));
+            return Err(BrokerError::invalid(
+                Field::ClientCert,
+                "given without client-key",
+            ));
         }
         (None, Some(_)) => {
-            return Err(BrokerError::invalid(Field::ClientKey, "given without client-cert"));
+            return Err(BrokerError::invalid(
+                Field::ClientKey,
+                "given without client-cert",
+            ));
         }
     };
     Ok(Arc::new(config))
@@ -70,7 +81,10 @@ fn custom_roots(pem: &str) -> Result<RootCertStore, BrokerError> {
     let mut roots = RootCertStore::empty();
     for (n, cert) in certificates(Field::CaCert, pem)?.into_iter().enumerate() {
         roots.add(cert).map_err(|e| {
-            BrokerError::invalid(Field::CaCert, format!("certificate {} is not a usable CA certificate: {e}", n + 1))
+            BrokerError::invalid(
+                Field::CaCert,
+                format!("certificate {} is not a usable CA certificate: {e}", n + 1),
+            )
         })?;
     }
     Ok(roots)
@@ -81,7 +95,11 @@ fn system_roots() -> Result<RootCertStore, BrokerError> {
     let mut roots = RootCertStore::empty();
     let (added, _unparsable) = roots.add_parsable_certificates(found.certs);
     if added == 0 {
-        let why = found.errors.first().map(|e| format!(" ({e})")).unwrap_or_default();
+        let why = found
+            .errors
+            .first()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default();
         return Err(BrokerError::invalid(
             Field::CaCert,
             format!("not given, and no system CA certificates could be loaded{why}; give caCert"),

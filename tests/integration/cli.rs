@@ -5,7 +5,7 @@ use std::process::{Output, Stdio};
 
 use tokio::process::Command;
 
-use crate::support::{unique, Mosquitto, Subscriber, WAIT};
+use crate::support::{Mosquitto, Subscriber, WAIT, unique};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
 
@@ -15,7 +15,10 @@ fn component_file(dir: &Path, name: &str, metadata: &[(&str, &str)]) -> std::pat
     );
     for (field, value) in metadata {
         // JSON strings are valid YAML double-quoted scalars, PEM newlines included.
-        yaml.push_str(&format!("  - name: {field}\n    value: {}\n", serde_json::Value::from(*value)));
+        yaml.push_str(&format!(
+            "  - name: {field}\n    value: {}\n",
+            serde_json::Value::from(*value)
+        ));
     }
     let path = dir.join(format!("{name}.yaml"));
     std::fs::write(&path, yaml).expect("writing the component file");
@@ -23,7 +26,11 @@ fn component_file(dir: &Path, name: &str, metadata: &[(&str, &str)]) -> std::pat
 }
 
 async fn run(args: &[&str]) -> Output {
-    let child = Command::new(BIN).args(args).stdin(Stdio::null()).kill_on_drop(true).output();
+    let child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
     tokio::time::timeout(std::time::Duration::from_secs(60), child)
         .await
         .expect("mqtt-binding exits on its own")
@@ -34,13 +41,26 @@ async fn run(args: &[&str]) -> Output {
 async fn mosquitto_sub(broker: &Mosquitto, extra: &[&str], topic: &str) -> tokio::process::Child {
     let id = format!("mosquitto-sub-{}", unique());
     let child = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-i", &id, "-t", topic, "-C", "1", "-q", "1"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-i",
+            &id,
+            "-t",
+            topic,
+            "-C",
+            "1",
+            "-q",
+            "1",
+        ])
         .args(extra)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
         .expect("mosquitto_sub runs (apt-get install mosquitto-clients)");
-    broker.wait_for_log(&format!("Received SUBSCRIBE from {id}")).await;
+    broker
+        .wait_for_log(&format!("Received SUBSCRIBE from {id}"))
+        .await;
     child
 }
 
@@ -56,10 +76,26 @@ async fn received(child: tokio::process::Child) -> String {
 async fn invoke_publishes_over_tcp_to_mosquitto_sub() {
     let broker = Mosquitto::start();
     let topic = format!("cli/{}", unique());
-    let file = component_file(broker.dir.path(), "orders", &[("url", &broker.url()), ("topic", &topic), ("qos", "1")]);
+    let file = component_file(
+        broker.dir.path(),
+        "orders",
+        &[("url", &broker.url()), ("topic", &topic), ("qos", "1")],
+    );
     let sub = mosquitto_sub(&broker, &["-p", &broker.port.to_string()], &topic).await;
-    let output = run(&["invoke", "--component", file.to_str().expect("utf-8 path"), "--data", "hello from the cli"]).await;
-    assert!(output.status.success(), "exit {}; stderr: {}", output.status, String::from_utf8_lossy(&output.stderr));
+    let output = run(&[
+        "invoke",
+        "--component",
+        file.to_str().expect("utf-8 path"),
+        "--data",
+        "hello from the cli",
+    ])
+    .await;
+    assert!(
+        output.status.success(),
+        "exit {}; stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(output.stdout, b"", "create prints no response");
     assert_eq!(received(sub).await, "hello from the cli\n");
 }
@@ -81,15 +117,32 @@ async fn invoke_publishes_over_mutual_tls_with_request_topic() {
         ],
     );
     let tls_args = [
-        "-p", &broker.tls_port.to_string(),
-        "--cafile", certs.ca_file.to_str().expect("path"),
-        "--cert", certs.client_cert_file.to_str().expect("path"),
-        "--key", certs.client_key_file.to_str().expect("path"),
+        "-p",
+        &broker.tls_port.to_string(),
+        "--cafile",
+        certs.ca_file.to_str().expect("path"),
+        "--cert",
+        certs.client_cert_file.to_str().expect("path"),
+        "--key",
+        certs.client_key_file.to_str().expect("path"),
     ];
     let sub = mosquitto_sub(&broker, &tls_args, &topic).await;
     let metadata = format!("topic={topic}");
-    let output = run(&["invoke", "--component", file.to_str().expect("path"), "--data", "secured", "--metadata", &metadata]).await;
-    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let output = run(&[
+        "invoke",
+        "--component",
+        file.to_str().expect("path"),
+        "--data",
+        "secured",
+        "--metadata",
+        &metadata,
+    ])
+    .await;
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert_eq!(received(sub).await, "secured\n");
 }
 
@@ -101,29 +154,79 @@ async fn invoke_sends_a_data_file_byte_for_byte() {
     let payload: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
     let data = broker.dir.path().join("payload.bin");
     std::fs::write(&data, &payload).expect("writing payload");
-    let file = component_file(broker.dir.path(), "bytes", &[("url", &broker.url()), ("topic", &topic)]);
-    let output = run(&["invoke", "--component", file.to_str().expect("path"), "--data-file", data.to_str().expect("path")]).await;
-    assert!(output.status.success(), "stderr: {}", String::from_utf8_lossy(&output.stderr));
+    let file = component_file(
+        broker.dir.path(),
+        "bytes",
+        &[("url", &broker.url()), ("topic", &topic)],
+    );
+    let output = run(&[
+        "invoke",
+        "--component",
+        file.to_str().expect("path"),
+        "--data-file",
+        data.to_str().expect("path"),
+    ])
+    .await;
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(subscriber.next().await.payload[..] == payload[..]);
 }
 
 #[tokio::test]
 async fn invoke_reports_an_unreachable_broker_and_exits_nonzero() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-    let file = component_file(dir.path(), "down", &[("url", &format!("tcp://user:hunter2@127.0.0.1:{port}")), ("topic", "t")]);
-    let output = run(&["invoke", "--component", file.to_str().expect("path"), "--data", "x"]).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let file = component_file(
+        dir.path(),
+        "down",
+        &[
+            ("url", &format!("tcp://user:hunter2@127.0.0.1:{port}")),
+            ("topic", "t"),
+        ],
+    );
+    let output = run(&[
+        "invoke",
+        "--component",
+        file.to_str().expect("path"),
+        "--data",
+        "x",
+    ])
+    .await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
-    assert!(stderr.starts_with(r#"mqtt-binding: starting binding "down": broker unreachable: "#), "{stderr}");
+    assert!(
+        stderr.starts_with(r#"mqtt-binding: starting binding "down": broker unreachable: "#),
+        "{stderr}"
+    );
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
 #[tokio::test]
 async fn invoke_reports_bad_metadata_naming_the_field() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let file = component_file(dir.path(), "bad", &[("url", "tcp://127.0.0.1:1883"), ("topic", "t"), ("qos", "7")]);
-    let output = run(&["invoke", "--component", file.to_str().expect("path"), "--data", "x"]).await;
+    let file = component_file(
+        dir.path(),
+        "bad",
+        &[
+            ("url", "tcp://127.0.0.1:1883"),
+            ("topic", "t"),
+            ("qos", "7"),
+        ],
+    );
+    let output = run(&[
+        "invoke",
+        "--component",
+        file.to_str().expect("path"),
+        "--data",
+        "x",
+    ])
+    .await;
     assert!(!output.status.success());
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
@@ -135,25 +238,56 @@ async fn invoke_reports_bad_metadata_naming_the_field() {
 async fn invoke_refuses_a_file_without_an_mqtt_binding() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("other.yaml");
-    std::fs::write(&file, "kind: Component\nmetadata: {name: s}\nspec: {type: state.redis, version: v1}\n").expect("write");
-    let output = run(&["invoke", "--component", file.to_str().expect("path"), "--data", "x"]).await;
+    std::fs::write(
+        &file,
+        "kind: Component\nmetadata: {name: s}\nspec: {type: state.redis, version: v1}\n",
+    )
+    .expect("write");
+    let output = run(&[
+        "invoke",
+        "--component",
+        file.to_str().expect("path"),
+        "--data",
+        "x",
+    ])
+    .await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("no component of type bindings.mqtt or bindings.mqtt3 found"), "{stderr}");
+    assert!(
+        stderr.contains("no component of type bindings.mqtt or bindings.mqtt3 found"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
 async fn demo_runs_with_nothing_installed() {
     let output = run(&["demo"]).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "stdout: {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.contains("done: 3 messages published through the component, received, and read back"), "{stdout}");
+    assert!(
+        output.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout
+            .contains("done: 3 messages published through the component, received, and read back"),
+        "{stdout}"
+    );
 }
 
 /// `mosquitto_pub` one message (`-m TEXT` or `-f FILE`) at QoS 1.
 async fn mosquitto_pub(port: u16, topic: &str, message: &[&str]) {
     let status = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1", "-t", topic])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+        ])
         .args(message)
         .status()
         .await
@@ -162,7 +296,9 @@ async fn mosquitto_pub(port: u16, topic: &str, message: &[&str]) {
 }
 
 /// Reads one line of the child's stdout, failing the test after [`WAIT`].
-async fn line(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>) -> serde_json::Value {
+async fn line(
+    lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+) -> serde_json::Value {
     let text = tokio::time::timeout(WAIT, lines.next_line())
         .await
         .expect("mqtt-binding read printed a line in time")
@@ -173,7 +309,13 @@ async fn line(lines: &mut tokio::io::Lines<tokio::io::BufReader<tokio::process::
 
 fn spawn_read(file: &Path, app_id: &str, extra: &[&str]) -> tokio::process::Child {
     Command::new(BIN)
-        .args(["read", "--component", file.to_str().expect("path"), "--app-id", app_id])
+        .args([
+            "read",
+            "--component",
+            file.to_str().expect("path"),
+            "--app-id",
+            app_id,
+        ])
         .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -189,13 +331,28 @@ async fn read_prints_json_lines_and_exits_after_count() {
     let broker = Mosquitto::start();
     let topic = format!("cli-read/{}", unique());
     let app_id = format!("cli-reader-{}", unique());
-    let file = component_file(broker.dir.path(), "inbox", &[("url", &broker.url()), ("topic", &format!("{topic}/#")), ("qos", "1")]);
+    let file = component_file(
+        broker.dir.path(),
+        "inbox",
+        &[
+            ("url", &broker.url()),
+            ("topic", &format!("{topic}/#")),
+            ("qos", "1"),
+        ],
+    );
     let mut child = spawn_read(&file, &app_id, &["--count", "2"]);
-    broker.wait_for_log(&format!("Received SUBSCRIBE from {app_id}")).await;
+    broker
+        .wait_for_log(&format!("Received SUBSCRIBE from {app_id}"))
+        .await;
     let binary = broker.dir.path().join("binary.bin");
     std::fs::write(&binary, [0xff, 0x00, 0xfe]).expect("write");
     mosquitto_pub(broker.port, &format!("{topic}/a"), &["-m", "héllo"]).await;
-    mosquitto_pub(broker.port, &format!("{topic}/b"), &["-f", binary.to_str().expect("path")]).await;
+    mosquitto_pub(
+        broker.port,
+        &format!("{topic}/b"),
+        &["-f", binary.to_str().expect("path")],
+    )
+    .await;
     let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
     assert_eq!(
         line(&mut lines).await,
@@ -205,11 +362,23 @@ async fn read_prints_json_lines_and_exits_after_count() {
         line(&mut lines).await,
         serde_json::json!({"data_base64": "/wD+", "metadata": {"topic": format!("{topic}/b"), "retained": "false", "qos": "1", "duplicate": "false"}})
     );
-    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits after --count").expect("status");
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits after --count")
+        .expect("status");
     assert!(status.success(), "exit {status}");
-    assert_eq!(lines.next_line().await.expect("stdout"), None, "nothing after the counted messages");
-    broker.wait_for_log(&format!("Received DISCONNECT from {app_id}")).await;
-    assert_eq!(broker.log_count(&format!("Received PUBACK from {app_id}")), 2);
+    assert_eq!(
+        lines.next_line().await.expect("stdout"),
+        None,
+        "nothing after the counted messages"
+    );
+    broker
+        .wait_for_log(&format!("Received DISCONNECT from {app_id}"))
+        .await;
+    assert_eq!(
+        broker.log_count(&format!("Received PUBACK from {app_id}")),
+        2
+    );
 }
 
 #[tokio::test]
@@ -221,35 +390,72 @@ async fn read_ends_cleanly_on_sigterm_having_acknowledged_what_it_printed() {
     let file = component_file(
         broker.dir.path(),
         "term",
-        &[("url", &broker.url()), ("topic", &topic), ("qos", "1"), ("cleanSession", "false")],
+        &[
+            ("url", &broker.url()),
+            ("topic", &topic),
+            ("qos", "1"),
+            ("cleanSession", "false"),
+        ],
     );
     let mut child = spawn_read(&file, &app_id, &[]);
-    broker.wait_for_log(&format!("Received SUBSCRIBE from {app_id}")).await;
+    broker
+        .wait_for_log(&format!("Received SUBSCRIBE from {app_id}"))
+        .await;
     let mut lines = tokio::io::BufReader::new(child.stdout.take().expect("stdout")).lines();
     for text in ["one", "two"] {
         mosquitto_pub(broker.port, &topic, &["-m", text]).await;
         assert_eq!(line(&mut lines).await["data"], text);
     }
     let pid = child.id().expect("running").to_string();
-    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill runs");
+    let killed = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await
+        .expect("kill runs");
     assert!(killed.success());
-    let output = tokio::time::timeout(WAIT, child.wait_with_output()).await.expect("exits on SIGTERM").expect("output");
-    assert!(output.status.success(), "exit {}; stderr: {}", output.status, String::from_utf8_lossy(&output.stderr));
-    broker.wait_for_log(&format!("Received DISCONNECT from {app_id}")).await;
-    assert_eq!(broker.log_count(&format!("Received PUBACK from {app_id}")), 2, "both printed messages acknowledged");
-    assert_eq!(broker.log_count(&format!("Received UNSUBSCRIBE from {app_id}")), 0, "the session's subscription is kept");
+    let output = tokio::time::timeout(WAIT, child.wait_with_output())
+        .await
+        .expect("exits on SIGTERM")
+        .expect("output");
+    assert!(
+        output.status.success(),
+        "exit {}; stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    broker
+        .wait_for_log(&format!("Received DISCONNECT from {app_id}"))
+        .await;
+    assert_eq!(
+        broker.log_count(&format!("Received PUBACK from {app_id}")),
+        2,
+        "both printed messages acknowledged"
+    );
+    assert_eq!(
+        broker.log_count(&format!("Received UNSUBSCRIBE from {app_id}")),
+        0,
+        "the session's subscription is kept"
+    );
 }
 
 #[tokio::test]
 async fn read_survives_a_broker_restart() {
     use tokio::io::AsyncBufReadExt as _;
-    let mut broker = Mosquitto::start_with(crate::support::BrokerConfig { persistence: true, ..Default::default() });
+    let mut broker = Mosquitto::start_with(crate::support::BrokerConfig {
+        persistence: true,
+        ..Default::default()
+    });
     let topic = format!("cli-restart/{}", unique());
     let app_id = format!("cli-restart-{}", unique());
     let file = component_file(
         broker.dir.path(),
         "restart",
-        &[("url", &broker.url()), ("topic", &format!("{topic}/+")), ("qos", "1"), ("cleanSession", "false")],
+        &[
+            ("url", &broker.url()),
+            ("topic", &format!("{topic}/+")),
+            ("qos", "1"),
+            ("cleanSession", "false"),
+        ],
     );
     let mut child = spawn_read(&file, &app_id, &["--count", "2"]);
     let subscribed = format!("Received SUBSCRIBE from {app_id}");
@@ -262,12 +468,22 @@ async fn read_survives_a_broker_restart() {
     // The binding reconnects on its own (backoff from 1 s) and subscribes again.
     let deadline = tokio::time::Instant::now() + WAIT;
     while broker.log_count(&subscribed) < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "no second SUBSCRIBE:\n{}", broker.log());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no second SUBSCRIBE:\n{}",
+            broker.log()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     mosquitto_pub(broker.port, &format!("{topic}/after"), &["-m", "after"]).await;
     let after = line(&mut lines).await;
-    assert_eq!((after["data"].as_str(), after["metadata"]["topic"].as_str()), (Some("after"), Some(format!("{topic}/after").as_str())));
-    let status = tokio::time::timeout(WAIT, child.wait()).await.expect("exits after --count").expect("status");
+    assert_eq!(
+        (after["data"].as_str(), after["metadata"]["topic"].as_str()),
+        (Some("after"), Some(format!("{topic}/after").as_str()))
+    );
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits after --count")
+        .expect("status");
     assert!(status.success(), "exit {status}");
 }

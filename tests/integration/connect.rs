@@ -4,22 +4,36 @@ use std::time::{Duration, Instant};
 
 use mqtt_binding::{BindingError, BrokerError};
 
-use crate::support::{binding, create, unique, BrokerConfig, Mosquitto, Subscriber};
+use crate::support::{BrokerConfig, Mosquitto, Subscriber, binding, create, unique};
 
 #[tokio::test]
 async fn credentials_in_the_url_are_accepted() {
-    let broker = Mosquitto::start_with(BrokerConfig { user: Some(("app".into(), "s3cr:t@".into())), ..Default::default() });
+    let broker = Mosquitto::start_with(BrokerConfig {
+        user: Some(("app".into(), "s3cr:t@".into())),
+        ..Default::default()
+    });
     let url = format!("tcp://app:s3cr%3At%40@127.0.0.1:{}", broker.port);
     let topic = format!("auth/{}", unique());
-    let mut binding = binding(&[("url", &url), ("topic", &topic), ("qos", "1")]).await.expect("init with credentials");
-    create(&mut binding, b"authorised", &[]).await.expect("create");
+    let mut binding = binding(&[("url", &url), ("topic", &topic), ("qos", "1")])
+        .await
+        .expect("init with credentials");
+    create(&mut binding, b"authorised", &[])
+        .await
+        .expect("create");
     binding.close().await;
-    assert!(broker.log().contains("u'app'"), "the broker saw user app:\n{}", broker.log());
+    assert!(
+        broker.log().contains("u'app'"),
+        "the broker saw user app:\n{}",
+        broker.log()
+    );
 }
 
 #[tokio::test]
 async fn wrong_password_is_not_authorised_and_not_echoed() {
-    let broker = Mosquitto::start_with(BrokerConfig { user: Some(("app".into(), "right".into())), ..Default::default() });
+    let broker = Mosquitto::start_with(BrokerConfig {
+        user: Some(("app".into(), "right".into())),
+        ..Default::default()
+    });
     let url = format!("tcp://app:wrong-password@127.0.0.1:{}", broker.port);
     match binding(&[("url", &url), ("topic", "t")]).await {
         Err(error @ BindingError::Broker(BrokerError::NotAuthorized(_))) => {
@@ -30,17 +44,29 @@ async fn wrong_password_is_not_authorised_and_not_echoed() {
         }
         other => panic!("expected not-authorized, got {other:?}"),
     }
-    match binding(&[("url", &format!("tcp://127.0.0.1:{}", broker.port)), ("topic", "t")]).await {
-        Err(BindingError::Broker(BrokerError::NotAuthorized(text))) => assert_eq!(text, "not authorized"),
+    match binding(&[
+        ("url", &format!("tcp://127.0.0.1:{}", broker.port)),
+        ("topic", "t"),
+    ])
+    .await
+    {
+        Err(BindingError::Broker(BrokerError::NotAuthorized(text))) => {
+            assert_eq!(text, "not authorized")
+        }
         other => panic!("expected not-authorized for an anonymous client, got {other:?}"),
     }
 }
 
 #[tokio::test]
 async fn closed_port_fails_at_once_as_unreachable() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
     match binding(&[("url", &format!("tcp://127.0.0.1:{port}")), ("topic", "t")]).await {
-        Err(BindingError::Broker(BrokerError::Unreachable(text))) => assert!(text.contains("refused"), "{text}"),
+        Err(BindingError::Broker(BrokerError::Unreachable(text))) => {
+            assert!(text.contains("refused"), "{text}")
+        }
         other => panic!("expected unreachable, got {other:?}"),
     }
 }
@@ -48,7 +74,9 @@ async fn closed_port_fails_at_once_as_unreachable() {
 #[tokio::test]
 async fn silent_broker_times_out_instead_of_hanging() {
     // Accepts TCP connections and never answers CONNECT.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listener");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("listener");
     let port = listener.local_addr().expect("address").port();
     let accept = tokio::spawn(async move {
         let mut held = Vec::new();
@@ -68,8 +96,12 @@ async fn publish_to_a_vanished_broker_fails_within_its_retries() {
     let mut broker = Mosquitto::start();
     let topic = format!("vanish/{}", unique());
     let mut subscriber = Subscriber::start(broker.port, &topic).await;
-    let mut binding = binding(&[("url", &broker.url()), ("topic", &topic), ("qos", "1")]).await.expect("init");
-    create(&mut binding, b"before", &[]).await.expect("create while the broker is up");
+    let mut binding = binding(&[("url", &broker.url()), ("topic", &topic), ("qos", "1")])
+        .await
+        .expect("init");
+    create(&mut binding, b"before", &[])
+        .await
+        .expect("create while the broker is up");
     assert_eq!(&subscriber.next().await.payload[..], b"before");
     drop(subscriber);
     broker.kill();
@@ -79,6 +111,10 @@ async fn publish_to_a_vanished_broker_fails_within_its_retries() {
         other => panic!("expected unreachable or timeout, got {other:?}"),
     }
     // Bounded by the publish policy: 4 attempts of at most 10 s each, 200 ms apart.
-    assert!(started.elapsed() < Duration::from_secs(45), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "took {:?}",
+        started.elapsed()
+    );
     binding.close().await;
 }

@@ -5,7 +5,8 @@ use mqtt_binding::BindingError;
 
 use crate::support::binding;
 
-const PEM_CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
+const PEM_CERT: &str =
+    "-----BEGIN CERTIFICATE-----\nMIIBszCCAVmgAwIBAgIU\n-----END CERTIFICATE-----\n";
 const PEM_KEY: &str = "-----BEGIN PRIVATE KEY-----\nMIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQg\n-----END PRIVATE KEY-----\n";
 
 #[tokio::test]
@@ -29,17 +30,31 @@ async fn each_bad_value_is_refused_naming_its_field() {
         (vec![url, topic, ("qos", "one")], "qos"),
         (vec![url, topic, ("retain", "maybe")], "retain"),
         (vec![url, topic, ("cleanSession", "2")], "cleanSession"),
-        (vec![url, topic, ("backOffMaxRetries", "three")], "backOffMaxRetries"),
+        (
+            vec![url, topic, ("backOffMaxRetries", "three")],
+            "backOffMaxRetries",
+        ),
         (vec![url, topic, ("caCert", "not a certificate")], "caCert"),
         (vec![url, topic, ("clientCert", PEM_CERT)], "clientCert"),
         (vec![url, topic, ("clientKey", PEM_KEY)], "clientKey"),
-        (vec![url, topic, ("clientCert", PEM_CERT), ("clientKey", "garbage")], "clientKey"),
+        (
+            vec![
+                url,
+                topic,
+                ("clientCert", PEM_CERT),
+                ("clientKey", "garbage"),
+            ],
+            "clientKey",
+        ),
         (vec![url, topic, ("qos", "1"), ("QOS", "2")], "QOS"),
     ];
     for (pairs, field) in cases {
         match binding(&pairs).await {
             Err(BindingError::InvalidMetadata(text)) => {
-                assert!(text.starts_with(&format!("metadata field {field:?}: ")), "{pairs:?} gave {text:?}")
+                assert!(
+                    text.starts_with(&format!("metadata field {field:?}: ")),
+                    "{pairs:?} gave {text:?}"
+                )
             }
             other => panic!("{pairs:?}: expected invalid metadata naming {field:?}, got {other:?}"),
         }
@@ -56,7 +71,10 @@ async fn consumer_id_is_required_without_an_app_id() {
         handler: None,
     };
     match runtime.binding(options).await {
-        Err(BindingError::InvalidMetadata(text)) => assert!(text.starts_with(r#"metadata field "consumerID": "#), "{text}"),
+        Err(BindingError::InvalidMetadata(text)) => assert!(
+            text.starts_with(r#"metadata field "consumerID": "#),
+            "{text}"
+        ),
         other => panic!("expected invalid metadata, got {other:?}"),
     }
 }
@@ -64,15 +82,30 @@ async fn consumer_id_is_required_without_an_app_id() {
 #[tokio::test]
 async fn secrets_never_appear_in_errors() {
     let password = "pa55-do-not-print";
-    let key = "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END PRIVATE KEY-----\n";
+    let key =
+        "-----BEGIN PRIVATE KEY-----\nc2VjcmV0LWtleS1tYXRlcmlhbA==\n-----END PRIVATE KEY-----\n";
     for pairs in [
-        vec![("url", format!("tcp://u:{password}@h:99999")), ("topic", "t".into())],
-        vec![("url", format!("tcp://u:{password}@127.0.0.1:1")), ("topic", "t".into())],
-        vec![("url", "ssl://127.0.0.1:1".into()), ("topic", "t".into()), ("clientCert", PEM_CERT.into()), ("clientKey", key.into())],
+        vec![
+            ("url", format!("tcp://u:{password}@h:99999")),
+            ("topic", "t".into()),
+        ],
+        vec![
+            ("url", format!("tcp://u:{password}@127.0.0.1:1")),
+            ("topic", "t".into()),
+        ],
+        vec![
+            ("url", "ssl://127.0.0.1:1".into()),
+            ("topic", "t".into()),
+            ("clientCert", PEM_CERT.into()),
+            ("clientKey", key.into()),
+        ],
     ] {
         let pairs: Vec<(&str, &str)> = pairs.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let error = binding(&pairs).await.expect_err("refused");
         let text = format!("{error} {error:?}");
-        assert!(!text.contains(password) && !text.contains("c2VjcmV0"), "secret in {text}");
+        assert!(
+            !text.contains(password) && !text.contains("c2VjcmV0"),
+            "secret in {text}"
+        );
     }
 }

@@ -3,18 +3,29 @@
 use mqtt_binding::{BindingError, BrokerError, BrokerSettings, RuntimeOptions};
 use rumqttc::QoS;
 
-use crate::support::{binding, binding_in, create, runtime_with, unique, Mosquitto, Subscriber};
+use crate::support::{Mosquitto, Subscriber, binding, binding_in, create, runtime_with, unique};
 
 #[tokio::test]
 async fn publishes_to_the_component_topic_at_each_qos() {
     let broker = Mosquitto::start();
-    for (qos, expected) in [("0", QoS::AtMostOnce), ("1", QoS::AtLeastOnce), ("2", QoS::ExactlyOnce)] {
+    for (qos, expected) in [
+        ("0", QoS::AtMostOnce),
+        ("1", QoS::AtLeastOnce),
+        ("2", QoS::ExactlyOnce),
+    ] {
         let topic = format!("orders/{}", unique());
         let mut subscriber = Subscriber::start(broker.port, &topic).await;
-        let mut binding = binding(&[("url", &broker.url()), ("topic", &topic), ("qos", qos)]).await.expect("init");
-        create(&mut binding, format!("at qos {qos}").as_bytes(), &[]).await.expect("create");
+        let mut binding = binding(&[("url", &broker.url()), ("topic", &topic), ("qos", qos)])
+            .await
+            .expect("init");
+        create(&mut binding, format!("at qos {qos}").as_bytes(), &[])
+            .await
+            .expect("create");
         let message = subscriber.next().await;
-        assert_eq!((message.topic.as_str(), &message.payload[..]), (topic.as_str(), format!("at qos {qos}").as_bytes()));
+        assert_eq!(
+            (message.topic.as_str(), &message.payload[..]),
+            (topic.as_str(), format!("at qos {qos}").as_bytes())
+        );
         assert_eq!(message.qos, expected, "delivered at the binding's qos");
         assert!(!message.retain);
         binding.close().await;
@@ -26,14 +37,23 @@ async fn qos1_publish_returns_after_puback_and_qos2_after_pubcomp() {
     let broker = Mosquitto::start();
     for (qos, last_packet) in [("1", "Sending PUBACK to"), ("2", "Sending PUBCOMP to")] {
         let client_id = format!("acked-{}", unique());
-        let mut binding = binding(&[("url", &broker.url()), ("topic", "acks"), ("qos", qos), ("consumerID", &client_id)])
-            .await
-            .expect("init");
+        let mut binding = binding(&[
+            ("url", &broker.url()),
+            ("topic", "acks"),
+            ("qos", qos),
+            ("consumerID", &client_id),
+        ])
+        .await
+        .expect("init");
         create(&mut binding, b"x", &[]).await.expect("create");
         // mosquitto logs the acknowledgement before it writes it, so by the time `create`
         // has returned, the line is in the log.
         let line = format!("{last_packet} {client_id}");
-        assert!(broker.log().contains(&line), "no {line:?} in the broker log:\n{}", broker.log());
+        assert!(
+            broker.log().contains(&line),
+            "no {line:?} in the broker log:\n{}",
+            broker.log()
+        );
         binding.close().await;
     }
 }
@@ -42,15 +62,28 @@ async fn qos1_publish_returns_after_puback_and_qos2_after_pubcomp() {
 async fn request_metadata_overrides_topic_and_retain() {
     let broker = Mosquitto::start();
     let base = format!("override/{}", unique());
-    let mut binding = binding(&[("url", &broker.url()), ("topic", &format!("{base}/default")), ("qos", "1")])
-        .await
-        .expect("init");
+    let mut binding = binding(&[
+        ("url", &broker.url()),
+        ("topic", &format!("{base}/default")),
+        ("qos", "1"),
+    ])
+    .await
+    .expect("init");
     let other = format!("{base}/other");
-    create(&mut binding, b"retained value", &[("topic", &other), ("retain", "true")]).await.expect("create");
+    create(
+        &mut binding,
+        b"retained value",
+        &[("topic", &other), ("retain", "true")],
+    )
+    .await
+    .expect("create");
     // A subscriber that arrives afterwards gets the retained message, flagged as retained.
     let mut late = Subscriber::start(broker.port, &other).await;
     let message = late.next().await;
-    assert_eq!((message.topic.as_str(), &message.payload[..], message.retain), (other.as_str(), &b"retained value"[..], true));
+    assert_eq!(
+        (message.topic.as_str(), &message.payload[..], message.retain),
+        (other.as_str(), &b"retained value"[..], true)
+    );
     binding.close().await;
 }
 
@@ -59,14 +92,22 @@ async fn payloads_arrive_byte_for_byte() {
     let broker = Mosquitto::start();
     let topic = format!("bytes/{}", unique());
     let mut subscriber = Subscriber::start(broker.port, &topic).await;
-    let mut binding = binding(&[("url", &broker.url()), ("topic", &topic), ("qos", "1")]).await.expect("init");
+    let mut binding = binding(&[("url", &broker.url()), ("topic", &topic), ("qos", "1")])
+        .await
+        .expect("init");
     let every_byte: Vec<u8> = (0..=255u8).chain((0..=255u8).rev()).collect();
-    let one_mib: Vec<u8> = (0..1024 * 1024).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let one_mib: Vec<u8> = (0..1024 * 1024)
+        .map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     for payload in [every_byte, Vec::new(), one_mib] {
         create(&mut binding, &payload, &[]).await.expect("create");
         let message = subscriber.next().await;
         assert_eq!(message.payload.len(), payload.len());
-        assert!(message.payload[..] == payload[..], "payload of {} bytes changed in transit", payload.len());
+        assert!(
+            message.payload[..] == payload[..],
+            "payload of {} bytes changed in transit",
+            payload.len()
+        );
     }
     binding.close().await;
 }
@@ -76,22 +117,36 @@ async fn payload_at_the_limit_passes_one_byte_over_is_rejected() {
     let broker = Mosquitto::start();
     let limit = 64 * 1024;
     let runtime = runtime_with(RuntimeOptions {
-        broker: BrokerSettings { max_payload_bytes: limit },
+        broker: BrokerSettings {
+            max_payload_bytes: limit,
+        },
         ..RuntimeOptions::default()
     });
     let topic = format!("limit/{}", unique());
     let mut subscriber = Subscriber::start(broker.port, &topic).await;
-    let mut binding = binding_in(&runtime, &[("url", &broker.url()), ("topic", &topic), ("qos", "1")]).await.expect("init");
-    create(&mut binding, &vec![7; limit as usize], &[]).await.expect("at the limit");
+    let mut binding = binding_in(
+        &runtime,
+        &[("url", &broker.url()), ("topic", &topic), ("qos", "1")],
+    )
+    .await
+    .expect("init");
+    create(&mut binding, &vec![7; limit as usize], &[])
+        .await
+        .expect("at the limit");
     assert_eq!(subscriber.next().await.payload.len(), limit as usize);
     match create(&mut binding, &vec![7; limit as usize + 1], &[]).await {
         Err(BindingError::Broker(BrokerError::TooLarge(text))) => {
-            assert_eq!(text, "payload of 65537 bytes is over the limit of 65536 bytes")
+            assert_eq!(
+                text,
+                "payload of 65537 bytes is over the limit of 65536 bytes"
+            )
         }
         other => panic!("expected too-large, got {other:?}"),
     }
     // The connection survived the refusal.
-    create(&mut binding, b"after", &[]).await.expect("publish after a refusal");
+    create(&mut binding, b"after", &[])
+        .await
+        .expect("publish after a refusal");
     assert_eq!(&subscriber.next().await.payload[..], b"after");
     binding.close().await;
 }
@@ -99,7 +154,9 @@ async fn payload_at_the_limit_passes_one_byte_over_is_rejected() {
 #[tokio::test]
 async fn wildcard_topics_and_unknown_operations_are_refused() {
     let broker = Mosquitto::start();
-    let mut binding = binding(&[("url", &broker.url()), ("topic", "sensors/+/temp")]).await.expect("init");
+    let mut binding = binding(&[("url", &broker.url()), ("topic", "sensors/+/temp")])
+        .await
+        .expect("init");
     match create(&mut binding, b"x", &[]).await {
         Err(BindingError::InvalidRequest(text)) => assert_eq!(
             text,
@@ -108,13 +165,22 @@ async fn wildcard_topics_and_unknown_operations_are_refused() {
         other => panic!("expected invalid-request, got {other:?}"),
     }
     match create(&mut binding, b"x", &[("topic", "a/#")]).await {
-        Err(BindingError::InvalidRequest(text)) => assert!(text.starts_with(r#"request metadata field "topic""#), "{text}"),
+        Err(BindingError::InvalidRequest(text)) => assert!(
+            text.starts_with(r#"request metadata field "topic""#),
+            "{text}"
+        ),
         other => panic!("expected invalid-request, got {other:?}"),
     }
-    let request = mqtt_binding::InvokeRequest { operation: "get".into(), ..Default::default() };
+    let request = mqtt_binding::InvokeRequest {
+        operation: "get".into(),
+        ..Default::default()
+    };
     match binding.invoke(request).await {
         Err(BindingError::InvalidRequest(text)) => {
-            assert_eq!(text, r#"operation "get" is not supported; supported operations: create"#)
+            assert_eq!(
+                text,
+                r#"operation "get" is not supported; supported operations: create"#
+            )
         }
         other => panic!("expected invalid-request, got {other:?}"),
     }
@@ -127,7 +193,11 @@ async fn concurrent_invokes_on_one_binding_all_arrive() {
     let broker = Mosquitto::start();
     let topic = format!("concurrent/{}", unique());
     let mut subscriber = Subscriber::start(broker.port, &topic).await;
-    let binding = std::sync::Arc::new(binding(&[("url", &broker.url()), ("topic", &topic), ("qos", "1")]).await.expect("init"));
+    let binding = std::sync::Arc::new(
+        binding(&[("url", &broker.url()), ("topic", &topic), ("qos", "1")])
+            .await
+            .expect("init"),
+    );
     let mut invokes = tokio::task::JoinSet::new();
     for n in 0..200 {
         let binding = binding.clone();
@@ -141,11 +211,14 @@ async fn concurrent_invokes_on_one_binding_all_arrive() {
         });
     }
     while let Some(outcome) = invokes.join_next().await {
-        outcome.expect("the task ran").expect("every invoke succeeded");
+        outcome
+            .expect("the task ran")
+            .expect("every invoke succeeded");
     }
     let mut received = std::collections::BTreeSet::new();
     for _ in 0..200 {
-        received.insert(String::from_utf8(subscriber.next().await.payload.to_vec()).expect("utf-8"));
+        received
+            .insert(String::from_utf8(subscriber.next().await.payload.to_vec()).expect("utf-8"));
     }
     let expected: std::collections::BTreeSet<String> = (0..200).map(|n| format!("m{n}")).collect();
     assert_eq!(received, expected);

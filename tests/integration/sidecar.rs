@@ -10,25 +10,36 @@ use axum::http::{HeaderMap, StatusCode};
 use rumqttc::QoS;
 use tokio::process::{Child, Command};
 
-use crate::support::{publish_all, unique, Mosquitto, Subscriber, WAIT};
+use crate::support::{Mosquitto, Subscriber, WAIT, publish_all, unique};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
 }
 
 /// One binding component as YAML; `(name, value)` or `(name, "secret:NAME:KEY")`.
 fn binding_yaml(name: &str, metadata: &[(&str, &str)], secret_store: Option<&str>) -> String {
-    let mut yaml = format!("apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n");
+    let mut yaml = format!(
+        "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n"
+    );
     for (field, value) in metadata {
-        match value.strip_prefix("secret:").and_then(|r| r.split_once(':')) {
+        match value
+            .strip_prefix("secret:")
+            .and_then(|r| r.split_once(':'))
+        {
             Some((secret, key)) => yaml.push_str(&format!(
                 "  - name: {field}\n    secretKeyRef:\n      name: {}\n      key: {}\n",
                 serde_json::Value::from(secret),
                 serde_json::Value::from(key)
             )),
-            None => yaml.push_str(&format!("  - name: {field}\n    value: {}\n", serde_json::Value::from(*value))),
+            None => yaml.push_str(&format!(
+                "  - name: {field}\n    value: {}\n",
+                serde_json::Value::from(*value)
+            )),
         }
     }
     if let Some(store) = secret_store {
@@ -49,7 +60,13 @@ impl Sidecar {
         let http = free_port();
         let mut command = Command::new(BIN);
         command
-            .args(["run", "--resources-path", dir.to_str().expect("path"), "--app-id", "shop"])
+            .args([
+                "run",
+                "--resources-path",
+                dir.to_str().expect("path"),
+                "--app-id",
+                "shop",
+            ])
             .args(["--dapr-http-port", &http.to_string()])
             .current_dir(dir)
             .stdin(Stdio::null())
@@ -64,10 +81,23 @@ impl Sidecar {
             command.env(key, value);
         }
         let child = command.spawn().expect("mqtt-binding run starts");
-        let sidecar = Self { child: Some(child), http, client: reqwest::Client::new() };
+        let sidecar = Self {
+            child: Some(child),
+            http,
+            client: reqwest::Client::new(),
+        };
         let deadline = tokio::time::Instant::now() + WAIT;
-        while sidecar.client.get(sidecar.url("/v1.0/metadata")).send().await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "the sidecar never served HTTP");
+        while sidecar
+            .client
+            .get(sidecar.url("/v1.0/metadata"))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the sidecar never served HTTP"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         sidecar
@@ -81,18 +111,32 @@ impl Sidecar {
     async fn healthy(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            let response = self.client.get(self.url("/v1.0/healthz")).send().await.expect("healthz answers");
+            let response = self
+                .client
+                .get(self.url("/v1.0/healthz"))
+                .send()
+                .await
+                .expect("healthz answers");
             if response.status() == StatusCode::NO_CONTENT {
                 return;
             }
-            assert!(tokio::time::Instant::now() < deadline, "never healthy: {}", response.text().await.unwrap_or_default());
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "never healthy: {}",
+                response.text().await.unwrap_or_default()
+            );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     }
 
     async fn post(&self, binding: &str, body: &str) -> (StatusCode, String) {
-        let response =
-            self.client.post(self.url(&format!("/v1.0/bindings/{binding}"))).body(body.to_string()).send().await.expect("answer");
+        let response = self
+            .client
+            .post(self.url(&format!("/v1.0/bindings/{binding}")))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("answer");
         (response.status(), response.text().await.expect("body"))
     }
 
@@ -101,7 +145,10 @@ impl Sidecar {
         let mut child = self.child.take().expect("running");
         let pid = child.id().expect("pid").to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
-        tokio::time::timeout(WAIT, child.wait()).await.expect("exits after SIGTERM").expect("status")
+        tokio::time::timeout(WAIT, child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .expect("status")
     }
 }
 
@@ -117,14 +164,28 @@ struct App {
 }
 
 impl App {
-    async fn serve(port: u16, probe: StatusCode, failures: usize) -> (Self, tokio::task::JoinHandle<()>) {
-        let app = App { calls: Arc::default(), failures: Arc::new(Mutex::new(failures)), arrived: Arc::default() };
+    async fn serve(
+        port: u16,
+        probe: StatusCode,
+        failures: usize,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
+        let app = App {
+            calls: Arc::default(),
+            failures: Arc::new(Mutex::new(failures)),
+            arrived: Arc::default(),
+        };
         let router = axum::Router::new()
             .route(
                 "/{route}",
                 axum::routing::options(move || async move { probe }).post(
-                    |State(app): State<App>, UrlPath(route): UrlPath<String>, headers: HeaderMap, body: axum::body::Bytes| async move {
-                        app.calls.lock().expect("calls").push((route, headers, body.to_vec()));
+                    |State(app): State<App>,
+                     UrlPath(route): UrlPath<String>,
+                     headers: HeaderMap,
+                     body: axum::body::Bytes| async move {
+                        app.calls
+                            .lock()
+                            .expect("calls")
+                            .push((route, headers, body.to_vec()));
                         app.arrived.notify_waiters();
                         let mut failures = app.failures.lock().expect("failures");
                         if *failures > 0 {
@@ -137,7 +198,9 @@ impl App {
                 ),
             )
             .with_state(app.clone());
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("app port");
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("app port");
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, router).await;
         });
@@ -166,20 +229,44 @@ async fn output_binding_over_http_publishes_json_text() {
     let broker = Mosquitto::start();
     let topic = format!("http-out/{}", unique());
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("orders.yaml"), binding_yaml("orders", &[("url", &broker.url()), ("topic", &topic), ("qos", "1")], None))
-        .expect("write");
+    std::fs::write(
+        dir.path().join("orders.yaml"),
+        binding_yaml(
+            "orders",
+            &[("url", &broker.url()), ("topic", &topic), ("qos", "1")],
+            None,
+        ),
+    )
+    .expect("write");
     let mut subscriber = Subscriber::start(broker.port, &topic).await;
     let sidecar = Sidecar::start(dir.path(), None, &[]).await;
     sidecar.healthy().await;
     for (body, published) in [
-        (r#"{"data": {"id": 7, "items": ["a"]}, "operation": "create"}"#, r#"{"id":7,"items":["a"]}"#),
+        (
+            r#"{"data": {"id": 7, "items": ["a"]}, "operation": "create"}"#,
+            r#"{"id":7,"items":["a"]}"#,
+        ),
         (r#"{"data": "hi", "operation": "create"}"#, r#""hi""#),
-        (r#"{"data": 42, "metadata": {"retain": "false"}, "operation": "create"}"#, "42"),
+        (
+            r#"{"data": 42, "metadata": {"retain": "false"}, "operation": "create"}"#,
+            "42",
+        ),
     ] {
-        assert_eq!(sidecar.post("orders", body).await, (StatusCode::NO_CONTENT, String::new()));
-        assert_eq!(String::from_utf8_lossy(&subscriber.next().await.payload), published);
+        assert_eq!(
+            sidecar.post("orders", body).await,
+            (StatusCode::NO_CONTENT, String::new())
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&subscriber.next().await.payload),
+            published
+        );
     }
-    let put = sidecar.client.put(sidecar.url("/v1.0/bindings/orders")).body(r#"{"data": 1, "operation": "create"}"#).send().await;
+    let put = sidecar
+        .client
+        .put(sidecar.url("/v1.0/bindings/orders"))
+        .body(r#"{"data": 1, "operation": "create"}"#)
+        .send()
+        .await;
     assert_eq!(put.expect("answer").status(), StatusCode::NO_CONTENT);
     assert_eq!(&subscriber.next().await.payload[..], b"1");
     assert!(sidecar.terminate().await.success());
@@ -190,16 +277,36 @@ async fn input_events_reach_the_app_with_the_topic_header() {
     let broker = Mosquitto::start();
     let base = format!("http-in/{}", unique());
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("orders.yaml"), binding_yaml("orders", &[("url", &broker.url()), ("topic", &format!("{base}/+")), ("qos", "1")], None))
-        .expect("write");
+    std::fs::write(
+        dir.path().join("orders.yaml"),
+        binding_yaml(
+            "orders",
+            &[
+                ("url", &broker.url()),
+                ("topic", &format!("{base}/+")),
+                ("qos", "1"),
+            ],
+            None,
+        ),
+    )
+    .expect("write");
     let app_port = free_port();
     let (app, _server) = App::serve(app_port, StatusCode::OK, 0).await;
     let sidecar = Sidecar::start(dir.path(), Some(app_port), &[]).await;
     broker.wait_for_log("Received SUBSCRIBE from shop").await;
-    publish_all(broker.port, &format!("{base}/eu"), QoS::AtLeastOnce, &[br#"{"order":1}"#.to_vec()]).await;
+    publish_all(
+        broker.port,
+        &format!("{base}/eu"),
+        QoS::AtLeastOnce,
+        &[br#"{"order":1}"#.to_vec()],
+    )
+    .await;
     let calls = app.wait_for_calls(1).await;
     let (route, headers, body) = &calls[0];
-    assert_eq!((route.as_str(), body.as_slice()), ("orders", &br#"{"order":1}"#[..]));
+    assert_eq!(
+        (route.as_str(), body.as_slice()),
+        ("orders", &br#"{"order":1}"#[..])
+    );
     assert_eq!(headers["topic"], format!("{base}/eu").as_str());
     assert_eq!(headers["content-type"], "application/json");
     assert!(sidecar.terminate().await.success());
@@ -210,16 +317,31 @@ async fn app_failing_twice_gets_the_event_three_times() {
     let broker = Mosquitto::start();
     let topic = format!("http-retry/{}", unique());
     let dir = tempfile::tempdir().expect("dir");
-    let metadata = [("url", broker.url()), ("topic", topic.clone()), ("qos", "1".into()), ("backOffMaxRetries", "3".into()), ("backOffInterval", "20ms".into()), ("route", "/incoming".into())];
+    let metadata = [
+        ("url", broker.url()),
+        ("topic", topic.clone()),
+        ("qos", "1".into()),
+        ("backOffMaxRetries", "3".into()),
+        ("backOffInterval", "20ms".into()),
+        ("route", "/incoming".into()),
+    ];
     let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    std::fs::write(dir.path().join("b.yaml"), binding_yaml("orders", &metadata, None)).expect("write");
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        binding_yaml("orders", &metadata, None),
+    )
+    .expect("write");
     let app_port = free_port();
     let (app, _server) = App::serve(app_port, StatusCode::METHOD_NOT_ALLOWED, 2).await;
     let sidecar = Sidecar::start(dir.path(), Some(app_port), &[]).await;
     broker.wait_for_log("Received SUBSCRIBE from shop").await;
     publish_all(broker.port, &topic, QoS::AtLeastOnce, &[b"flaky".to_vec()]).await;
     let calls = app.wait_for_calls(3).await;
-    assert!(calls.iter().all(|(route, _, body)| route == "incoming" && body == b"flaky"));
+    assert!(
+        calls
+            .iter()
+            .all(|(route, _, body)| route == "incoming" && body == b"flaky")
+    );
     broker.wait_for_log("Received PUBACK from shop").await;
     assert!(sidecar.terminate().await.success());
     assert_eq!(app.calls.lock().expect("calls").len(), 3);
@@ -230,19 +352,41 @@ async fn an_app_that_is_down_gets_events_once_it_listens_and_output_works_meanwh
     let broker = Mosquitto::start();
     let base = format!("late/{}", unique());
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("b.yaml"), binding_yaml("orders", &[("url", &broker.url()), ("topic", &format!("{base}/in")), ("qos", "1")], None))
-        .expect("write");
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        binding_yaml(
+            "orders",
+            &[
+                ("url", &broker.url()),
+                ("topic", &format!("{base}/in")),
+                ("qos", "1"),
+            ],
+            None,
+        ),
+    )
+    .expect("write");
     let app_port = free_port();
     let sidecar = Sidecar::start(dir.path(), Some(app_port), &[]).await;
     sidecar.healthy().await;
     let mut out = Subscriber::start(broker.port, &format!("{base}/out")).await;
-    let body = format!(r#"{{"data": "while the app is down", "metadata": {{"topic": "{base}/out"}}, "operation": "create"}}"#);
-    assert_eq!(sidecar.post("orders", &body).await.0, StatusCode::NO_CONTENT);
+    let body = format!(
+        r#"{{"data": "while the app is down", "metadata": {{"topic": "{base}/out"}}, "operation": "create"}}"#
+    );
+    assert_eq!(
+        sidecar.post("orders", &body).await.0,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(&out.next().await.payload[..], br#""while the app is down""#);
 
     let (app, _server) = App::serve(app_port, StatusCode::OK, 0).await;
     broker.wait_for_log("Received SUBSCRIBE from shop").await;
-    publish_all(broker.port, &format!("{base}/in"), QoS::AtLeastOnce, &[b"now up".to_vec()]).await;
+    publish_all(
+        broker.port,
+        &format!("{base}/in"),
+        QoS::AtLeastOnce,
+        &[b"now up".to_vec()],
+    )
+    .await;
     assert_eq!(app.wait_for_calls(1).await[0].2, b"now up");
     assert!(sidecar.terminate().await.success());
 }
@@ -252,15 +396,35 @@ async fn secrets_come_from_env_and_file_stores() {
     let broker = Mosquitto::start();
     let topic = format!("secret-topic/{}", unique());
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("secrets.json"), format!(r#"{{"mqtt": {{"url": "{}"}}}}"#, broker.url())).expect("write");
+    std::fs::write(
+        dir.path().join("secrets.json"),
+        format!(r#"{{"mqtt": {{"url": "{}"}}}}"#, broker.url()),
+    )
+    .expect("write");
     let stores = "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: files\nspec:\n  type: secretstores.local.file\n  version: v1\n  metadata:\n  - name: secretsFile\n    value: secrets.json\n  - name: nestedSeparator\n    value: \".\"\n---\napiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: env\nspec:\n  type: secretstores.local.env\n  version: v1\n";
     std::fs::write(dir.path().join("stores.yaml"), stores).expect("write");
-    std::fs::write(dir.path().join("a.yaml"), binding_yaml("from-file", &[("url", "secret:mqtt.url:mqtt.url"), ("topic", &topic), ("consumerID", "shop-file")], Some("files"))).expect("write");
+    std::fs::write(
+        dir.path().join("a.yaml"),
+        binding_yaml(
+            "from-file",
+            &[
+                ("url", "secret:mqtt.url:mqtt.url"),
+                ("topic", &topic),
+                ("consumerID", "shop-file"),
+            ],
+            Some("files"),
+        ),
+    )
+    .expect("write");
     std::fs::write(
         dir.path().join("b.yaml"),
         binding_yaml(
             "from-env",
-            &[("url", &broker.url()), ("topic", "secret:TEST_TOPIC:TEST_TOPIC"), ("consumerID", "shop-env")],
+            &[
+                ("url", &broker.url()),
+                ("topic", "secret:TEST_TOPIC:TEST_TOPIC"),
+                ("consumerID", "shop-env"),
+            ],
             Some("env"),
         ),
     )
@@ -269,8 +433,20 @@ async fn secrets_come_from_env_and_file_stores() {
     let sidecar = Sidecar::start(dir.path(), None, &[("TEST_TOPIC", topic.as_str())]).await;
     sidecar.healthy().await;
     for binding in ["from-file", "from-env"] {
-        assert_eq!(sidecar.post(binding, &format!(r#"{{"data": "{binding}", "operation": "create"}}"#)).await.0, StatusCode::NO_CONTENT);
-        assert_eq!(String::from_utf8_lossy(&subscriber.next().await.payload), format!("\"{binding}\""));
+        assert_eq!(
+            sidecar
+                .post(
+                    binding,
+                    &format!(r#"{{"data": "{binding}", "operation": "create"}}"#)
+                )
+                .await
+                .0,
+            StatusCode::NO_CONTENT
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&subscriber.next().await.payload),
+            format!("\"{binding}\"")
+        );
     }
     assert!(sidecar.terminate().await.success());
 }
@@ -280,27 +456,84 @@ async fn a_missing_secret_fails_only_its_component() {
     let broker = Mosquitto::start();
     let topic = format!("partial/{}", unique());
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("secrets.json"), r#"{"present": "tcp://127.0.0.1:1"}"#).expect("write");
+    std::fs::write(
+        dir.path().join("secrets.json"),
+        r#"{"present": "tcp://127.0.0.1:1"}"#,
+    )
+    .expect("write");
     let store = "kind: Component\nmetadata:\n  name: files\nspec:\n  type: secretstores.local.file\n  version: v1\n  metadata:\n  - name: secretsFile\n    value: secrets.json\n";
     std::fs::write(dir.path().join("store.yaml"), store).expect("write");
-    std::fs::write(dir.path().join("good.yaml"), binding_yaml("good", &[("url", &broker.url()), ("topic", &topic)], None)).expect("write");
-    std::fs::write(dir.path().join("bad.yaml"), binding_yaml("bad", &[("url", "secret:absent:absent"), ("topic", "t")], Some("files"))).expect("write");
-    std::fs::write(dir.path().join("nostore.yaml"), binding_yaml("nostore", &[("url", "secret:x:x"), ("topic", "t")], Some("vault"))).expect("write");
+    std::fs::write(
+        dir.path().join("good.yaml"),
+        binding_yaml("good", &[("url", &broker.url()), ("topic", &topic)], None),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        binding_yaml(
+            "bad",
+            &[("url", "secret:absent:absent"), ("topic", "t")],
+            Some("files"),
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("nostore.yaml"),
+        binding_yaml(
+            "nostore",
+            &[("url", "secret:x:x"), ("topic", "t")],
+            Some("vault"),
+        ),
+    )
+    .expect("write");
     let mut subscriber = Subscriber::start(broker.port, &topic).await;
     let sidecar = Sidecar::start(dir.path(), None, &[]).await;
 
-    let health = sidecar.client.get(sidecar.url("/v1.0/healthz")).send().await.expect("answer");
+    let health = sidecar
+        .client
+        .get(sidecar.url("/v1.0/healthz"))
+        .send()
+        .await
+        .expect("answer");
     assert_eq!(health.status(), StatusCode::INTERNAL_SERVER_ERROR);
     let health = health.text().await.expect("body");
-    assert!(health.contains(r#"secret store \"files\" has no secret \"absent\" with key \"absent\""#), "{health}");
-    assert!(health.contains(r#"secret store \"vault\" (auth.secretStore) is not a loaded secret store component"#), "{health}");
-    let (status, body) = sidecar.post("bad", r#"{"data": 1, "operation": "create"}"#).await;
+    assert!(
+        health.contains(r#"secret store \"files\" has no secret \"absent\" with key \"absent\""#),
+        "{health}"
+    );
+    assert!(
+        health.contains(
+            r#"secret store \"vault\" (auth.secretStore) is not a loaded secret store component"#
+        ),
+        "{health}"
+    );
+    let (status, body) = sidecar
+        .post("bad", r#"{"data": 1, "operation": "create"}"#)
+        .await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(body.contains("ERR_INVOKE_OUTPUT_BINDING") && body.contains("did not start"), "{body}");
+    assert!(
+        body.contains("ERR_INVOKE_OUTPUT_BINDING") && body.contains("did not start"),
+        "{body}"
+    );
 
-    let outbound = sidecar.client.get(sidecar.url("/v1.0/healthz/outbound")).send().await.expect("answer");
-    assert_eq!(outbound.status(), StatusCode::NO_CONTENT, "the good binding serves");
-    assert_eq!(sidecar.post("good", r#"{"data": "still here", "operation": "create"}"#).await.0, StatusCode::NO_CONTENT);
+    let outbound = sidecar
+        .client
+        .get(sidecar.url("/v1.0/healthz/outbound"))
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        outbound.status(),
+        StatusCode::NO_CONTENT,
+        "the good binding serves"
+    );
+    assert_eq!(
+        sidecar
+            .post("good", r#"{"data": "still here", "operation": "create"}"#)
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
     assert_eq!(&subscriber.next().await.payload[..], br#""still here""#);
     assert!(sidecar.terminate().await.success());
 }
@@ -309,26 +542,76 @@ async fn a_missing_secret_fails_only_its_component() {
 async fn dapr_error_codes() {
     let broker = Mosquitto::start();
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(dir.path().join("b.yaml"), binding_yaml("sensors", &[("url", &broker.url()), ("topic", "sensors/#")], None)).expect("write");
+    std::fs::write(
+        dir.path().join("b.yaml"),
+        binding_yaml(
+            "sensors",
+            &[("url", &broker.url()), ("topic", "sensors/#")],
+            None,
+        ),
+    )
+    .expect("write");
     let sidecar = Sidecar::start(dir.path(), None, &[]).await;
     sidecar.healthy().await;
     let cases = [
-        ("sensors", "{not json", StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST"),
-        ("sensors", r#"{"data": 1}"#, StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST"),
-        ("sensors", r#"{"data": 1, "metadata": {"qos": 1}, "operation": "create"}"#, StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST"),
-        ("unknown", r#"{"data": 1, "operation": "create"}"#, StatusCode::NOT_FOUND, "ERR_INVOKE_OUTPUT_BINDING"),
+        (
+            "sensors",
+            "{not json",
+            StatusCode::BAD_REQUEST,
+            "ERR_MALFORMED_REQUEST",
+        ),
+        (
+            "sensors",
+            r#"{"data": 1}"#,
+            StatusCode::BAD_REQUEST,
+            "ERR_MALFORMED_REQUEST",
+        ),
+        (
+            "sensors",
+            r#"{"data": 1, "metadata": {"qos": 1}, "operation": "create"}"#,
+            StatusCode::BAD_REQUEST,
+            "ERR_MALFORMED_REQUEST",
+        ),
+        (
+            "unknown",
+            r#"{"data": 1, "operation": "create"}"#,
+            StatusCode::NOT_FOUND,
+            "ERR_INVOKE_OUTPUT_BINDING",
+        ),
         // The component's topic is a filter and the request names no topic.
-        ("sensors", r#"{"data": 1, "operation": "create"}"#, StatusCode::INTERNAL_SERVER_ERROR, "ERR_INVOKE_OUTPUT_BINDING"),
-        ("sensors", r#"{"data": 1, "operation": "delete"}"#, StatusCode::INTERNAL_SERVER_ERROR, "ERR_INVOKE_OUTPUT_BINDING"),
+        (
+            "sensors",
+            r#"{"data": 1, "operation": "create"}"#,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_INVOKE_OUTPUT_BINDING",
+        ),
+        (
+            "sensors",
+            r#"{"data": 1, "operation": "delete"}"#,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_INVOKE_OUTPUT_BINDING",
+        ),
     ];
     for (binding, body, status, code) in cases {
         let (got, text) = sidecar.post(binding, body).await;
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{body}: not JSON ({e}): {text}"));
-        assert_eq!((got, json["errorCode"].as_str()), (status, Some(code)), "{body}: {text}");
+        let json: serde_json::Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{body}: not JSON ({e}): {text}"));
+        assert_eq!(
+            (got, json["errorCode"].as_str()),
+            (status, Some(code)),
+            "{body}: {text}"
+        );
         assert!(!json["message"].as_str().unwrap_or_default().is_empty());
     }
-    let metadata: serde_json::Value =
-        sidecar.client.get(sidecar.url("/v1.0/metadata")).send().await.expect("answer").json().await.expect("json");
+    let metadata: serde_json::Value = sidecar
+        .client
+        .get(sidecar.url("/v1.0/metadata"))
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("json");
     assert_eq!(metadata["id"], "shop");
     assert_eq!(metadata["components"][0]["name"], "sensors");
     assert_eq!(metadata["components"][0]["type"], "bindings.mqtt");

@@ -4,10 +4,12 @@ use std::collections::BTreeSet;
 
 use rumqttc::QoS;
 
-use crate::support::{meta, publish_all, unique, Mosquitto, Reader, Recorder, Subscriber, WAIT};
+use crate::support::{Mosquitto, Reader, Recorder, Subscriber, WAIT, meta, publish_all, unique};
 
 fn payloads(prefix: &str, n: usize) -> Vec<Vec<u8>> {
-    (0..n).map(|i| format!("{prefix}{i}").into_bytes()).collect()
+    (0..n)
+        .map(|i| format!("{prefix}{i}").into_bytes())
+        .collect()
 }
 
 #[tokio::test]
@@ -15,13 +17,20 @@ async fn delivers_1000_messages_in_order_with_their_topic() {
     let broker = Mosquitto::start();
     let topic = format!("orders/{}", unique());
     let (recorder, mut accepted) = Recorder::failing(0);
-    let reader = Reader::start(&[("url", &broker.url()), ("topic", &topic), ("qos", "1")], recorder).await;
+    let reader = Reader::start(
+        &[("url", &broker.url()), ("topic", &topic), ("qos", "1")],
+        recorder,
+    )
+    .await;
     let sent = payloads("m", 1000);
     publish_all(broker.port, &topic, QoS::AtLeastOnce, &sent).await;
     for expected in &sent {
         let event = accepted.next().await;
         assert_eq!(event.data, *expected, "out of order or changed");
-        assert_eq!((meta(&event, "topic"), meta(&event, "qos")), (topic.as_str(), "1"));
+        assert_eq!(
+            (meta(&event, "topic"), meta(&event, "qos")),
+            (topic.as_str(), "1")
+        );
     }
     reader.stop().await.expect("read ends cleanly");
 }
@@ -31,12 +40,28 @@ async fn wildcard_and_shared_filters_report_the_concrete_topic() {
     let broker = Mosquitto::start();
     let base = unique();
     for (filter, published) in [
-        (format!("sensors/{base}/+/temp"), format!("sensors/{base}/kitchen/temp")),
-        (format!("$share/workers/jobs/{base}/#"), format!("jobs/{base}/7/high")),
+        (
+            format!("sensors/{base}/+/temp"),
+            format!("sensors/{base}/kitchen/temp"),
+        ),
+        (
+            format!("$share/workers/jobs/{base}/#"),
+            format!("jobs/{base}/7/high"),
+        ),
     ] {
         let (recorder, mut accepted) = Recorder::failing(0);
-        let reader = Reader::start(&[("url", &broker.url()), ("topic", &filter), ("qos", "1")], recorder).await;
-        publish_all(broker.port, &published, QoS::AtLeastOnce, &[b"21.5".to_vec()]).await;
+        let reader = Reader::start(
+            &[("url", &broker.url()), ("topic", &filter), ("qos", "1")],
+            recorder,
+        )
+        .await;
+        publish_all(
+            broker.port,
+            &published,
+            QoS::AtLeastOnce,
+            &[b"21.5".to_vec()],
+        )
+        .await;
         let event = accepted.next().await;
         assert_eq!(event.data, b"21.5");
         assert_eq!(
@@ -97,11 +122,21 @@ async fn exhausted_retries_leave_the_message_for_the_next_connection() {
     let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (failing, _) = Recorder::failing(usize::MAX);
     let reader = Reader::start(&metadata, failing.clone()).await;
-    publish_all(broker.port, &topic, QoS::AtLeastOnce, &[b"keep me".to_vec()]).await;
+    publish_all(
+        broker.port,
+        &topic,
+        QoS::AtLeastOnce,
+        &[b"keep me".to_vec()],
+    )
+    .await;
     failing.wait_for_calls(2).await;
     reader.stop().await.expect("read ends cleanly");
     let puback = format!("Received PUBACK from {client_id}");
-    assert_eq!(broker.log_count(&puback), 0, "the failed message was not acknowledged");
+    assert_eq!(
+        broker.log_count(&puback),
+        0,
+        "the failed message was not acknowledged"
+    );
 
     let (recorder, mut accepted) = Recorder::failing(0);
     let reader = Reader::start(&metadata, recorder).await;
@@ -132,8 +167,13 @@ async fn dead_letter_topic_receives_an_undeliverable_message_which_is_then_ackno
     .await;
     publish_all(broker.port, &topic, QoS::AtLeastOnce, &[b"poison".to_vec()]).await;
     let message = dlq.next().await;
-    assert_eq!((message.topic.as_str(), &message.payload[..]), (dead_letters.as_str(), &b"poison"[..]));
-    broker.wait_for_log(&format!("Received PUBACK from {client_id}")).await;
+    assert_eq!(
+        (message.topic.as_str(), &message.payload[..]),
+        (dead_letters.as_str(), &b"poison"[..])
+    );
+    broker
+        .wait_for_log(&format!("Received PUBACK from {client_id}"))
+        .await;
     reader.stop().await.expect("read ends cleanly");
     assert_eq!(failing.calls().len(), 1, "backOffMaxRetries defaults to 0");
 }
@@ -152,7 +192,11 @@ async fn persistent_session_delivers_what_was_published_while_stopped_in_order()
     ];
     let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (recorder, _) = Recorder::failing(0);
-    Reader::start(&metadata, recorder).await.stop().await.expect("read ends cleanly");
+    Reader::start(&metadata, recorder)
+        .await
+        .stop()
+        .await
+        .expect("read ends cleanly");
 
     let sent = payloads("while-away-", 50);
     publish_all(broker.port, &topic, QoS::AtLeastOnce, &sent).await;
@@ -176,13 +220,20 @@ async fn qos2_messages_are_delivered_exactly_once() {
     });
     let topic = format!("exactly/{}", unique());
     let (recorder, mut accepted) = Recorder::failing(0);
-    let reader = Reader::start(&[("url", &broker.url()), ("topic", &topic), ("qos", "2")], recorder.clone()).await;
+    let reader = Reader::start(
+        &[("url", &broker.url()), ("topic", &topic), ("qos", "2")],
+        recorder.clone(),
+    )
+    .await;
     let mut sent = payloads("q2-", 100);
     sent.push(b"end".to_vec());
     publish_all(broker.port, &topic, QoS::ExactlyOnce, &sent).await;
     for expected in &sent {
         let event = accepted.next().await;
-        assert_eq!((event.data.as_slice(), meta(&event, "qos")), (expected.as_slice(), "2"));
+        assert_eq!(
+            (event.data.as_slice(), meta(&event, "qos")),
+            (expected.as_slice(), "2")
+        );
     }
     reader.stop().await.expect("read ends cleanly");
     let calls: Vec<Vec<u8>> = recorder.calls().into_iter().map(|e| e.data).collect();
@@ -229,7 +280,13 @@ async fn invoke_is_not_blocked_behind_read() {
     )
     .await;
     // read is now inside a 10-minute retry wait.
-    publish_all(broker.port, &format!("in/{base}"), QoS::AtLeastOnce, &[b"stuck".to_vec()]).await;
+    publish_all(
+        broker.port,
+        &format!("in/{base}"),
+        QoS::AtLeastOnce,
+        &[b"stuck".to_vec()],
+    )
+    .await;
     stuck.wait_for_calls(1).await;
     let mut out = Subscriber::start(broker.port, &format!("out/{base}")).await;
     let request = mqtt_binding::InvokeRequest {
@@ -247,7 +304,10 @@ async fn invoke_is_not_blocked_behind_read() {
 
 #[tokio::test]
 async fn broker_restart_mid_stream_loses_no_acknowledged_message() {
-    let mut broker = Mosquitto::start_with(crate::support::BrokerConfig { persistence: true, ..Default::default() });
+    let mut broker = Mosquitto::start_with(crate::support::BrokerConfig {
+        persistence: true,
+        ..Default::default()
+    });
     let topic = format!("restart/{}", unique());
     let (recorder, mut accepted) = Recorder::holding_after(20);
     let reader = Reader::start(
@@ -270,8 +330,14 @@ async fn broker_restart_mid_stream_loses_no_acknowledged_message() {
     let expected: BTreeSet<Vec<u8>> = sent.into_iter().collect();
     let mut seen = BTreeSet::new();
     while seen != expected {
-        let event = accepted.next_within(std::time::Duration::from_secs(60)).await;
-        assert!(expected.contains(&event.data), "unexpected payload {:?}", event.data);
+        let event = accepted
+            .next_within(std::time::Duration::from_secs(60))
+            .await;
+        assert!(
+            expected.contains(&event.data),
+            "unexpected payload {:?}",
+            event.data
+        );
         seen.insert(event.data);
     }
     reader.stop().await.expect("read ends cleanly");

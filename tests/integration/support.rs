@@ -10,12 +10,12 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use mqtt_binding::{
-    Binding, BindingError, BindingOptions, Delivery, Event as BindingEvent, EventHandler, InvokeRequest, Runtime,
-    RuntimeOptions,
+    Binding, BindingError, BindingOptions, Delivery, Event as BindingEvent, EventHandler,
+    InvokeRequest, Runtime, RuntimeOptions,
 };
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
@@ -26,12 +26,17 @@ pub const WAIT: Duration = Duration::from_secs(15);
 /// A process-wide runtime with default settings (compiled code cached on disk).
 pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| Runtime::new(RuntimeOptions::default()).expect("the embedded component loads"))
+    RUNTIME.get_or_init(|| {
+        Runtime::new(RuntimeOptions::default()).expect("the embedded component loads")
+    })
 }
 
 /// Metadata pairs from string slices.
 pub fn metadata(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
 }
 
 /// Creates a binding from the shared runtime.
@@ -39,19 +44,32 @@ pub async fn binding(pairs: &[(&str, &str)]) -> Result<Binding, BindingError> {
     binding_in(runtime(), pairs).await
 }
 
-pub async fn binding_in(runtime: &Runtime, pairs: &[(&str, &str)]) -> Result<Binding, BindingError> {
+pub async fn binding_in(
+    runtime: &Runtime,
+    pairs: &[(&str, &str)],
+) -> Result<Binding, BindingError> {
     let options = BindingOptions {
         name: "test".into(),
         app_id: format!("test-app-{}", unique()),
         metadata: metadata(pairs),
         handler: None,
     };
-    tokio::time::timeout(WAIT, runtime.binding(options)).await.expect("binding init did not hang")
+    tokio::time::timeout(WAIT, runtime.binding(options))
+        .await
+        .expect("binding init did not hang")
 }
 
 /// Runs `create` with `data` and request metadata.
-pub async fn create(binding: &mut Binding, data: &[u8], pairs: &[(&str, &str)]) -> Result<(), BindingError> {
-    let request = InvokeRequest { operation: "create".into(), data: data.to_vec(), metadata: metadata(pairs) };
+pub async fn create(
+    binding: &mut Binding,
+    data: &[u8],
+    pairs: &[(&str, &str)],
+) -> Result<(), BindingError> {
+    let request = InvokeRequest {
+        operation: "create".into(),
+        data: data.to_vec(),
+        metadata: metadata(pairs),
+    };
     let invoked = tokio::time::timeout(Duration::from_secs(60), binding.invoke(request)).await;
     let response = invoked.expect("invoke did not hang")?;
     assert_eq!(response.data, None, "create answers with no data");
@@ -62,7 +80,11 @@ pub async fn create(binding: &mut Binding, data: &[u8], pairs: &[(&str, &str)]) 
 pub fn unique() -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn free_port() -> u16 {
@@ -97,7 +119,9 @@ impl Authority {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let key = KeyPair::generate().expect("CA key");
-        Self { issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate") }
+        Self {
+            issuer: CertifiedIssuer::self_signed(params, key).expect("CA certificate"),
+        }
     }
 
     pub fn pem(&self) -> String {
@@ -108,10 +132,14 @@ impl Authority {
     pub fn leaf(&self, names: &[&str], usage: ExtendedKeyUsagePurpose) -> (String, String) {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).expect("leaf params");
-        params.distinguished_name.push(DnType::CommonName, "mqtt-binding test");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "mqtt-binding test");
         params.extended_key_usages = vec![usage];
         let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.issuer).expect("leaf certificate");
+        let cert = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
         (cert.pem(), key.serialize_pem())
     }
 }
@@ -119,8 +147,12 @@ impl Authority {
 impl Certificates {
     fn generate(dir: &Path) -> Self {
         let ca = Authority::new("mqtt-binding test CA");
-        let (server_cert, server_key) = ca.leaf(&["127.0.0.1", "localhost"], ExtendedKeyUsagePurpose::ServerAuth);
-        let (client_cert, client_key) = ca.leaf(&["binding-client"], ExtendedKeyUsagePurpose::ClientAuth);
+        let (server_cert, server_key) = ca.leaf(
+            &["127.0.0.1", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) =
+            ca.leaf(&["binding-client"], ExtendedKeyUsagePurpose::ClientAuth);
         let write = |name: &str, text: &str| {
             let path = dir.join(name);
             std::fs::write(&path, text).expect("writing a certificate file");
@@ -174,7 +206,10 @@ impl Mosquitto {
         let mut conf = String::new();
         // Started as root, mosquitto switches to user "mosquitto", which cannot read our
         // temp files; keep it as root then.
-        if std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false) {
+        if std::fs::metadata("/proc/self")
+            .map(|m| m.uid() == 0)
+            .unwrap_or(false)
+        {
             conf.push_str("user root\n");
         }
         match &config.user {
@@ -189,13 +224,19 @@ impl Mosquitto {
                     .status()
                     .expect("mosquitto_passwd runs (apt-get install mosquitto)");
                 assert!(status.success(), "mosquitto_passwd failed: {status}");
-                conf.push_str(&format!("allow_anonymous false\npassword_file {}\n", file.display()));
+                conf.push_str(&format!(
+                    "allow_anonymous false\npassword_file {}\n",
+                    file.display()
+                ));
             }
             None => conf.push_str("allow_anonymous true\n"),
         }
         conf.push_str(&config.extra);
         if config.persistence {
-            conf.push_str(&format!("persistence true\npersistence_location {}/\n", dir.path().display()));
+            conf.push_str(&format!(
+                "persistence true\npersistence_location {}/\n",
+                dir.path().display()
+            ));
         } else {
             conf.push_str("persistence false\n");
         }
@@ -211,7 +252,15 @@ impl Mosquitto {
         let conf_path = dir.path().join("mosquitto.conf");
         std::fs::write(&conf_path, conf).expect("writing mosquitto.conf");
         let child = spawn_mosquitto(&conf_path);
-        let broker = Self { child, conf: conf_path, port, tls_port, certs, dir, log };
+        let broker = Self {
+            child,
+            conf: conf_path,
+            port,
+            tls_port,
+            certs,
+            dir,
+            log,
+        };
         broker.wait_until_running(0);
         broker
     }
@@ -221,7 +270,11 @@ impl Mosquitto {
     fn wait_until_running(&self, runs: usize) {
         let deadline = std::time::Instant::now() + WAIT;
         while self.log().matches(" running").count() <= runs {
-            assert!(std::time::Instant::now() < deadline, "mosquitto did not start:\n{}", self.log());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "mosquitto did not start:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -230,7 +283,9 @@ impl Mosquitto {
     /// starts it again on the same ports.
     pub fn restart(&mut self) {
         let runs = self.log().matches(" running").count();
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         assert!(status.is_ok_and(|s| s.success()), "kill -TERM mosquitto");
         let _ = self.child.wait();
         self.child = spawn_mosquitto(&self.conf);
@@ -297,9 +352,14 @@ fn spawn_mosquitto(conf: &Path) -> Child {
 /// `mosquitto` from PATH, or from /usr/sbin where Debian installs it (not on every user's
 /// PATH).
 fn mosquitto_program() -> PathBuf {
-    let on_path = std::env::var_os("PATH")
-        .map(|path| std::env::split_paths(&path).map(|dir| dir.join("mosquitto")).find(|p| p.is_file()));
-    on_path.flatten().unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
+    let on_path = std::env::var_os("PATH").map(|path| {
+        std::env::split_paths(&path)
+            .map(|dir| dir.join("mosquitto"))
+            .find(|p| p.is_file())
+    });
+    on_path
+        .flatten()
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/mosquitto"))
 }
 
 /// An MQTT client independent of the binding, subscribed to one filter.
@@ -315,7 +375,10 @@ impl Subscriber {
         let mut options = MqttOptions::new(format!("sub-{}", unique()), "127.0.0.1", port);
         options.set_max_packet_size(64 << 20, 64 << 20);
         let (client, mut eventloop) = AsyncClient::new(options, 16);
-        client.subscribe(filter, QoS::ExactlyOnce).await.expect("subscribe queued");
+        client
+            .subscribe(filter, QoS::ExactlyOnce)
+            .await
+            .expect("subscribe queued");
         let (subscribed_tx, subscribed_rx) = tokio::sync::oneshot::channel();
         let (tx, messages) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -339,7 +402,11 @@ impl Subscriber {
             .await
             .expect("the test subscriber got its SUBACK")
             .expect("the subscriber task is running");
-        Self { client, messages, task }
+        Self {
+            client,
+            messages,
+            task,
+        }
     }
 
     /// The next message, failing the test after [`WAIT`].
@@ -432,7 +499,12 @@ impl Recorder {
         };
         tokio::time::timeout(WAIT, waiting)
             .await
-            .unwrap_or_else(|_| panic!("the handler was called {} times, expected {n}", self.calls().len()));
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the handler was called {} times, expected {n}",
+                    self.calls().len()
+                )
+            });
     }
 
     pub fn open(&self) {
@@ -455,9 +527,11 @@ impl EventHandler for Recorder {
             }
             let failing = self
                 .failures
-                .fetch_update(std::sync::atomic::Ordering::AcqRel, std::sync::atomic::Ordering::Acquire, |left| {
-                    (left > 0).then(|| left.saturating_sub(1))
-                })
+                .fetch_update(
+                    std::sync::atomic::Ordering::AcqRel,
+                    std::sync::atomic::Ordering::Acquire,
+                    |left| (left > 0).then(|| left.saturating_sub(1)),
+                )
                 .is_ok();
             if failing {
                 return Err(format!("scripted failure of call {call}"));
@@ -501,7 +575,9 @@ impl Reader {
     /// disconnects.
     pub async fn stop(self) -> Result<(), BindingError> {
         self.binding.shutdown();
-        let outcome = tokio::time::timeout(WAIT, self.task).await.expect("read returned after shutdown");
+        let outcome = tokio::time::timeout(WAIT, self.task)
+            .await
+            .expect("read returned after shutdown");
         self.binding.close().await;
         outcome.expect("the read task did not panic")
     }
@@ -510,14 +586,19 @@ impl Reader {
 /// Publishes with an independent client and waits for the broker's acknowledgements.
 pub async fn publish_all(port: u16, topic: &str, qos: QoS, payloads: &[Vec<u8>]) {
     let mut options = MqttOptions::new(format!("pub-{}", unique()), "127.0.0.1", port);
-    options.set_max_packet_size(64 << 20, 64 << 20).set_inflight(100);
+    options
+        .set_max_packet_size(64 << 20, 64 << 20)
+        .set_inflight(100);
     let (client, mut eventloop) = AsyncClient::new(options, 64);
     let sending = {
         let client = client.clone();
         let (topic, payloads) = (topic.to_string(), payloads.to_vec());
         tokio::spawn(async move {
             for payload in payloads {
-                client.publish(topic.clone(), qos, false, payload).await.expect("publish queued");
+                client
+                    .publish(topic.clone(), qos, false, payload)
+                    .await
+                    .expect("publish queued");
             }
         })
     };
@@ -525,9 +606,15 @@ pub async fn publish_all(port: u16, topic: &str, qos: QoS, payloads: &[Vec<u8>])
     let mut acknowledged = 0;
     tokio::time::timeout(Duration::from_secs(60), async {
         while acknowledged < expected {
-            match eventloop.poll().await.expect("the test publisher stays connected") {
+            match eventloop
+                .poll()
+                .await
+                .expect("the test publisher stays connected")
+            {
                 Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_)) => acknowledged += 1,
-                Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => acknowledged += 1,
+                Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => {
+                    acknowledged += 1
+                }
                 _ => {}
             }
         }
@@ -542,5 +629,10 @@ pub async fn publish_all(port: u16, topic: &str, qos: QoS, payloads: &[Vec<u8>])
 
 /// The value of a metadata entry of an event.
 pub fn meta<'a>(event: &'a BindingEvent, name: &str) -> &'a str {
-    event.metadata.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str()).unwrap_or_default()
+    event
+        .metadata
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+        .unwrap_or_default()
 }

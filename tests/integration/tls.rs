@@ -3,7 +3,7 @@
 use mqtt_binding::{BindingError, BrokerError};
 use rcgen::ExtendedKeyUsagePurpose;
 
-use crate::support::{binding, create, unique, Authority, Mosquitto, Subscriber};
+use crate::support::{Authority, Mosquitto, Subscriber, binding, create, unique};
 
 #[tokio::test]
 async fn mutual_tls_publish_arrives() {
@@ -21,7 +21,9 @@ async fn mutual_tls_publish_arrives() {
     ])
     .await
     .expect("init over mutual TLS");
-    create(&mut binding, b"over tls", &[]).await.expect("create");
+    create(&mut binding, b"over tls", &[])
+        .await
+        .expect("create");
     assert_eq!(&subscriber.next().await.payload[..], b"over tls");
     binding.close().await;
 }
@@ -52,8 +54,12 @@ async fn untrusted_server_certificate_is_refused() {
 async fn system_roots_do_not_trust_a_private_ca() {
     let broker = Mosquitto::start();
     match binding(&[("url", &broker.tls_url()), ("topic", "t")]).await {
-        Err(BindingError::Broker(BrokerError::Tls(text))) => assert!(text.contains("UnknownIssuer"), "{text}"),
-        Err(BindingError::InvalidMetadata(text)) => assert!(text.contains("no system CA certificates"), "{text}"),
+        Err(BindingError::Broker(BrokerError::Tls(text))) => {
+            assert!(text.contains("UnknownIssuer"), "{text}")
+        }
+        Err(BindingError::InvalidMetadata(text)) => {
+            assert!(text.contains("no system CA certificates"), "{text}")
+        }
         other => panic!("expected a TLS error, got {other:?}"),
     }
 }
@@ -83,7 +89,12 @@ async fn client_certificate_not_matching_its_key_is_refused_at_init() {
 #[tokio::test]
 async fn broker_requiring_a_client_certificate_refuses_a_client_without_one() {
     let broker = Mosquitto::start();
-    let outcome = binding(&[("url", &broker.tls_url()), ("topic", "t"), ("caCert", &broker.certs.ca_pem)]).await;
+    let outcome = binding(&[
+        ("url", &broker.tls_url()),
+        ("topic", "t"),
+        ("caCert", &broker.certs.ca_pem),
+    ])
+    .await;
     match outcome {
         Err(error @ BindingError::Broker(BrokerError::Tls(_))) => assert_eq!(
             error.to_string(),

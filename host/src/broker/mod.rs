@@ -43,7 +43,9 @@ pub struct BrokerSettings {
 
 impl Default for BrokerSettings {
     fn default() -> Self {
-        Self { max_payload_bytes: 16 * 1024 * 1024 }
+        Self {
+            max_payload_bytes: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -119,7 +121,10 @@ impl Drop for AbortOnDrop {
 impl Connection {
     /// Connects and waits for the broker to accept (CONNACK 0), at most
     /// `options.connect_timeout`.
-    pub async fn connect(options: ConnectOptions, settings: &BrokerSettings) -> Result<Self, BrokerError> {
+    pub async fn connect(
+        options: ConnectOptions,
+        settings: &BrokerSettings,
+    ) -> Result<Self, BrokerError> {
         let label = format!("{}@{}:{}", options.client_id, options.host, options.port);
         let connect_timeout = options.connect_timeout;
         let max_payload = settings.max_payload_bytes as usize;
@@ -148,12 +153,21 @@ impl Connection {
         let (first_tx, first_rx) = oneshot::channel();
         // The event loop, and with it the inbox, runs from the first CONNACK on: messages of
         // a persistent session that arrive before anyone subscribes are kept, not dropped.
-        let task = Arc::new(AbortOnDrop(tokio::spawn(run(eventloop, shared.clone(), first_tx))));
-        let connection = Connection { shared, _task: task };
+        let task = Arc::new(AbortOnDrop(tokio::spawn(run(
+            eventloop,
+            shared.clone(),
+            first_tx,
+        ))));
+        let connection = Connection {
+            shared,
+            _task: task,
+        };
         match tokio::time::timeout(connect_timeout, first_rx).await {
             Ok(Ok(Ok(()))) => Ok(connection),
             Ok(Ok(Err(error))) => Err(error),
-            Ok(Err(_)) => Err(BrokerError::Other("the connection task ended before connecting".into())),
+            Ok(Err(_)) => Err(BrokerError::Other(
+                "the connection task ended before connecting".into(),
+            )),
             Err(_) => Err(BrokerError::Timeout(format!(
                 "no CONNACK from {} within {} ms",
                 connection.shared.label,
@@ -214,7 +228,12 @@ impl Connection {
 
     /// Subscribes and waits for the SUBACK, at most `timeout`. The subscription is renewed
     /// after every reconnect, whatever this call returns.
-    pub async fn subscribe(&self, filter: String, qos: QoS, timeout: Duration) -> Result<(), BrokerError> {
+    pub async fn subscribe(
+        &self,
+        filter: String,
+        qos: QoS,
+        timeout: Duration,
+    ) -> Result<(), BrokerError> {
         let shared = &self.shared;
         if shared.closing.load(Ordering::Acquire) {
             return Err(BrokerError::Closed);
@@ -240,7 +259,10 @@ impl Connection {
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(BrokerError::Closed),
-            Err(_) => Err(BrokerError::Timeout(format!("no SUBACK within {} ms", timeout.as_millis()))),
+            Err(_) => Err(BrokerError::Timeout(format!(
+                "no SUBACK within {} ms",
+                timeout.as_millis()
+            ))),
         }
     }
 
@@ -271,7 +293,9 @@ impl Connection {
             Settled::Ack(publish) => publish,
             Settled::Nothing => return Ok(()),
             Settled::Unknown => {
-                return Err(BrokerError::Other(format!("message {id} is unknown or already acknowledged")));
+                return Err(BrokerError::Other(format!(
+                    "message {id} is unknown or already acknowledged"
+                )));
             }
         };
         self.shared
@@ -314,15 +338,21 @@ impl Connection {
 impl Shared {
     fn acks(&self) -> MutexGuard<'_, AckMatcher> {
         // None of these holds an invariant a panic elsewhere could break halfway.
-        self.acks.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.acks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn subscriptions(&self) -> MutexGuard<'_, Subscriptions> {
-        self.subscriptions.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.subscriptions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn inbox(&self) -> MutexGuard<'_, Inbox> {
-        self.inbox.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inbox
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Refuses work when closing, and while reconnecting: a request queued then would still
@@ -332,7 +362,10 @@ impl Shared {
             return Err(BrokerError::Closed);
         }
         if !self.connected.load(Ordering::Acquire) {
-            return Err(BrokerError::Unreachable(format!("not connected to {}; reconnecting", self.label)));
+            return Err(BrokerError::Unreachable(format!(
+                "not connected to {}; reconnecting",
+                self.label
+            )));
         }
         Ok(())
     }
@@ -363,7 +396,10 @@ fn mqtt_options(options: ConnectOptions, max_payload: usize) -> Result<MqttOptio
         .set_clean_session(options.clean_session)
         // Received messages are acknowledged when the component says so, not on arrival.
         .set_manual_acks(true)
-        .set_max_packet_size(max_payload + PUBLISH_OVERHEAD, max_payload + PUBLISH_OVERHEAD);
+        .set_max_packet_size(
+            max_payload + PUBLISH_OVERHEAD,
+            max_payload + PUBLISH_OVERHEAD,
+        );
     if let Some(username) = options.username {
         mqtt.set_credentials(username, options.password.unwrap_or_default());
     }
@@ -430,8 +466,13 @@ async fn run(
             Ok(Event::Incoming(Packet::PubComp(comp))) => shared.acks().acknowledged(comp.pkid),
             Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => shared.subscriptions().written(pkid),
             Ok(Event::Incoming(Packet::SubAck(suback))) => {
-                let refused = suback.return_codes.iter().any(|code| matches!(code, SubscribeReasonCode::Failure));
-                shared.subscriptions().acknowledged(suback.pkid, refused, &shared.label);
+                let refused = suback
+                    .return_codes
+                    .iter()
+                    .any(|code| matches!(code, SubscribeReasonCode::Failure));
+                shared
+                    .subscriptions()
+                    .acknowledged(suback.pkid, refused, &shared.label);
                 if !refused {
                     shared.subscribed.send_modify(|count| *count += 1);
                 }
@@ -458,8 +499,11 @@ async fn run(
                     .iter()
                     .filter(|request| matches!(request, Request::Publish(p) if p.pkid == 0))
                     .count();
-                let drained_subscribes =
-                    eventloop.pending.iter().filter(|request| matches!(request, Request::Subscribe(_))).count();
+                let drained_subscribes = eventloop
+                    .pending
+                    .iter()
+                    .filter(|request| matches!(request, Request::Subscribe(_)))
+                    .count();
                 shared.acks().disconnected(drained_publishes);
                 shared.subscriptions().disconnected(drained_subscribes);
                 tracing::warn!(connection = %shared.label, retry_in = ?backoff, "connection lost: {error}");
@@ -508,7 +552,9 @@ fn rustls_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a 
         if let Some(tls) = error.downcast_ref::<rustls::Error>() {
             return Some(tls);
         }
-        let wrapped = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref);
+        let wrapped = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
         if let Some(tls) = wrapped.and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
             return Some(tls);
         }

@@ -98,7 +98,11 @@ impl AckMatcher {
     /// so callers can retry now instead of waiting out their timeouts.
     pub(super) fn reconnected(&mut self, session_present: bool) {
         if !session_present {
-            let lost = || BrokerError::Unreachable("connection lost before the broker acknowledged the message".into());
+            let lost = || {
+                BrokerError::Unreachable(
+                    "connection lost before the broker acknowledged the message".into(),
+                )
+            };
             for (_, waiter) in self.in_flight.drain() {
                 let _ = waiter.send(Err(lost()));
             }
@@ -113,7 +117,10 @@ impl AckMatcher {
     }
 
     pub(super) fn fail_all(&mut self, error: BrokerError) {
-        let waiters = self.queued.drain(..).chain(self.in_flight.drain().map(|(_, w)| w));
+        let waiters = self
+            .queued
+            .drain(..)
+            .chain(self.in_flight.drain().map(|(_, w)| w));
         for waiter in waiters.chain(self.collided.take().map(|(_, w)| w)) {
             let _ = waiter.send(Err(error.clone()));
         }
@@ -168,7 +175,9 @@ impl Subscriptions {
     pub(super) fn acknowledged(&mut self, pkid: u16, refused: bool, label: &str) {
         let outcome = if refused {
             tracing::error!(connection = %label, "the broker refused a subscription");
-            Err(BrokerError::NotAuthorized("the broker refused the subscription (SUBACK failure)".into()))
+            Err(BrokerError::NotAuthorized(
+                "the broker refused the subscription (SUBACK failure)".into(),
+            ))
         } else {
             Ok(())
         };
@@ -189,7 +198,11 @@ impl Subscriptions {
             let _ = waiter.send(Err(lost()));
         }
         if !session_present {
-            for waiter in self.expected.drain(..self.drained.min(self.expected.len())).flatten() {
+            for waiter in self
+                .expected
+                .drain(..self.drained.min(self.expected.len()))
+                .flatten()
+            {
                 let _ = waiter.send(Err(lost()));
             }
         }
@@ -197,7 +210,11 @@ impl Subscriptions {
     }
 
     pub(super) fn fail_all(&mut self, error: BrokerError) {
-        let waiters = self.expected.drain(..).flatten().chain(self.in_flight.drain().map(|(_, w)| w));
+        let waiters = self
+            .expected
+            .drain(..)
+            .flatten()
+            .chain(self.in_flight.drain().map(|(_, w)| w));
         for waiter in waiters {
             let _ = waiter.send(Err(error.clone()));
         }
@@ -300,7 +317,9 @@ mod tests {
         rx
     }
 
-    fn outcome(rx: &mut oneshot::Receiver<Result<(), BrokerError>>) -> Option<Result<(), BrokerError>> {
+    fn outcome(
+        rx: &mut oneshot::Receiver<Result<(), BrokerError>>,
+    ) -> Option<Result<(), BrokerError>> {
         rx.try_recv().ok()
     }
 
@@ -355,7 +374,10 @@ mod tests {
         m.written(2); // c
         m.acknowledged(2);
         m.acknowledged(1);
-        assert_eq!((outcome(&mut b), outcome(&mut c)), (Some(Ok(())), Some(Ok(()))));
+        assert_eq!(
+            (outcome(&mut b), outcome(&mut c)),
+            (Some(Ok(())), Some(Ok(())))
+        );
     }
 
     #[test]
@@ -367,8 +389,14 @@ mod tests {
         let mut later = waiter(&mut m);
         m.disconnected(1);
         m.reconnected(false);
-        assert!(matches!(outcome(&mut in_flight), Some(Err(BrokerError::Unreachable(_)))));
-        assert!(matches!(outcome(&mut drained), Some(Err(BrokerError::Unreachable(_)))));
+        assert!(matches!(
+            outcome(&mut in_flight),
+            Some(Err(BrokerError::Unreachable(_)))
+        ));
+        assert!(matches!(
+            outcome(&mut drained),
+            Some(Err(BrokerError::Unreachable(_)))
+        ));
         assert_eq!(outcome(&mut later), None);
         m.written(1);
         m.acknowledged(1);

@@ -22,7 +22,9 @@ pub struct App {
 
 impl App {
     pub fn new(port: u16) -> anyhow::Result<Self> {
-        let client = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build()?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()?;
         Ok(Self { client, port })
     }
 
@@ -38,11 +40,17 @@ impl App {
     pub async fn wait_until_listening(&self, shutdown: &CancellationToken) -> bool {
         let mut logged = tokio::time::Instant::now();
         loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
                 return true;
             }
             if logged.elapsed() >= Duration::from_secs(5) {
-                tracing::info!(port = self.port, "waiting for the app to listen before starting input bindings");
+                tracing::info!(
+                    port = self.port,
+                    "waiting for the app to listen before starting input bindings"
+                );
                 logged = tokio::time::Instant::now();
             }
             tokio::select! {
@@ -55,7 +63,11 @@ impl App {
     /// daprd's probe: the app wants a binding's events if `OPTIONS /{route}` answers 2xx
     /// or 405.
     pub async fn wants(&self, route: &str) -> bool {
-        let probe = self.client.request(reqwest::Method::OPTIONS, self.url(route)).timeout(PROBE_TIMEOUT).send();
+        let probe = self
+            .client
+            .request(reqwest::Method::OPTIONS, self.url(route))
+            .timeout(PROBE_TIMEOUT)
+            .send();
         match probe.await {
             Ok(response) => {
                 let status = response.status();
@@ -70,7 +82,10 @@ impl App {
 
     /// The handler that delivers a binding's events to `route`.
     pub fn route(&self, route: &str) -> AppRoute {
-        AppRoute { app: self.clone(), url: self.url(route) }
+        AppRoute {
+            app: self.clone(),
+            url: self.url(route),
+        }
     }
 }
 
@@ -97,10 +112,16 @@ impl EventHandler for AppRoute {
                     reqwest::header::HeaderValue::from_bytes(value.as_bytes()),
                 ) {
                     (Ok(name), Ok(value)) => request = request.header(name, value),
-                    _ => tracing::warn!(metadata = %name, "metadata cannot be an HTTP header; not sent to the app"),
+                    _ => {
+                        tracing::warn!(metadata = %name, "metadata cannot be an HTTP header; not sent to the app")
+                    }
                 }
             }
-            let response = request.body(event.data).send().await.map_err(|e| format!("POST {}: {e}", self.url))?;
+            let response = request
+                .body(event.data)
+                .send()
+                .await
+                .map_err(|e| format!("POST {}: {e}", self.url))?;
             let status = response.status();
             if status.is_success() {
                 Ok(())

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{chain, Sidecar, SlotState};
+use super::{Sidecar, SlotState, chain};
 use crate::InvokeRequest;
 
 /// Largest request body: the broker's default payload limit (16 MiB), twice over for JSON
@@ -30,7 +30,11 @@ pub(crate) fn router(sidecar: Arc<Sidecar>) -> Router {
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {
-    (status, Json(serde_json::json!({ "errorCode": code, "message": message }))).into_response()
+    (
+        status,
+        Json(serde_json::json!({ "errorCode": code, "message": message })),
+    )
+        .into_response()
 }
 
 /// Dapr's output binding request body.
@@ -45,27 +49,50 @@ struct OutputRequest {
     operation: Option<String>,
 }
 
-async fn invoke(State(sidecar): State<Arc<Sidecar>>, Path(name): Path<String>, body: Bytes) -> Response {
+async fn invoke(
+    State(sidecar): State<Arc<Sidecar>>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
     let request: OutputRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
-            return error(StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST", format!("failed deserializing HTTP body: {e}"));
+            return error(
+                StatusCode::BAD_REQUEST,
+                "ERR_MALFORMED_REQUEST",
+                format!("failed deserializing HTTP body: {e}"),
+            );
         }
     };
     let Some(operation) = request.operation.filter(|op| !op.is_empty()) else {
-        return error(StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST", "the request has no \"operation\"".into());
+        return error(
+            StatusCode::BAD_REQUEST,
+            "ERR_MALFORMED_REQUEST",
+            "the request has no \"operation\"".into(),
+        );
     };
     let not_found = || {
-        let names: Vec<&str> =
-            sidecar.bindings.values().filter(|slot| slot.spec.direction.output).map(|slot| slot.spec.name.as_str()).collect();
+        let names: Vec<&str> = sidecar
+            .bindings
+            .values()
+            .filter(|slot| slot.spec.direction.output)
+            .map(|slot| slot.spec.name.as_str())
+            .collect();
         error(
             StatusCode::NOT_FOUND,
             "ERR_INVOKE_OUTPUT_BINDING",
-            format!("output binding {name:?} not found; output bindings: [{}]", names.join(", ")),
+            format!(
+                "output binding {name:?} not found; output bindings: [{}]",
+                names.join(", ")
+            ),
         )
     };
     let Some(slot) = sidecar.bindings.get(&name) else {
-        if let Some((_, why)) = sidecar.failed.iter().find(|(component, _)| component.name == name) {
+        if let Some((_, why)) = sidecar
+            .failed
+            .iter()
+            .find(|(component, _)| component.name == name)
+        {
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "ERR_INVOKE_OUTPUT_BINDING",
@@ -80,7 +107,11 @@ async fn invoke(State(sidecar): State<Arc<Sidecar>>, Path(name): Path<String>, b
     let binding = match slot.get() {
         SlotState::Up(binding) => binding,
         SlotState::Starting => {
-            return error(StatusCode::INTERNAL_SERVER_ERROR, "ERR_INVOKE_OUTPUT_BINDING", format!("binding {name:?} is starting"));
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ERR_INVOKE_OUTPUT_BINDING",
+                format!("binding {name:?} is starting"),
+            );
         }
         SlotState::Failed(why) => {
             return error(
@@ -92,9 +123,19 @@ async fn invoke(State(sidecar): State<Arc<Sidecar>>, Path(name): Path<String>, b
     };
     let data = match serde_json::to_vec(&request.data) {
         Ok(data) => data,
-        Err(e) => return error(StatusCode::BAD_REQUEST, "ERR_MALFORMED_REQUEST", format!("data: {e}")),
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "ERR_MALFORMED_REQUEST",
+                format!("data: {e}"),
+            );
+        }
     };
-    let request = InvokeRequest { operation, data, metadata: request.metadata.into_iter().collect() };
+    let request = InvokeRequest {
+        operation,
+        data,
+        metadata: request.metadata.into_iter().collect(),
+    };
     match binding.invoke(request).await {
         Ok(response) => match response.data {
             Some(data) => (StatusCode::OK, data).into_response(),
@@ -122,9 +163,17 @@ fn health(sidecar: &Sidecar, outbound_only: bool) -> Response {
     let mut problems: Vec<String> = if outbound_only {
         Vec::new()
     } else {
-        sidecar.failed.iter().map(|(component, why)| format!("{}: {why}", component.name)).collect()
+        sidecar
+            .failed
+            .iter()
+            .map(|(component, why)| format!("{}: {why}", component.name))
+            .collect()
     };
-    for slot in sidecar.bindings.values().filter(|slot| !outbound_only || slot.spec.direction.output) {
+    for slot in sidecar
+        .bindings
+        .values()
+        .filter(|slot| !outbound_only || slot.spec.direction.output)
+    {
         match slot.get() {
             SlotState::Up(_) => {}
             SlotState::Starting => problems.push(format!("{}: starting", slot.spec.name)),
@@ -134,7 +183,11 @@ fn health(sidecar: &Sidecar, outbound_only: bool) -> Response {
     if problems.is_empty() {
         StatusCode::NO_CONTENT.into_response()
     } else {
-        error(StatusCode::INTERNAL_SERVER_ERROR, "ERR_HEALTH_NOT_READY", format!("not ready: {}", problems.join("; ")))
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_HEALTH_NOT_READY",
+            format!("not ready: {}", problems.join("; ")),
+        )
     }
 }
 
@@ -155,7 +208,10 @@ async fn metadata(State(sidecar): State<Arc<Sidecar>>) -> Response {
         extended.insert(format!("binding.{}", slot.spec.name), state.into());
     }
     for (component, why) in &sidecar.failed {
-        extended.insert(format!("component.{}", component.name), format!("failed: {why}").into());
+        extended.insert(
+            format!("component.{}", component.name),
+            format!("failed: {why}").into(),
+        );
     }
     let mut document = serde_json::json!({
         "id": sidecar.app_id,
@@ -164,7 +220,8 @@ async fn metadata(State(sidecar): State<Arc<Sidecar>>) -> Response {
         "extended": extended,
     });
     if let Some(port) = sidecar.app_port {
-        document["appConnectionProperties"] = serde_json::json!({ "port": port, "protocol": "http" });
+        document["appConnectionProperties"] =
+            serde_json::json!({ "port": port, "protocol": "http" });
     }
     Json(document).into_response()
 }

@@ -17,7 +17,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::{Binding, BindingError, BindingOptions, BrokerError, EventHandler, Runtime, RuntimeOptions};
+use crate::{
+    Binding, BindingError, BindingOptions, BrokerError, EventHandler, Runtime, RuntimeOptions,
+};
 use app::App;
 use resources::{BindingSpec, ComponentSummary};
 
@@ -61,31 +63,53 @@ pub(crate) enum SlotState {
 
 impl Slot {
     fn set(&self, state: SlotState) {
-        *self.state.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
+        *self
+            .state
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
     }
 
     pub(crate) fn get(&self) -> SlotState {
-        self.state.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+        self.state
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
     }
 }
 
 /// Runs the sidecar until `shutdown` completes, then stops accepting requests, lets input
 /// bindings settle, disconnects, and returns.
-pub async fn run(options: SidecarOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    options: SidecarOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let loaded = resources::load(&options.resources_path)?;
     for (component, error) in &loaded.failed {
         tracing::error!(component = %component.name, "component not started: {error}");
     }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.http_port))
         .await
-        .with_context(|| format!("listening on 127.0.0.1:{} (--dapr-http-port)", options.http_port))?;
+        .with_context(|| {
+            format!(
+                "listening on 127.0.0.1:{} (--dapr-http-port)",
+                options.http_port
+            )
+        })?;
     let runtime = Runtime::new(options.runtime.clone())?;
     let app = options.app_port.map(App::new).transpose()?;
 
     let bindings = loaded
         .bindings
         .iter()
-        .map(|spec| (spec.name.clone(), Slot { spec: spec.clone(), state: RwLock::new(SlotState::Starting) }))
+        .map(|spec| {
+            (
+                spec.name.clone(),
+                Slot {
+                    spec: spec.clone(),
+                    state: RwLock::new(SlotState::Starting),
+                },
+            )
+        })
         .collect();
     let sidecar = Arc::new(Sidecar {
         app_id: options.app_id.clone(),
@@ -97,9 +121,20 @@ pub async fn run(options: SidecarOptions, shutdown: impl Future<Output = ()>) ->
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     for name in sidecar.bindings.keys() {
-        tasks.spawn(serve_binding(sidecar.clone(), name.clone(), runtime.clone(), app.clone(), options.app_id.clone(), stop.clone()));
+        tasks.spawn(serve_binding(
+            sidecar.clone(),
+            name.clone(),
+            runtime.clone(),
+            app.clone(),
+            options.app_id.clone(),
+            stop.clone(),
+        ));
     }
-    tracing::info!(port = options.http_port, bindings = sidecar.bindings.len(), "mqtt-binding sidecar listening");
+    tracing::info!(
+        port = options.http_port,
+        bindings = sidecar.bindings.len(),
+        "mqtt-binding sidecar listening"
+    );
 
     let server = axum::serve(listener, http::router(sidecar.clone())).with_graceful_shutdown({
         let stop = stop.clone();
@@ -114,7 +149,10 @@ pub async fn run(options: SidecarOptions, shutdown: impl Future<Output = ()>) ->
             binding.shutdown();
         }
     }
-    let settled = tokio::time::timeout(SHUTDOWN_DEADLINE, async { while tasks.join_next().await.is_some() {} }).await;
+    let settled = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
     if settled.is_err() {
         tracing::warn!("input bindings did not settle within {SHUTDOWN_DEADLINE:?}; stopping them");
         tasks.abort_all();
@@ -144,7 +182,9 @@ async fn serve_binding(
 ) {
     let slot = &sidecar.bindings[&name];
     let spec = &slot.spec;
-    let handler = app.as_ref().map(|app| Arc::new(app.route(&spec.route)) as Arc<dyn EventHandler>);
+    let handler = app
+        .as_ref()
+        .map(|app| Arc::new(app.route(&spec.route)) as Arc<dyn EventHandler>);
     let mut wait = START_RETRY_FIRST;
     let binding = loop {
         let options = BindingOptions {
@@ -206,7 +246,10 @@ async fn serve_binding(
 
 /// A broker that is down or slow may come back; bad metadata, TLS or credentials will not.
 fn retryable(error: &BindingError) -> bool {
-    matches!(error, BindingError::Broker(BrokerError::Unreachable(_) | BrokerError::Timeout(_)))
+    matches!(
+        error,
+        BindingError::Broker(BrokerError::Unreachable(_) | BrokerError::Timeout(_))
+    )
 }
 
 /// An error and its causes on one line, each said once.

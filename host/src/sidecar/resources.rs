@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 
-use super::secrets::{SecretStore, ENV_STORE, FILE_STORE};
+use super::secrets::{ENV_STORE, FILE_STORE, SecretStore};
 use crate::component_file::{self, ComponentSpec, MetadataValue};
 
 /// An MQTT binding ready to start.
@@ -23,7 +23,10 @@ pub struct BindingSpec {
 
 impl std::fmt::Debug for BindingSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BindingSpec").field("name", &self.name).field("direction", &self.direction).finish_non_exhaustive()
+        f.debug_struct("BindingSpec")
+            .field("name", &self.name)
+            .field("direction", &self.direction)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,7 +61,10 @@ pub fn load(dir: &Path) -> anyhow::Result<Resources> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("--resources-path {}", dir.display()))?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == "yaml" || ext == "yml"))
+        .filter(|path| {
+            path.extension()
+                .is_some_and(|ext| ext == "yaml" || ext == "yml")
+        })
         .collect();
     files.sort();
     let mut resources = Resources::default();
@@ -80,7 +86,13 @@ pub fn load(dir: &Path) -> anyhow::Result<Resources> {
             version: spec.version.clone(),
         };
         if seen.insert(spec.name.clone(), ()).is_some() {
-            resources.failed.push((summary, format!("component {:?} is defined twice; the later one is ignored", spec.name)));
+            resources.failed.push((
+                summary,
+                format!(
+                    "component {:?} is defined twice; the later one is ignored",
+                    spec.name
+                ),
+            ));
             continue;
         }
         resources.components.push(summary.clone());
@@ -89,10 +101,14 @@ pub fn load(dir: &Path) -> anyhow::Result<Resources> {
                 Ok(store) => {
                     stores.insert(spec.name.clone(), store);
                 }
-                Err(error) => resources.failed.push((summary, format!("secret store {:?}: {error:#}", spec.name))),
+                Err(error) => resources
+                    .failed
+                    .push((summary, format!("secret store {:?}: {error:#}", spec.name))),
             },
             _ if spec.is_mqtt_binding() => {}
-            other => tracing::info!(component = %spec.name, "ignoring component of type {other}: this sidecar runs bindings.mqtt only"),
+            other => {
+                tracing::info!(component = %spec.name, "ignoring component of type {other}: this sidecar runs bindings.mqtt only")
+            }
         }
     }
     for spec in specs.iter().filter(|spec| spec.is_mqtt_binding()) {
@@ -119,7 +135,11 @@ pub fn load(dir: &Path) -> anyhow::Result<Resources> {
 fn warn_shared_client_ids(bindings: &[BindingSpec]) {
     let defaulted: Vec<&str> = bindings
         .iter()
-        .filter(|b| !b.metadata.iter().any(|(name, value)| name.eq_ignore_ascii_case("consumerID") && !value.trim().is_empty()))
+        .filter(|b| {
+            !b.metadata.iter().any(|(name, value)| {
+                name.eq_ignore_ascii_case("consumerID") && !value.trim().is_empty()
+            })
+        })
         .map(|b| b.name.as_str())
         .collect();
     if defaulted.len() > 1 {
@@ -130,7 +150,10 @@ fn warn_shared_client_ids(bindings: &[BindingSpec]) {
     }
 }
 
-fn binding(spec: &ComponentSpec, stores: &BTreeMap<String, SecretStore>) -> anyhow::Result<BindingSpec> {
+fn binding(
+    spec: &ComponentSpec,
+    stores: &BTreeMap<String, SecretStore>,
+) -> anyhow::Result<BindingSpec> {
     let mut metadata = Vec::with_capacity(spec.metadata.len());
     for item in &spec.metadata {
         let value = match &item.value {
@@ -159,13 +182,23 @@ fn binding(spec: &ComponentSpec, stores: &BTreeMap<String, SecretStore>) -> anyh
         metadata.push((item.name.clone(), value));
     }
     let get = |field: &str| {
-        metadata.iter().find(|(name, _)| name.eq_ignore_ascii_case(field)).map(|(_, value)| value.trim().to_string())
+        metadata
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(field))
+            .map(|(_, value)| value.trim().to_string())
     };
     let direction = match get("direction").filter(|d| !d.is_empty()) {
-        None => Direction { input: None, output: true },
-        Some(text) => parse_direction(&text).with_context(|| format!("component {:?}", spec.name))?,
+        None => Direction {
+            input: None,
+            output: true,
+        },
+        Some(text) => {
+            parse_direction(&text).with_context(|| format!("component {:?}", spec.name))?
+        }
     };
-    let route = get("route").filter(|r| !r.is_empty()).unwrap_or_else(|| spec.name.clone());
+    let route = get("route")
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| spec.name.clone());
     Ok(BindingSpec {
         name: spec.name.clone(),
         metadata,
@@ -175,12 +208,17 @@ fn binding(spec: &ComponentSpec, stores: &BTreeMap<String, SecretStore>) -> anyh
 }
 
 fn parse_direction(text: &str) -> anyhow::Result<Direction> {
-    let mut direction = Direction { input: Some(false), output: false };
+    let mut direction = Direction {
+        input: Some(false),
+        output: false,
+    };
     for part in text.split(',').map(|p| p.trim().to_ascii_lowercase()) {
         match part.as_str() {
             "input" => direction.input = Some(true),
             "output" => direction.output = true,
-            _ => bail!("metadata field \"direction\": expected \"input\", \"output\" or \"input, output\", got {text:?}"),
+            _ => bail!(
+                "metadata field \"direction\": expected \"input\", \"output\" or \"input, output\", got {text:?}"
+            ),
         }
     }
     Ok(direction)
@@ -192,9 +230,27 @@ mod tests {
 
     #[test]
     fn direction_forms() {
-        assert_eq!(parse_direction("input").expect("ok"), Direction { input: Some(true), output: false });
-        assert_eq!(parse_direction("output").expect("ok"), Direction { input: Some(false), output: true });
-        assert_eq!(parse_direction("Input, Output").expect("ok"), Direction { input: Some(true), output: true });
+        assert_eq!(
+            parse_direction("input").expect("ok"),
+            Direction {
+                input: Some(true),
+                output: false
+            }
+        );
+        assert_eq!(
+            parse_direction("output").expect("ok"),
+            Direction {
+                input: Some(false),
+                output: true
+            }
+        );
+        assert_eq!(
+            parse_direction("Input, Output").expect("ok"),
+            Direction {
+                input: Some(true),
+                output: true
+            }
+        );
         assert_eq!(
             parse_direction("both").expect_err("bad").to_string(),
             r#"metadata field "direction": expected "input", "output" or "input, output", got "both""#

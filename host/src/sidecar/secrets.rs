@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 
 use crate::component_file::{ComponentSpec, MetadataValue};
 
@@ -17,7 +17,9 @@ pub enum SecretStore {
     /// Environment variables, optionally limited to those starting with `prefix`.
     Env { prefix: String },
     /// Secrets from a JSON file: secret name → (key → value).
-    File { secrets: BTreeMap<String, BTreeMap<String, String>> },
+    File {
+        secrets: BTreeMap<String, BTreeMap<String, String>>,
+    },
 }
 
 impl std::fmt::Debug for SecretStore {
@@ -25,7 +27,10 @@ impl std::fmt::Debug for SecretStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SecretStore::Env { prefix } => f.debug_struct("Env").field("prefix", prefix).finish(),
-            SecretStore::File { secrets } => f.debug_struct("File").field("secrets", &secrets.len()).finish(),
+            SecretStore::File { secrets } => f
+                .debug_struct("File")
+                .field("secrets", &secrets.len())
+                .finish(),
         }
     }
 }
@@ -35,33 +40,55 @@ impl SecretStore {
     /// from its working directory.
     pub fn load(spec: &ComponentSpec, base: &Path) -> anyhow::Result<Self> {
         let plain = |name: &str| {
-            spec.metadata.iter().find(|item| item.name.eq_ignore_ascii_case(name)).map(|item| match &item.value {
-                MetadataValue::Plain(value) => Ok(value.clone()),
-                MetadataValue::SecretRef { .. } => bail!("metadata field {name:?}: a secret store cannot take secretKeyRef"),
-            })
+            spec.metadata
+                .iter()
+                .find(|item| item.name.eq_ignore_ascii_case(name))
+                .map(|item| match &item.value {
+                    MetadataValue::Plain(value) => Ok(value.clone()),
+                    MetadataValue::SecretRef { .. } => {
+                        bail!("metadata field {name:?}: a secret store cannot take secretKeyRef")
+                    }
+                })
         };
         match spec.component_type.as_str() {
-            ENV_STORE => Ok(SecretStore::Env { prefix: plain("prefix").transpose()?.unwrap_or_default() }),
+            ENV_STORE => Ok(SecretStore::Env {
+                prefix: plain("prefix").transpose()?.unwrap_or_default(),
+            }),
             FILE_STORE => {
                 let file = plain("secretsFile")
                     .transpose()?
                     .filter(|file| !file.is_empty())
                     .context("metadata field \"secretsFile\" is missing; it names the JSON file")?;
-                let separator = plain("nestedSeparator").transpose()?.filter(|s| !s.is_empty()).unwrap_or(":".into());
-                let multi_valued = match plain("multiValued").transpose()?.as_deref().map(str::trim) {
+                let separator = plain("nestedSeparator")
+                    .transpose()?
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or(":".into());
+                let multi_valued = match plain("multiValued").transpose()?.as_deref().map(str::trim)
+                {
                     None | Some("") | Some("false") => false,
                     Some("true") => true,
-                    Some(other) => bail!("metadata field \"multiValued\": expected true or false, got {other:?}"),
+                    Some(other) => bail!(
+                        "metadata field \"multiValued\": expected true or false, got {other:?}"
+                    ),
                 };
                 let path = base.join(PathBuf::from(&file));
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("metadata field \"secretsFile\": reading {}", path.display()))?;
+                let text = std::fs::read_to_string(&path).with_context(|| {
+                    format!("metadata field \"secretsFile\": reading {}", path.display())
+                })?;
                 // serde_json's error names line and column, never the value.
-                let json: serde_json::Value = serde_json::from_str(&text)
-                    .with_context(|| format!("metadata field \"secretsFile\": {} is not JSON", path.display()))?;
-                Ok(SecretStore::File { secrets: file_secrets(&json, &separator, multi_valued)? })
+                let json: serde_json::Value = serde_json::from_str(&text).with_context(|| {
+                    format!(
+                        "metadata field \"secretsFile\": {} is not JSON",
+                        path.display()
+                    )
+                })?;
+                Ok(SecretStore::File {
+                    secrets: file_secrets(&json, &separator, multi_valued)?,
+                })
             }
-            other => bail!("{other:?} is not a supported secret store (supported: {ENV_STORE}, {FILE_STORE})"),
+            other => bail!(
+                "{other:?} is not a supported secret store (supported: {ENV_STORE}, {FILE_STORE})"
+            ),
         }
     }
 
@@ -69,7 +96,9 @@ impl SecretStore {
     pub fn get(&self, name: &str, key: &str) -> Option<String> {
         match self {
             // A single-valued secret is a map of one key: its own name.
-            SecretStore::Env { prefix } => (name == key).then(|| std::env::var(format!("{prefix}{name}")).ok()).flatten(),
+            SecretStore::Env { prefix } => (name == key)
+                .then(|| std::env::var(format!("{prefix}{name}")).ok())
+                .flatten(),
             SecretStore::File { secrets } => secrets.get(name)?.get(key).cloned(),
         }
     }
@@ -106,11 +135,20 @@ fn file_secrets(
     Ok(secrets)
 }
 
-fn flatten(prefix: &str, value: &serde_json::Value, separator: &str, out: &mut BTreeMap<String, String>) {
+fn flatten(
+    prefix: &str,
+    value: &serde_json::Value,
+    separator: &str,
+    out: &mut BTreeMap<String, String>,
+) {
     match value {
         serde_json::Value::Object(map) => {
             for (key, inner) in map {
-                let name = if prefix.is_empty() { key.clone() } else { format!("{prefix}{separator}{key}") };
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}{separator}{key}")
+                };
                 flatten(&name, inner, separator, out);
             }
         }
@@ -134,9 +172,17 @@ mod tests {
     #[test]
     fn single_valued_files_flatten_with_the_separator() {
         let store = SecretStore::File {
-            secrets: file_secrets(&json(r#"{"mqtt": {"password": "p", "port": 1883}, "plain": "v"}"#), ":", false).expect("ok"),
+            secrets: file_secrets(
+                &json(r#"{"mqtt": {"password": "p", "port": 1883}, "plain": "v"}"#),
+                ":",
+                false,
+            )
+            .expect("ok"),
         };
-        assert_eq!(store.get("mqtt:password", "mqtt:password").as_deref(), Some("p"));
+        assert_eq!(
+            store.get("mqtt:password", "mqtt:password").as_deref(),
+            Some("p")
+        );
         assert_eq!(store.get("mqtt:port", "mqtt:port").as_deref(), Some("1883"));
         assert_eq!(store.get("plain", "plain").as_deref(), Some("v"));
         assert_eq!(store.get("mqtt:password", "other"), None);
@@ -146,7 +192,12 @@ mod tests {
     #[test]
     fn multi_valued_files_have_keys_under_each_secret() {
         let store = SecretStore::File {
-            secrets: file_secrets(&json(r#"{"mqtt": {"user": "u", "tls": {"key": "k"}}}"#), ".", true).expect("ok"),
+            secrets: file_secrets(
+                &json(r#"{"mqtt": {"user": "u", "tls": {"key": "k"}}}"#),
+                ".",
+                true,
+            )
+            .expect("ok"),
         };
         assert_eq!(store.get("mqtt", "user").as_deref(), Some("u"));
         assert_eq!(store.get("mqtt", "tls.key").as_deref(), Some("k"));
@@ -157,10 +208,14 @@ mod tests {
     fn env_store_reads_variables_with_its_prefix() {
         let name = format!("MQTT_BINDING_TEST_SECRET_{}", std::process::id());
         let value = std::env::var("PATH").expect("PATH is set");
-        let store = SecretStore::Env { prefix: String::new() };
+        let store = SecretStore::Env {
+            prefix: String::new(),
+        };
         assert_eq!(store.get("PATH", "PATH"), Some(value));
         assert_eq!(store.get(&name, &name), None);
-        let prefixed = SecretStore::Env { prefix: "PA".into() };
+        let prefixed = SecretStore::Env {
+            prefix: "PA".into(),
+        };
         assert!(prefixed.get("TH", "TH").is_some());
     }
 }
