@@ -144,8 +144,6 @@ enum Settled {
 /// it for the broker to redeliver.
 fn deliver(binding: &Binding, message: broker::Message) -> Settled {
     let topic = message.topic;
-    // QoS 0 has nothing to acknowledge; skipping the call saves a boundary crossing per message.
-    let needs_ack = message.qos != types::Qos::AtMostOnce;
     let event = Event {
         data: message.payload,
         metadata: vec![
@@ -158,8 +156,7 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
     let mut failures = 0;
     let reason = loop {
         let reason = match delivery::deliver(&event) {
-            Ok(()) if needs_ack => return acknowledge(&binding.connection, message.id, &topic),
-            Ok(()) => return Settled::Acknowledged,
+            Ok(()) => return acknowledge(&binding.connection, message.id, message.qos, &topic),
             Err(reason) => reason,
         };
         failures += 1;
@@ -172,7 +169,7 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
                 "delivery of a message on {topic:?} failed (attempt {failures}), retrying in {wait:?}: {reason}"
             ),
         );
-        if !lifecycle::sleep(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX)) {
+        if !sleep(wait) {
             logging::log(
                 Level::Info,
                 &format!("shutting down: the message on {topic:?} stays unacknowledged"),
@@ -204,11 +201,7 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
                     "delivery of a message on {topic:?} failed {failures} times, last: {reason}; moved to the dead-letter topic {dead_letter:?}"
                 ),
             );
-            if needs_ack {
-                acknowledge(&binding.connection, message.id, &topic)
-            } else {
-                Settled::Acknowledged
-            }
+            acknowledge(&binding.connection, message.id, message.qos, &topic)
         }
         Err(error) => {
             logging::log(
@@ -222,7 +215,11 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
     }
 }
 
-fn acknowledge(connection: &Connection, id: u64, topic: &str) -> Settled {
+fn acknowledge(connection: &Connection, id: u64, qos: types::Qos, topic: &str) -> Settled {
+    // QoS 0 has nothing to acknowledge; skipping the call saves a boundary crossing per message.
+    if qos == types::Qos::AtMostOnce {
+        return Settled::Acknowledged;
+    }
     match connection.ack(id) {
         Ok(()) => Settled::Acknowledged,
         Err(error) => {
@@ -276,10 +273,15 @@ fn publish_with_retries(
                 publish.topic
             ),
         );
-        if !lifecycle::sleep(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX)) {
+        if !sleep(wait) {
             return Err(Error::Broker(broker::Error::Closed));
         }
     }
+}
+
+/// Waits `wait` through the host, which ends the wait early on shutdown (`false`).
+fn sleep(wait: std::time::Duration) -> bool {
+    lifecycle::sleep(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX))
 }
 
 fn is_retryable(error: &broker::Error) -> bool {

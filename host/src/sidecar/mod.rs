@@ -126,7 +126,6 @@ pub async fn run(
             name.clone(),
             runtime.clone(),
             app.clone(),
-            options.app_id.clone(),
             stop.clone(),
         ));
     }
@@ -177,7 +176,6 @@ async fn serve_binding(
     name: String,
     runtime: Runtime,
     app: Option<App>,
-    app_id: String,
     stop: CancellationToken,
 ) {
     let slot = &sidecar.bindings[&name];
@@ -189,7 +187,7 @@ async fn serve_binding(
     let binding = loop {
         let options = BindingOptions {
             name: name.clone(),
-            app_id: app_id.clone(),
+            app_id: sidecar.app_id.clone(),
             metadata: spec.metadata.clone(),
             handler: handler.clone(),
         };
