@@ -32,6 +32,8 @@ const IN_FLIGHT: usize = 64;
 
 struct Settings {
     full: bool,
+    /// Figure groups to run (`output`, `latency`, `input`, `start`, `memory`); all if empty.
+    only: Vec<String>,
     runs: usize,
     messages: usize,
     latency_samples: usize,
@@ -49,11 +51,22 @@ struct Row {
     higher_is_better: bool,
 }
 
+impl Settings {
+    fn wants(&self, group: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|name| name == group)
+    }
+}
+
 fn main() {
     let full = std::env::args().any(|arg| arg == "--bench");
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|arg| !arg.starts_with('-'))
+        .collect();
     let settings = if full {
         Settings {
             full,
+            only,
             runs: 5,
             messages: 20_000,
             latency_samples: 2_000,
@@ -62,6 +75,7 @@ fn main() {
     } else {
         Settings {
             full,
+            only,
             runs: 1,
             messages: 300,
             latency_samples: 100,
@@ -75,7 +89,7 @@ fn main() {
     let rows = rt.block_on(measure(&settings));
     let table = render(&rows);
     println!("{table}");
-    if settings.full {
+    if settings.full && settings.only.is_empty() {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
         std::fs::create_dir_all(&docs).expect("creating docs/");
         std::fs::write(docs.join("BENCHMARKS.md"), document(&settings, &table))
@@ -89,6 +103,26 @@ async fn measure(settings: &Settings) -> Vec<Row> {
         extra: "queue_qos0_messages true\nmax_queued_messages 0\n".into(),
         ..Default::default()
     });
+    let mut rows = Vec::new();
+    if settings.wants("output") {
+        rows.extend(output_rows(settings, &broker).await);
+    }
+    if settings.wants("latency") {
+        rows.extend(latency_rows(settings, &broker).await);
+    }
+    if settings.wants("input") {
+        rows.extend(input_rows(settings, &broker).await);
+    }
+    if settings.wants("start") {
+        rows.extend(start_rows(settings, &broker).await);
+    }
+    if settings.wants("memory") {
+        rows.extend(memory_rows(settings, &broker).await);
+    }
+    rows
+}
+
+async fn output_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
     let mut rows = Vec::new();
     let n = settings.messages;
     for (qos, size) in [
@@ -118,15 +152,15 @@ async fn measure(settings: &Settings) -> Vec<Row> {
             higher_is_better: true,
         };
         for _ in 0..settings.runs {
-            let binding = output_rate(&broker, qos, size, messages).await;
+            let binding = output_rate(broker, qos, size, messages).await;
             row.binding.push(binding);
             versus_pub.binding.push(binding);
             row.reference
-                .push(rumqttc_output_rate(&broker, qos, size, messages).await);
+                .push(rumqttc_output_rate(broker, qos, size, messages).await);
             if size <= 1024 {
                 versus_pub
                     .reference
-                    .push(mosquitto_pub_rate(&broker, qos, size, messages).await);
+                    .push(mosquitto_pub_rate(broker, qos, size, messages).await);
             }
         }
         rows.push(row);
@@ -134,18 +168,22 @@ async fn measure(settings: &Settings) -> Vec<Row> {
             rows.push(versus_pub);
         }
     }
+    rows
+}
 
+async fn latency_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
+    let mut rows = Vec::new();
     let mut latency = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..settings.runs {
-        let (p50, p99) = percentiles(invoke_latencies(&broker, settings.latency_samples).await);
+        let (p50, p99) = percentiles(invoke_latencies(broker, settings.latency_samples).await);
         latency.0.push(p50);
         latency.1.push(p99);
-        let (p50, p99) = percentiles(rumqttc_latencies(&broker, settings.latency_samples).await);
+        let (p50, p99) = percentiles(rumqttc_latencies(broker, settings.latency_samples).await);
         latency.2.push(p50);
         latency.3.push(p99);
         latency
             .4
-            .push(percentiles(ping_latencies(&broker, settings.latency_samples).await).0);
+            .push(percentiles(ping_latencies(broker, settings.latency_samples).await).0);
     }
     rows.push(Row {
         figure: "output latency QoS 1, p50".into(),
@@ -171,7 +209,12 @@ async fn measure(settings: &Settings) -> Vec<Row> {
         reference: latency.4,
         higher_is_better: false,
     });
+    rows
+}
 
+async fn input_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
+    let mut rows = Vec::new();
+    let n = settings.messages;
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
         let mut row = Row {
             figure: format!("input QoS {}, 100 B, handler returns at once", qos as u8),
@@ -182,15 +225,19 @@ async fn measure(settings: &Settings) -> Vec<Row> {
             higher_is_better: true,
         };
         for _ in 0..settings.runs {
-            row.binding.push(binding_rate(&broker, qos, n).await);
-            row.reference.push(raw_rate(&broker, qos, n).await);
+            row.binding.push(binding_rate(broker, qos, n).await);
+            row.reference.push(raw_rate(broker, qos, n).await);
         }
         rows.push(row);
     }
+    rows
+}
 
+async fn start_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
+    let mut rows = Vec::new();
     let mut starts = Vec::new();
     for _ in 0..settings.cold_starts {
-        starts.push(cold_start(&broker).await);
+        starts.push(cold_start(broker).await);
     }
     rows.push(Row {
         figure: "cold start in process: load (cached) + instantiate + init + connect".into(),
@@ -202,8 +249,8 @@ async fn measure(settings: &Settings) -> Vec<Row> {
     });
     let (mut ours, mut theirs) = (Vec::new(), Vec::new());
     for _ in 0..settings.cold_starts {
-        ours.push(invoke_process(&broker).await);
-        theirs.push(mosquitto_pub_process(&broker).await);
+        ours.push(invoke_process(broker).await);
+        theirs.push(mosquitto_pub_process(broker).await);
     }
     rows.push(Row {
         figure: "`mqtt-binding invoke` process, QoS 1".into(),
@@ -213,10 +260,14 @@ async fn measure(settings: &Settings) -> Vec<Row> {
         reference: theirs,
         higher_is_better: false,
     });
+    rows
+}
 
+async fn memory_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
+    let mut rows = Vec::new();
     let (mut idle, mut loaded) = (Vec::new(), Vec::new());
     for _ in 0..settings.runs {
-        let (at_rest, peak) = sidecar_memory(&broker, settings.messages).await;
+        let (at_rest, peak) = sidecar_memory(broker, settings.messages).await;
         idle.push(at_rest);
         loaded.push(peak);
     }
@@ -473,13 +524,24 @@ async fn output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize)
         });
     }
     while workers.join_next().await.is_some() {}
+    if qos == QoS::AtMostOnce {
+        // Until the broker has them all: MQTT keeps a connection's packets in order, so
+        // the PUBACK of a QoS 1 publish sent after them says the broker has read them.
+        let marker = InvokeRequest {
+            operation: "create".into(),
+            data: b"end".to_vec(),
+            metadata: vec![("qos".into(), "1".into())],
+        };
+        binding.invoke(marker).await.expect("final QoS 1 invoke");
+    }
     let elapsed = started.elapsed();
     binding.close().await;
     ((messages / IN_FLIGHT) * IN_FLIGHT) as f64 / elapsed.as_secs_f64()
 }
 
-/// rumqttc alone with the same number in flight, until every publish is written (QoS 0) or
-/// acknowledged (QoS 1).
+/// rumqttc alone with the same number in flight, until every publish is acknowledged (QoS 1)
+/// or, at QoS 0, until the broker has read them all (as for the binding: a QoS 1 publish
+/// after them is acknowledged).
 async fn rumqttc_output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize) -> f64 {
     let messages = (messages / IN_FLIGHT) * IN_FLIGHT;
     let started = Instant::now();
@@ -501,16 +563,21 @@ async fn rumqttc_output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages
                 .await
                 .expect("publish");
         }
+        if qos == QoS::AtMostOnce {
+            client
+                .publish(topic.clone(), QoS::AtLeastOnce, false, b"end".to_vec())
+                .await
+                .expect("final QoS 1 publish");
+        }
         client
     });
-    let mut done = 0;
-    while done < messages {
-        match eventloop.poll().await.expect("connected") {
-            rumqttc::Event::Incoming(Packet::PubAck(_)) if qos == QoS::AtLeastOnce => done += 1,
-            rumqttc::Event::Outgoing(rumqttc::Outgoing::Publish(_)) if qos == QoS::AtMostOnce => {
-                done += 1
-            }
-            _ => {}
+    // At QoS 0 only the final QoS 1 publish is acknowledged.
+    let mut acks_due = if qos == QoS::AtMostOnce { 1 } else { messages };
+    while acks_due > 0 {
+        if let rumqttc::Event::Incoming(Packet::PubAck(_)) =
+            eventloop.poll().await.expect("connected")
+        {
+            acks_due -= 1;
         }
     }
     let elapsed = started.elapsed();

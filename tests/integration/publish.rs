@@ -224,3 +224,24 @@ async fn concurrent_invokes_on_one_binding_all_arrive() {
     assert_eq!(received, expected);
     binding.close().await;
 }
+
+#[tokio::test]
+async fn qos0_invokes_return_when_queued_and_go_out_before_the_disconnect() {
+    let broker = Mosquitto::start();
+    let topic = format!("qos0/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let mut binding = binding(&[("url", &broker.url()), ("topic", &topic), ("qos", "0")])
+        .await
+        .expect("init");
+    for n in 0..300 {
+        create(&mut binding, format!("m{n}").as_bytes(), &[])
+            .await
+            .expect("create");
+    }
+    // Straight after the last invoke: the DISCONNECT is queued behind all 300.
+    binding.close().await;
+    for n in 0..300 {
+        let message = subscriber.next().await;
+        assert_eq!(&message.payload[..], format!("m{n}").as_bytes(), "in order");
+    }
+}

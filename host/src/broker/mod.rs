@@ -181,7 +181,9 @@ impl Connection {
         !self.shared.closing.load(Ordering::Acquire) && !*self.shared.done.borrow()
     }
 
-    /// Publishes and waits for the acknowledgement that the QoS calls for, at most `timeout`.
+    /// Publishes and waits, at most `timeout`, for what the QoS calls for: at QoS 0 until the
+    /// request is queued (it is sent before anything queued later, DISCONNECT included); at
+    /// QoS 1 and 2 until the broker's PUBACK or PUBCOMP for this very packet.
     pub async fn publish(
         &self,
         topic: String,
@@ -199,8 +201,22 @@ impl Connection {
             )));
         }
         shared.usable()?;
-        let (tx, rx) = oneshot::channel();
         let deadline = tokio::time::Instant::now() + timeout;
+        if qos == QoS::AtMostOnce {
+            // Usually queued at once, without suspending the caller: no waiter, no task
+            // switch (see docs/BENCHMARKS.md).
+            return match tokio::time::timeout_at(
+                deadline,
+                shared.client.publish(topic, qos, retain, payload),
+            )
+            .await
+            {
+                Err(_) => Err(BrokerError::Timeout("the request queue stayed full".into())),
+                Ok(Err(e)) => Err(BrokerError::Other(format!("publish not queued: {e}"))),
+                Ok(Ok(())) => Ok(()),
+            };
+        }
+        let (tx, rx) = oneshot::channel();
         let queued = tokio::time::timeout_at(deadline, async {
             let _order = shared.send_order.lock().await;
             shared.acks().queued(tx);
@@ -497,7 +513,9 @@ async fn run(
                 let drained_publishes = eventloop
                     .pending
                     .iter()
-                    .filter(|request| matches!(request, Request::Publish(p) if p.pkid == 0))
+                    .filter(|request| {
+                        matches!(request, Request::Publish(p) if p.pkid == 0 && p.qos != QoS::AtMostOnce)
+                    })
                     .count();
                 let drained_subscribes = eventloop
                     .pending

@@ -24,10 +24,11 @@ pub struct Message {
 
 type Waiter = oneshot::Sender<Result<(), BrokerError>>;
 
-/// Matches publishes to their acknowledgements. rumqttc gives no per-publish handle: it
-/// reports `Outgoing::Publish(pkid)` as it writes each request, in the order requests were
-/// queued, and later the PUBACK/PUBCOMP for that pkid. The matcher keeps the waiters in the
-/// same order and pairs them up.
+/// Matches QoS 1 and 2 publishes to their acknowledgements. rumqttc gives no per-publish
+/// handle: it reports `Outgoing::Publish(pkid)` as it writes each request, in the order
+/// requests were queued, and later the PUBACK/PUBCOMP for that pkid. The matcher keeps the
+/// waiters in the same order and pairs them up. QoS 0 publishes (written with pkid 0) have
+/// nothing to wait for and are not tracked.
 #[derive(Debug, Default)]
 pub(super) struct AckMatcher {
     /// Waiters whose requests are queued but not yet written, oldest first.
@@ -52,11 +53,7 @@ impl AckMatcher {
 
     pub(super) fn written(&mut self, pkid: u16) {
         if pkid == 0 {
-            // QoS 0: written is all there is.
-            if let Some(waiter) = self.queued.pop_front() {
-                let _ = waiter.send(Ok(()));
-            }
-            self.drained = self.drained.saturating_sub(1);
+            // QoS 0: nobody waits for it.
             return;
         }
         if self.in_flight.contains_key(&pkid) {
@@ -324,11 +321,13 @@ mod tests {
     }
 
     #[test]
-    fn qos0_resolves_when_written() {
+    fn qos0_writes_in_between_do_not_shift_the_waiters() {
         let mut m = AckMatcher::default();
         let mut a = waiter(&mut m);
-        assert_eq!(outcome(&mut a), None);
         m.written(0);
+        m.written(1);
+        m.written(0);
+        m.acknowledged(1);
         assert_eq!(outcome(&mut a), Some(Ok(())));
     }
 
