@@ -23,7 +23,7 @@ use bindings::exports::mqtt_binding::binding::binding::{
     Error, Guest, InvokeRequest, InvokeResponse,
 };
 use bindings::mqtt_binding::binding::broker::{self, ConnectOptions, Connection};
-use bindings::mqtt_binding::binding::delivery::{self, Event};
+use bindings::mqtt_binding::binding::delivery::{self, DeliveryError, Event};
 use bindings::mqtt_binding::binding::logging::{self, Level};
 use bindings::mqtt_binding::binding::{lifecycle, types};
 
@@ -35,8 +35,11 @@ const KEEP_ALIVE_SECS: u16 = 30;
 /// How long `subscribe` waits for SUBACK, and how long to wait before trying again.
 const SUBSCRIBE_TIMEOUT_MS: u32 = 10_000;
 const SUBSCRIBE_RETRY_MS: u32 = 1_000;
-/// How long one `next-message` call waits; the loop simply asks again.
-const NEXT_MESSAGE_WAIT_MS: u32 = 60_000;
+/// How long one `next-messages` call waits; the loop simply asks again.
+const NEXT_MESSAGES_WAIT_MS: u32 = 60_000;
+/// Most messages taken from the host at once: enough to save most calls under load, few
+/// enough that a batch in hand stays small.
+const NEXT_MESSAGES_MAX: u32 = 64;
 
 /// What `init` set up: the validated config and the open connection.
 struct Binding {
@@ -116,15 +119,16 @@ fn read_messages(binding: &Binding) -> Result<(), Error> {
     }
     logging::log(Level::Info, &format!("subscribed to {topic:?}"));
     loop {
-        match connection.next_message(NEXT_MESSAGE_WAIT_MS) {
-            Ok(Some(message)) => {
-                if deliver(binding, message) == Settled::Stopped {
-                    return Ok(());
-                }
-            }
-            Ok(None) => {}
+        let messages = match connection.next_messages(NEXT_MESSAGES_MAX, NEXT_MESSAGES_WAIT_MS) {
+            Ok(messages) => messages,
             Err(broker::Error::Closed) => return Ok(()),
             Err(error) => return Err(Error::Broker(error)),
+        };
+        for message in messages {
+            // The rest of the batch stays unacknowledged, as if never taken.
+            if deliver(binding, message) == Settled::Stopped {
+                return Ok(());
+            }
         }
     }
 }
@@ -136,7 +140,7 @@ enum Settled {
     Acknowledged,
     /// Left unacknowledged for the broker to send again.
     Unacknowledged,
-    /// Shutdown came during a retry wait; unacknowledged.
+    /// Shutdown came before the application accepted it; unacknowledged.
     Stopped,
 }
 
@@ -157,7 +161,8 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
     let reason = loop {
         let reason = match delivery::deliver(&event) {
             Ok(()) => return acknowledge(&binding.connection, message.id, message.qos, &topic),
-            Err(reason) => reason,
+            Err(DeliveryError::Failed(reason)) => reason,
+            Err(DeliveryError::Stopped) => return Settled::Stopped,
         };
         failures += 1;
         let Some(wait) = binding.config.delivery_backoff.after_failure(failures) else {

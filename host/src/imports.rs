@@ -208,25 +208,30 @@ impl broker::HostConnection for HostView<'_> {
             .map_err(to_wit))
     }
 
-    async fn next_message(
+    async fn next_messages(
         &mut self,
         connection: Resource<Connection>,
+        max: u32,
         timeout_ms: u32,
-    ) -> wasmtime::Result<Result<Option<broker::Message>, broker::Error>> {
+    ) -> wasmtime::Result<Result<Vec<broker::Message>, broker::Error>> {
         let connection = self.table.get(&connection)?;
+        let max = usize::try_from(max).unwrap_or(usize::MAX);
         let next = tokio::select! {
-            next = connection.next_message(millis(timeout_ms)) => next,
+            next = connection.next_messages(max, millis(timeout_ms)) => next,
             () = self.host.shutdown.cancelled() => Err(BrokerError::Closed),
         };
-        Ok(next.map_err(to_wit).map(|message| {
-            message.map(|m| broker::Message {
-                id: m.id,
-                topic: m.topic,
-                payload: m.payload,
-                qos: wit_qos(m.qos),
-                retained: m.retain,
-                duplicate: m.duplicate,
-            })
+        Ok(next.map_err(to_wit).map(|messages| {
+            messages
+                .into_iter()
+                .map(|m| broker::Message {
+                    id: m.id,
+                    topic: m.topic,
+                    payload: m.payload,
+                    qos: wit_qos(m.qos),
+                    retained: m.retain,
+                    duplicate: m.duplicate,
+                })
+                .collect()
         }))
     }
 
@@ -255,20 +260,27 @@ impl broker::HostConnection for HostView<'_> {
 }
 
 impl delivery::Host for HostView<'_> {
-    async fn deliver(&mut self, event: delivery::Event) -> wasmtime::Result<Result<(), String>> {
+    async fn deliver(
+        &mut self,
+        event: delivery::Event,
+    ) -> wasmtime::Result<Result<(), delivery::DeliveryError>> {
         let Some(handler) = self.host.handler.clone() else {
-            return Ok(Err(
-                "this host has no application to deliver events to".into()
-            ));
+            return Ok(Err(delivery::DeliveryError::Failed(
+                "this host has no application to deliver events to".into(),
+            )));
         };
+        // Nothing new is delivered once shutdown began; a delivery under way may finish.
+        if self.host.shutdown.is_cancelled() {
+            return Ok(Err(delivery::DeliveryError::Stopped));
+        }
         let event = Event {
             data: event.data,
             metadata: event.metadata,
         };
         Ok(tokio::select! {
             biased;
-            outcome = handler.deliver(event) => outcome,
-            () = self.host.shutdown.cancelled() => Err("the binding is shutting down".into()),
+            outcome = handler.deliver(event) => outcome.map_err(delivery::DeliveryError::Failed),
+            () = self.host.shutdown.cancelled() => Err(delivery::DeliveryError::Stopped),
         })
     }
 }

@@ -209,6 +209,45 @@ async fn persistent_session_delivers_what_was_published_while_stopped_in_order()
 }
 
 #[tokio::test]
+async fn shutdown_delivers_nothing_more_and_the_session_redelivers_the_rest() {
+    let broker = Mosquitto::start();
+    let topic = format!("batch/{}", unique());
+    let client_id = format!("batch-{}", unique());
+    let metadata = [
+        ("url", broker.url()),
+        ("topic", topic.clone()),
+        ("qos", "1".into()),
+        ("consumerID", client_id),
+        ("cleanSession", "false".into()),
+    ];
+    let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (recorder, _) = Recorder::failing(0);
+    Reader::start(&metadata, recorder)
+        .await
+        .stop()
+        .await
+        .expect("read ends cleanly");
+    // Queued while away, so the binding takes them from the host several at a time.
+    let sent = payloads("queued-", 20);
+    publish_all(broker.port, &topic, QoS::AtLeastOnce, &sent).await;
+
+    let (holding, _) = Recorder::holding_after(3);
+    let reader = Reader::start(&metadata, holding.clone()).await;
+    holding.wait_for_calls(4).await;
+    reader.stop().await.expect("read ends cleanly");
+    let calls: Vec<Vec<u8>> = holding.calls().into_iter().map(|e| e.data).collect();
+    assert_eq!(calls, sent[..4], "nothing delivered after shutdown");
+
+    // The fourth was abandoned unaccepted: it comes again, with all after it.
+    let (recorder, mut accepted) = Recorder::failing(0);
+    let reader = Reader::start(&metadata, recorder).await;
+    for expected in &sent[3..] {
+        assert_eq!(accepted.next().await.data, *expected);
+    }
+    reader.stop().await.expect("read ends cleanly");
+}
+
+#[tokio::test]
 async fn qos2_messages_are_delivered_exactly_once() {
     // mosquitto 2.0.11 loses QoS 2 messages that queue behind a subscriber's full in-flight
     // window (default 20), which a subscriber that sends PUBREC only after delivery fills:

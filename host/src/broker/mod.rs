@@ -282,26 +282,35 @@ impl Connection {
         }
     }
 
-    /// Waits up to `timeout` for the next message; `None` when none came.
-    pub async fn next_message(&self, timeout: Duration) -> Result<Option<Message>, BrokerError> {
+    /// Waits up to `timeout` for a message, then takes the messages waiting, at most `max`
+    /// (at least one); none when none came in time.
+    pub async fn next_messages(
+        &self,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<Message>, BrokerError> {
         let shared = &self.shared;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let max = max.max(1);
+        let mut deadline = None;
         loop {
             // Registered before looking, so a message that arrives in between still wakes us.
             let arrived = shared.arrived.notified();
             if shared.closing.load(Ordering::Acquire) {
                 return Err(BrokerError::Closed);
             }
-            if let Some(message) = shared.inbox().take() {
-                return Ok(Some(message));
+            let messages = shared.inbox().take(max);
+            if !messages.is_empty() {
+                return Ok(messages);
             }
+            let deadline =
+                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
-                return Ok(None);
+                return Ok(Vec::new());
             }
         }
     }
 
-    /// Acknowledges a message from [`Connection::next_message`]. A message from an earlier
+    /// Acknowledges a message from [`Connection::next_messages`]. A message from an earlier
     /// connection is not acknowledged: its packet id may now name another message, and the
     /// broker sends it again anyway.
     pub async fn ack(&self, id: u64) -> Result<(), BrokerError> {

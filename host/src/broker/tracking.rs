@@ -276,15 +276,20 @@ impl Inbox {
         true
     }
 
-    pub(super) fn take(&mut self) -> Option<Message> {
-        while let Some(message) = self.queue.pop_front() {
+    /// Takes up to `max` messages, oldest first.
+    pub(super) fn take(&mut self, max: usize) -> Vec<Message> {
+        let mut taken = Vec::with_capacity(max.min(self.queue.len()));
+        while taken.len() < max {
+            let Some(message) = self.queue.pop_front() else {
+                break;
+            };
             if message.qos != QoS::AtMostOnce && message.generation < self.stale_below {
                 self.unacked.remove(&message.id);
                 continue;
             }
-            return Some(message);
+            taken.push(message);
         }
-        None
+        taken
     }
 
     pub(super) fn settle(&mut self, id: u64) -> Settled {
@@ -400,6 +405,40 @@ mod tests {
         m.written(1);
         m.acknowledged(1);
         assert_eq!(outcome(&mut later), Some(Ok(())));
+    }
+
+    fn publish(qos: QoS, pkid: u16, payload: &str) -> Publish {
+        let mut publish = Publish::new("t", qos, payload.as_bytes().to_vec());
+        publish.pkid = pkid;
+        publish
+    }
+
+    fn payloads(messages: &[Message]) -> Vec<&[u8]> {
+        messages.iter().map(|m| &m.payload[..]).collect()
+    }
+
+    #[test]
+    fn inbox_hands_out_at_most_max_in_arrival_order() {
+        let mut inbox = Inbox::default();
+        for (n, payload) in ["a", "b", "c"].into_iter().enumerate() {
+            assert!(inbox.arrived(publish(QoS::AtLeastOnce, n as u16 + 1, payload), "test"));
+        }
+        let first = inbox.take(2);
+        assert_eq!(payloads(&first), [b"a", b"b"]);
+        assert_eq!(payloads(&inbox.take(64)), [b"c"]);
+        assert!(inbox.take(64).is_empty());
+        assert!(matches!(inbox.settle(first[1].id), Settled::Ack(p) if p.pkid == 2));
+        assert!(matches!(inbox.settle(first[1].id), Settled::Nothing));
+    }
+
+    #[test]
+    fn inbox_drops_stale_copies_when_the_session_survived() {
+        let mut inbox = Inbox::default();
+        inbox.arrived(publish(QoS::AtLeastOnce, 1, "before"), "test");
+        inbox.arrived(publish(QoS::AtMostOnce, 0, "qos 0 before"), "test");
+        inbox.reconnected(true);
+        inbox.arrived(publish(QoS::AtLeastOnce, 1, "resent"), "test");
+        assert_eq!(payloads(&inbox.take(64)), [&b"qos 0 before"[..], b"resent"]);
     }
 
     #[test]
