@@ -1,9 +1,18 @@
 //! The benchmark: every figure of the binding beside a reference measured in the same run on
 //! the same local mosquitto, as median, spread (min–max) and ratio.
 //!
-//! `cargo bench -p mqtt-binding --bench bench` runs it in full and writes the table to
-//! `docs/BENCHMARKS.md`; `cargo test -p mqtt-binding --bench bench` (no `--bench` argument)
-//! runs every figure once with a few hundred messages, so that the code cannot rot.
+//! `cargo bench -p mqtt-binding --bench bench` runs it in full and writes the table into
+//! `docs/BENCHMARKS.md` (between its table markers; the text around them is kept).
+//! `cargo bench -p mqtt-binding --bench bench -- output input` runs only those groups
+//! (`output`, `latency`, `input`, `start`, `memory`) and writes nothing.
+//! `cargo test -p mqtt-binding --bench bench` (no `--bench` argument) runs every figure once
+//! with a few hundred messages, so that the code cannot rot.
+//!
+//! Output figures are steady state: the clock starts once the connection is open (and, for
+//! the binding, once every instance of its output pool exists). At QoS 0 a run ends when the
+//! broker has read every message: a QoS 1 publish sent after them on the same connection is
+//! acknowledged (MQTT keeps a connection's packets in order). Ending when the last packet is
+//! handed to the socket would time the kernel's buffers, not the broker's intake.
 //!
 //! Input figures read a persistent session preloaded with the messages (mosquitto with
 //! `queue_qos0_messages`, so QoS 0 queues too), timed from the start of connecting to the
@@ -89,10 +98,15 @@ fn main() {
     let rows = rt.block_on(measure(&settings));
     let table = render(&rows);
     println!("{table}");
+    if !settings.full {
+        check_document();
+    }
     if settings.full && settings.only.is_empty() {
         let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs");
         std::fs::create_dir_all(&docs).expect("creating docs/");
-        std::fs::write(docs.join("BENCHMARKS.md"), document(&settings, &table))
+        let path = docs.join("BENCHMARKS.md");
+        let existing = std::fs::read_to_string(&path).unwrap_or_default();
+        std::fs::write(&path, document(&existing, &measured(&settings, &table)))
             .expect("writing docs/BENCHMARKS.md");
         println!("written to docs/BENCHMARKS.md");
     }
@@ -443,7 +457,37 @@ fn stats(values: &[f64]) -> (f64, f64, f64) {
     )
 }
 
-fn document(settings: &Settings, table: &str) -> String {
+const TABLE_START: &str = "<!-- table: written by the benchmark -->";
+const TABLE_END: &str = "<!-- end of table -->";
+
+/// The document with its measured part replaced, keeping the text around it; a new one if
+/// it has no markers.
+fn document(existing: &str, measured: &str) -> String {
+    let block = format!("{TABLE_START}\n{measured}{TABLE_END}");
+    match (existing.find(TABLE_START), existing.find(TABLE_END)) {
+        (Some(start), Some(end)) if start < end => format!(
+            "{}{block}{}",
+            &existing[..start],
+            &existing[end + TABLE_END.len()..]
+        ),
+        _ => format!("# Benchmarks\n\n{block}\n"),
+    }
+}
+
+/// Quick mode's check that rewriting the document keeps the hand-written text.
+fn check_document() {
+    let existing = format!("intro\n{TABLE_START}\nold table\n{TABLE_END}\nanalysis\n");
+    let rewritten = document(&existing, "new table\n");
+    assert_eq!(
+        rewritten,
+        format!("intro\n{TABLE_START}\nnew table\n{TABLE_END}\nanalysis\n")
+    );
+    assert_eq!(document(&rewritten, "new table\n"), rewritten);
+    assert!(document("", "t\n").contains(&format!("{TABLE_START}\nt\n{TABLE_END}")));
+}
+
+/// The table with what produced it: settings, machine, broker.
+fn measured(settings: &Settings, table: &str) -> String {
     let command = |program: &str, args: &[&str]| {
         std::process::Command::new(program)
             .args(args)
@@ -460,10 +504,9 @@ fn document(settings: &Settings, table: &str) -> String {
         })
         .unwrap_or_default();
     format!(
-        "# Benchmarks\n\nProduced by `cargo bench -p mqtt-binding --bench bench` ({} runs of each figure; \
-{} messages for throughput, {} samples for latency, {} cold starts). Ratios compare figures \
-measured in the same run against the same local broker; absolute numbers drift on shared \
-machines, ratios hold.\n\nMachine: {} CPUs, {cpu}; {}; mosquitto on loopback ({}).\n\n{table}",
+        "Produced by `cargo bench -p mqtt-binding --bench bench` ({} runs of each figure; \
+{} messages for throughput, {} samples for latency, {} cold starts).\n\nMachine: {} CPUs, \
+{cpu}; {}; mosquitto on loopback ({}).\n\n{table}",
         settings.runs,
         settings.messages,
         settings.latency_samples,
@@ -504,26 +547,13 @@ async fn output_binding(broker: &Mosquitto, qos: QoS) -> Arc<Binding> {
     Arc::new(runtime().binding(options).await.expect("binding"))
 }
 
-/// Many invokes in flight through one binding.
+/// Many invokes in flight through one binding, once the connection is open and every
+/// instance of the output pool is made (steady state; cold start is a figure of its own).
 async fn output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize) -> f64 {
     let binding = output_binding(broker, qos).await;
+    invoke_in_parallel(&binding, 1, size).await;
     let started = Instant::now();
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..IN_FLIGHT {
-        let binding = binding.clone();
-        let count = messages / IN_FLIGHT;
-        workers.spawn(async move {
-            for _ in 0..count {
-                let request = InvokeRequest {
-                    operation: "create".into(),
-                    data: vec![b'x'; size],
-                    metadata: vec![],
-                };
-                binding.invoke(request).await.expect("invoke");
-            }
-        });
-    }
-    while workers.join_next().await.is_some() {}
+    invoke_in_parallel(&binding, messages / IN_FLIGHT, size).await;
     if qos == QoS::AtMostOnce {
         // Until the broker has them all: MQTT keeps a connection's packets in order, so
         // the PUBACK of a QoS 1 publish sent after them says the broker has read them.
@@ -539,12 +569,30 @@ async fn output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize)
     ((messages / IN_FLIGHT) * IN_FLIGHT) as f64 / elapsed.as_secs_f64()
 }
 
+/// IN_FLIGHT tasks, each invoking `count` times in a row.
+async fn invoke_in_parallel(binding: &Arc<Binding>, count: usize, size: usize) {
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..IN_FLIGHT {
+        let binding = binding.clone();
+        workers.spawn(async move {
+            for _ in 0..count {
+                let request = InvokeRequest {
+                    operation: "create".into(),
+                    data: vec![b'x'; size],
+                    metadata: vec![],
+                };
+                binding.invoke(request).await.expect("invoke");
+            }
+        });
+    }
+    while workers.join_next().await.is_some() {}
+}
+
 /// rumqttc alone with the same number in flight, until every publish is acknowledged (QoS 1)
 /// or, at QoS 0, until the broker has read them all (as for the binding: a QoS 1 publish
 /// after them is acknowledged).
 async fn rumqttc_output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize) -> f64 {
     let messages = (messages / IN_FLIGHT) * IN_FLIGHT;
-    let started = Instant::now();
     let mut options = MqttOptions::new(
         format!("bench-raw-out-{}", unique()),
         "127.0.0.1",
@@ -555,7 +603,13 @@ async fn rumqttc_output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages
         .set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut eventloop) = AsyncClient::new(options, IN_FLIGHT);
     eventloop.network_options.set_tcp_nodelay(true);
+    // Connected before the clock starts, as the binding is.
+    while !matches!(
+        eventloop.poll().await.expect("connect"),
+        rumqttc::Event::Incoming(Packet::ConnAck(_))
+    ) {}
     let topic = format!("bench/raw/{}", unique());
+    let started = Instant::now();
     let sender = tokio::spawn(async move {
         for _ in 0..messages {
             client

@@ -302,8 +302,7 @@ impl Connection {
             if !messages.is_empty() {
                 return Ok(messages);
             }
-            let deadline =
-                *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
+            let deadline = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + timeout);
             if tokio::time::timeout_at(deadline, arrived).await.is_err() {
                 return Ok(Vec::new());
             }
