@@ -4,7 +4,7 @@
 
 use std::cell::RefCell;
 
-use crate::metadata::{self, Config, NoteLevel, Qos, Transport};
+use crate::metadata::{self, Config, NoteLevel, Qos, Secret, Transport};
 use crate::request;
 use crate::retry;
 
@@ -13,7 +13,13 @@ use crate::retry;
     reason = "wit-bindgen's generated ABI glue is unsafe by nature"
 )]
 mod bindings {
-    wit_bindgen::generate!({ path: "../wit", world: "mqtt-binding" });
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "mqtt-binding",
+        // Records passed to imports borrow their strings and bytes, so the component
+        // copies nothing to build an event or the connect options.
+        ownership: Borrowing { duplicate_if_necessary: true },
+    });
 
     use super::Component;
     export!(Component with_types_in crate::component::bindings);
@@ -64,7 +70,7 @@ impl Guest for Component {
             };
             logging::log(level, &note.message);
         }
-        let connection = Connection::connect(&connect_options(&config)).map_err(connect_error)?;
+        let connection = Connection::connect(connect_options(&config)).map_err(connect_error)?;
         BINDING.with_borrow_mut(|binding| *binding = Some(Binding { config, connection }));
         Ok(())
     }
@@ -148,18 +154,19 @@ enum Settled {
 /// it for the broker to redeliver.
 fn deliver(binding: &Binding, message: broker::Message) -> Settled {
     let topic = message.topic;
+    let metadata = [
+        ("topic", topic.as_str()),
+        ("retained", bool_text(message.retained)),
+        ("qos", qos_text(message.qos)),
+        ("duplicate", bool_text(message.duplicate)),
+    ];
     let event = Event {
-        data: message.payload,
-        metadata: vec![
-            ("topic".into(), topic.clone()),
-            ("retained".into(), message.retained.to_string()),
-            ("qos".into(), qos_number(message.qos).to_string()),
-            ("duplicate".into(), message.duplicate.to_string()),
-        ],
+        data: &message.payload,
+        metadata: &metadata,
     };
     let mut failures = 0;
     let reason = loop {
-        let reason = match delivery::deliver(&event) {
+        let reason = match delivery::deliver(event.clone()) {
             Ok(()) => return acknowledge(&binding.connection, message.id, message.qos, &topic),
             Err(DeliveryError::Failed(reason)) => reason,
             Err(DeliveryError::Stopped) => return Settled::Stopped,
@@ -198,7 +205,7 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
         qos: binding.config.qos.max(Qos::AtLeastOnce),
         retain: false,
     };
-    match publish_with_retries(&binding.connection, &publish, &event.data) {
+    match publish_with_retries(&binding.connection, &publish, event.data) {
         Ok(()) => {
             logging::log(
                 Level::Warn,
@@ -238,12 +245,16 @@ fn acknowledge(connection: &Connection, id: u64, qos: types::Qos, topic: &str) -
     }
 }
 
-fn qos_number(qos: types::Qos) -> u8 {
+fn qos_text(qos: types::Qos) -> &'static str {
     match qos {
-        types::Qos::AtMostOnce => 0,
-        types::Qos::AtLeastOnce => 1,
-        types::Qos::ExactlyOnce => 2,
+        types::Qos::AtMostOnce => "0",
+        types::Qos::AtLeastOnce => "1",
+        types::Qos::ExactlyOnce => "2",
     }
+}
+
+fn bool_text(value: bool) -> &'static str {
+    if value { "true" } else { "false" }
 }
 
 /// Publishes under the output policy: retryable failures are retried (`retry::PUBLISH`),
@@ -296,37 +307,28 @@ fn is_retryable(error: &broker::Error) -> bool {
     )
 }
 
-fn connect_options(config: &Config) -> ConnectOptions {
+fn connect_options<'a>(config: &'a Config) -> ConnectOptions<'a> {
     let broker = &config.broker;
+    // TLS material with a plain URL was already warned about; the host does not see it.
+    let tls = broker.transport == Transport::Tls;
+    let tls_only = |value: Option<&'a str>| value.filter(|_| tls);
     ConnectOptions {
         transport: match broker.transport {
             Transport::Tcp => broker::Transport::Tcp,
             Transport::Tls => broker::Transport::Tls,
         },
-        host: broker.host.clone(),
+        host: &broker.host,
         port: broker.port,
-        client_id: config.client_id.clone(),
-        username: broker.username.clone(),
-        password: broker.password.as_ref().map(|p| p.expose().to_string()),
+        client_id: &config.client_id,
+        username: broker.username.as_deref(),
+        password: broker.password.as_ref().map(Secret::expose),
         clean_session: config.clean_session,
         keep_alive_secs: KEEP_ALIVE_SECS,
-        // TLS material with a plain URL was already warned about; the host does not see it.
-        ca_cert: tls_only(config, config.tls.ca_cert.clone()),
-        client_cert: tls_only(config, config.tls.client_cert.clone()),
-        client_key: tls_only(
-            config,
-            config
-                .tls
-                .client_key
-                .as_ref()
-                .map(|k| k.expose().to_string()),
-        ),
+        ca_cert: tls_only(config.tls.ca_cert.as_deref()),
+        client_cert: tls_only(config.tls.client_cert.as_deref()),
+        client_key: tls_only(config.tls.client_key.as_ref().map(Secret::expose)),
         connect_timeout_ms: CONNECT_TIMEOUT_MS,
     }
-}
-
-fn tls_only(config: &Config, value: Option<String>) -> Option<String> {
-    value.filter(|_| config.broker.transport == Transport::Tls)
 }
 
 /// A connect option the host refused is a metadata problem: name the metadata field.
