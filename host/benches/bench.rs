@@ -76,8 +76,8 @@ fn main() {
         Settings {
             full,
             only,
-            runs: 5,
-            messages: 20_000,
+            runs: 7,
+            messages: 30_000,
             latency_samples: 2_000,
             cold_starts: 20,
         }
