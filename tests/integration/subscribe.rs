@@ -6,6 +6,38 @@ use rumqttc::QoS;
 
 use crate::support::{Mosquitto, Reader, Recorder, Subscriber, WAIT, meta, publish_all, unique};
 
+/// A QoS 1 binding session the broker keeps (fixed consumerID, cleanSession false) on a
+/// fresh topic, created by reading once and stopping: what is published next is queued.
+struct PersistentSession {
+    topic: String,
+    pairs: Vec<(&'static str, String)>,
+}
+
+impl PersistentSession {
+    async fn create(broker: &Mosquitto, prefix: &str) -> Self {
+        let topic = format!("{prefix}/{}", unique());
+        let pairs = vec![
+            ("url", broker.url()),
+            ("topic", topic.clone()),
+            ("qos", "1".into()),
+            ("consumerID", format!("{prefix}-{}", unique())),
+            ("cleanSession", "false".into()),
+        ];
+        let session = Self { topic, pairs };
+        let (recorder, _) = Recorder::failing(0);
+        Reader::start(&session.metadata(), recorder)
+            .await
+            .stop()
+            .await
+            .expect("read ends cleanly");
+        session
+    }
+
+    fn metadata(&self) -> Vec<(&str, &str)> {
+        self.pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+}
+
 fn payloads(prefix: &str, n: usize) -> Vec<Vec<u8>> {
     (0..n)
         .map(|i| format!("{prefix}{i}").into_bytes())
@@ -181,25 +213,10 @@ async fn dead_letter_topic_receives_an_undeliverable_message_which_is_then_ackno
 #[tokio::test]
 async fn persistent_session_delivers_what_was_published_while_stopped_in_order() {
     let broker = Mosquitto::start();
-    let topic = format!("offline/{}", unique());
-    let client_id = format!("offline-{}", unique());
-    let metadata = [
-        ("url", broker.url()),
-        ("topic", topic.clone()),
-        ("qos", "1".into()),
-        ("consumerID", client_id),
-        ("cleanSession", "false".into()),
-    ];
-    let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (recorder, _) = Recorder::failing(0);
-    Reader::start(&metadata, recorder)
-        .await
-        .stop()
-        .await
-        .expect("read ends cleanly");
-
+    let session = PersistentSession::create(&broker, "offline").await;
+    let (topic, metadata) = (&session.topic, session.metadata());
     let sent = payloads("while-away-", 50);
-    publish_all(broker.port, &topic, QoS::AtLeastOnce, &sent).await;
+    publish_all(broker.port, topic, QoS::AtLeastOnce, &sent).await;
     let (recorder, mut accepted) = Recorder::failing(0);
     let reader = Reader::start(&metadata, recorder).await;
     for expected in &sent {
@@ -211,25 +228,11 @@ async fn persistent_session_delivers_what_was_published_while_stopped_in_order()
 #[tokio::test]
 async fn shutdown_delivers_nothing_more_and_the_session_redelivers_the_rest() {
     let broker = Mosquitto::start();
-    let topic = format!("batch/{}", unique());
-    let client_id = format!("batch-{}", unique());
-    let metadata = [
-        ("url", broker.url()),
-        ("topic", topic.clone()),
-        ("qos", "1".into()),
-        ("consumerID", client_id),
-        ("cleanSession", "false".into()),
-    ];
-    let metadata: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let (recorder, _) = Recorder::failing(0);
-    Reader::start(&metadata, recorder)
-        .await
-        .stop()
-        .await
-        .expect("read ends cleanly");
+    let session = PersistentSession::create(&broker, "batch").await;
+    let (topic, metadata) = (&session.topic, session.metadata());
     // Queued while away, so the binding takes them from the host several at a time.
     let sent = payloads("queued-", 20);
-    publish_all(broker.port, &topic, QoS::AtLeastOnce, &sent).await;
+    publish_all(broker.port, topic, QoS::AtLeastOnce, &sent).await;
 
     let (holding, _) = Recorder::holding_after(3);
     let reader = Reader::start(&metadata, holding.clone()).await;
