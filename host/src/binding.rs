@@ -103,6 +103,19 @@ impl Instance {
             .map_err(component_error)?;
         outcome.map_err(from_guest)
     }
+
+    /// `init` in a further instance of a binding whose first instance is initialised: same
+    /// metadata, so its warnings are not logged a second time.
+    async fn init_again(
+        &mut self,
+        app_id: &str,
+        metadata: &Vec<(String, String)>,
+    ) -> Result<(), BindingError> {
+        self.store.data_mut().repeating_init = true;
+        let outcome = self.init(app_id, metadata).await;
+        self.store.data_mut().repeating_init = false;
+        outcome
+    }
 }
 
 impl Binding {
@@ -148,7 +161,7 @@ impl Binding {
             Some(instance) => instance,
             None => {
                 let mut instance = self.runtime.instance(self.host.clone()).await?;
-                instance.init(&self.app_id, &self.metadata).await?;
+                instance.init_again(&self.app_id, &self.metadata).await?;
                 instance
             }
         };
@@ -201,7 +214,7 @@ impl Binding {
     /// [`EventHandler`] until [`Binding::shutdown`] (or [`Binding::close`]) is called.
     pub async fn read(&self) -> Result<(), BindingError> {
         let mut input = self.runtime.instance(self.host.clone()).await?;
-        input.init(&self.app_id, &self.metadata).await?;
+        input.init_again(&self.app_id, &self.metadata).await?;
         let Instance { store, exports } = &mut input;
         let outcome = exports
             .mqtt_binding_binding_binding()

@@ -160,6 +160,7 @@ impl RuntimeInner {
             table: ResourceTable::new(),
             limits,
             host: host.clone(),
+            repeating_init: false,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);

@@ -51,6 +51,9 @@ pub(crate) struct HostState {
     pub table: ResourceTable,
     pub limits: StoreLimits,
     pub host: Arc<BindingHost>,
+    /// Set while `init` runs in a further instance of the binding: the first instance has
+    /// already logged what `init` says about the metadata, so only errors are logged again.
+    pub repeating_init: bool,
 }
 
 impl WasiView for HostState {
@@ -66,6 +69,7 @@ impl WasiView for HostState {
 pub(crate) struct HostView<'a> {
     host: &'a BindingHost,
     table: &'a mut ResourceTable,
+    repeating_init: bool,
 }
 
 impl HostView<'_> {
@@ -73,6 +77,7 @@ impl HostView<'_> {
         HostView {
             host: &state.host,
             table: &mut state.table,
+            repeating_init: state.repeating_init,
         }
     }
 }
@@ -287,6 +292,9 @@ impl delivery::Host for HostView<'_> {
 
 impl logging::Host for HostView<'_> {
     async fn log(&mut self, level: logging::Level, message: String) -> wasmtime::Result<()> {
+        if self.repeating_init && !matches!(level, logging::Level::Error) {
+            return Ok(());
+        }
         let binding = &self.host.name;
         match level {
             logging::Level::Trace => tracing::trace!(binding, "{message}"),

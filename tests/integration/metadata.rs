@@ -109,3 +109,71 @@ async fn secrets_never_appear_in_errors() {
         );
     }
 }
+
+/// Collects what the host logs on this thread (tokio tests run their tasks on it).
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_metadata_warning_is_logged_once_whatever_the_instances() {
+    let broker = crate::support::Mosquitto::start();
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+
+    let ca = crate::support::Authority::new("unused CA").pem();
+    let binding = std::sync::Arc::new(
+        binding(&[
+            ("url", &broker.url()),
+            ("topic", "warn/once"),
+            ("qos", "1"),
+            ("caCert", &ca),
+        ])
+        .await
+        .expect("a warning, not an error"),
+    );
+    // At QoS 1 each invoke waits for its PUBACK, so the binding makes more output instances,
+    // each running `init`; the log shows each one joining the connection.
+    let mut invokes = tokio::task::JoinSet::new();
+    for _ in 0..16 {
+        let binding = binding.clone();
+        invokes.spawn(async move {
+            let request = mqtt_binding::InvokeRequest {
+                operation: "create".into(),
+                data: b"x".to_vec(),
+                metadata: vec![],
+            };
+            binding.invoke(request).await
+        });
+    }
+    while let Some(outcome) = invokes.join_next().await {
+        outcome.expect("the task ran").expect("invoke");
+    }
+    binding.close().await;
+
+    let log = String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8");
+    assert!(
+        log.contains("joining the binding's connection"),
+        "more than one instance ran `init`:\n{log}"
+    );
+    assert_eq!(
+        log.matches("is not a TLS url").count(),
+        1,
+        "logged once, by the first instance:\n{log}"
+    );
+}
