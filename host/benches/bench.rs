@@ -165,12 +165,15 @@ async fn output_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
             reference: Vec::new(),
             higher_is_better: true,
         };
+        let mut cpu = cpu_row(&row.figure, "rumqttc");
         for _ in 0..settings.runs {
             let binding = output_rate(broker, qos, size, messages).await;
-            row.binding.push(binding);
-            versus_pub.binding.push(binding);
-            row.reference
-                .push(rumqttc_output_rate(broker, qos, size, messages).await);
+            let reference = rumqttc_output_rate(broker, qos, size, messages).await;
+            row.binding.push(binding.rate);
+            versus_pub.binding.push(binding.rate);
+            row.reference.push(reference.rate);
+            cpu.binding.push(binding.cpu_per_message);
+            cpu.reference.push(reference.cpu_per_message);
             if size <= 1024 {
                 versus_pub
                     .reference
@@ -181,8 +184,21 @@ async fn output_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
         if size <= 1024 {
             rows.push(versus_pub);
         }
+        rows.push(cpu);
     }
     rows
+}
+
+/// The CPU row that goes with a throughput row.
+fn cpu_row(figure: &str, reference: &str) -> Row {
+    Row {
+        figure: format!("{figure}: CPU per message, benchmark thread"),
+        unit: "µs",
+        binding: Vec::new(),
+        reference_name: reference.into(),
+        reference: Vec::new(),
+        higher_is_better: false,
+    }
 }
 
 async fn latency_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
@@ -238,13 +254,58 @@ async fn input_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
             reference: Vec::new(),
             higher_is_better: true,
         };
+        let mut cpu = cpu_row(&row.figure, "raw rumqttc subscriber");
         for _ in 0..settings.runs {
-            row.binding.push(binding_rate(broker, qos, n).await);
-            row.reference.push(raw_rate(broker, qos, n).await);
+            let binding = binding_rate(broker, qos, n).await;
+            let reference = raw_rate(broker, qos, n).await;
+            row.binding.push(binding.rate);
+            row.reference.push(reference.rate);
+            cpu.binding.push(binding.cpu_per_message);
+            cpu.reference.push(reference.cpu_per_message);
         }
         rows.push(row);
+        rows.push(cpu);
     }
     rows
+}
+
+/// One timed throughput run.
+struct Run {
+    rate: f64,
+    /// CPU time of the benchmark thread over the run, per message, in µs.
+    cpu_per_message: f64,
+}
+
+/// Starts timing a run: wall clock, and the CPU time of this thread. The benchmark runs on a
+/// current-thread runtime, so this thread does all the client's work: the component, the
+/// host, rumqttc and the kernel's side of its sockets (mosquitto is another process).
+struct Timer {
+    started: Instant,
+    cpu: Duration,
+}
+
+impl Timer {
+    fn start() -> Self {
+        Self {
+            started: Instant::now(),
+            cpu: thread_cpu(),
+        }
+    }
+
+    fn stop(&self, messages: usize) -> Run {
+        let elapsed = self.started.elapsed();
+        let cpu = thread_cpu().saturating_sub(self.cpu);
+        Run {
+            rate: messages as f64 / elapsed.as_secs_f64(),
+            cpu_per_message: cpu.as_secs_f64() * 1e6 / messages as f64,
+        }
+    }
+}
+
+fn thread_cpu() -> Duration {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .expect("the thread's CPU clock")
 }
 
 async fn start_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
@@ -549,10 +610,10 @@ async fn output_binding(broker: &Mosquitto, qos: QoS) -> Arc<Binding> {
 
 /// Many invokes in flight through one binding, once the connection is open and every
 /// instance of the output pool is made (steady state; cold start is a figure of its own).
-async fn output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize) -> f64 {
+async fn output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize) -> Run {
     let binding = output_binding(broker, qos).await;
     invoke_in_parallel(&binding, 1, size).await;
-    let started = Instant::now();
+    let timer = Timer::start();
     invoke_in_parallel(&binding, messages / IN_FLIGHT, size).await;
     if qos == QoS::AtMostOnce {
         // Until the broker has them all: MQTT keeps a connection's packets in order, so
@@ -564,9 +625,9 @@ async fn output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize)
         };
         binding.invoke(marker).await.expect("final QoS 1 invoke");
     }
-    let elapsed = started.elapsed();
+    let run = timer.stop((messages / IN_FLIGHT) * IN_FLIGHT);
     binding.close().await;
-    ((messages / IN_FLIGHT) * IN_FLIGHT) as f64 / elapsed.as_secs_f64()
+    run
 }
 
 /// IN_FLIGHT tasks, each invoking `count` times in a row.
@@ -591,7 +652,7 @@ async fn invoke_in_parallel(binding: &Arc<Binding>, count: usize, size: usize) {
 /// rumqttc alone with the same number in flight, until every publish is acknowledged (QoS 1)
 /// or, at QoS 0, until the broker has read them all (as for the binding: a QoS 1 publish
 /// after them is acknowledged).
-async fn rumqttc_output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize) -> f64 {
+async fn rumqttc_output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize) -> Run {
     let messages = (messages / IN_FLIGHT) * IN_FLIGHT;
     let mut options = MqttOptions::new(
         format!("bench-raw-out-{}", unique()),
@@ -609,7 +670,7 @@ async fn rumqttc_output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages
         rumqttc::Event::Incoming(Packet::ConnAck(_))
     ) {}
     let topic = format!("bench/raw/{}", unique());
-    let started = Instant::now();
+    let timer = Timer::start();
     let sender = tokio::spawn(async move {
         for _ in 0..messages {
             client
@@ -634,10 +695,10 @@ async fn rumqttc_output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages
             acks_due -= 1;
         }
     }
-    let elapsed = started.elapsed();
+    let run = timer.stop(messages);
     let client = sender.await.expect("sender");
     let _ = client.try_disconnect();
-    messages as f64 / elapsed.as_secs_f64()
+    run
 }
 
 /// `mosquitto_pub -l` fed the same number of lines, as a whole process.
@@ -843,7 +904,7 @@ impl EventHandler for Count {
     }
 }
 
-async fn binding_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> f64 {
+async fn binding_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> Run {
     let client_id = format!("bench-binding-{}", unique());
     let topic = preload(broker, qos, messages, &client_id).await;
     let count = Arc::new(Count {
@@ -869,27 +930,27 @@ async fn binding_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> f64 {
         handler: Some(count.clone()),
     };
     let runtime = runtime();
-    let started = Instant::now();
+    let timer = Timer::start();
     let binding = runtime.binding(options).await.expect("binding");
     let reading = binding.read();
     let timed = async {
         tokio::time::timeout(Duration::from_secs(300), count.done.notified())
             .await
             .expect("all delivered");
-        let elapsed = started.elapsed();
+        let run = timer.stop(messages);
         binding.shutdown();
-        elapsed
+        run
     };
-    let (read, elapsed) = tokio::join!(reading, timed);
+    let (read, run) = tokio::join!(reading, timed);
     read.expect("read ends cleanly");
     binding.close().await;
-    messages as f64 / elapsed.as_secs_f64()
+    run
 }
 
-async fn raw_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> f64 {
+async fn raw_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> Run {
     let client_id = format!("bench-raw-{}", unique());
     let topic = preload(broker, qos, messages, &client_id).await;
-    let started = Instant::now();
+    let timer = Timer::start();
     let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.port);
     options.set_clean_session(false).set_manual_acks(true);
     let (client, mut eventloop) = AsyncClient::new(options, messages + 16);
@@ -909,7 +970,7 @@ async fn raw_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> f64 {
             Err(error) => panic!("raw subscriber: {error}"),
         }
     }
-    let elapsed = started.elapsed();
+    let run = timer.stop(messages);
     client.disconnect().await.expect("disconnect");
-    messages as f64 / elapsed.as_secs_f64()
+    run
 }
