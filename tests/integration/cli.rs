@@ -37,6 +37,12 @@ async fn run(args: &[&str]) -> Output {
         .expect("mqtt-binding runs")
 }
 
+/// `mqtt-binding invoke --component FILE --data DATA`.
+async fn invoke(file: &Path, data: &str) -> Output {
+    let file = file.to_str().expect("utf-8 path");
+    run(&["invoke", "--component", file, "--data", data]).await
+}
+
 /// mosquitto_sub waiting for one message; returns once the broker has its subscription.
 async fn mosquitto_sub(broker: &Mosquitto, extra: &[&str], topic: &str) -> tokio::process::Child {
     let id = format!("mosquitto-sub-{}", unique());
@@ -82,14 +88,7 @@ async fn invoke_publishes_over_tcp_to_mosquitto_sub() {
         &[("url", &broker.url()), ("topic", &topic), ("qos", "1")],
     );
     let sub = mosquitto_sub(&broker, &["-p", &broker.port.to_string()], &topic).await;
-    let output = run(&[
-        "invoke",
-        "--component",
-        file.to_str().expect("utf-8 path"),
-        "--data",
-        "hello from the cli",
-    ])
-    .await;
+    let output = invoke(&file, "hello from the cli").await;
     assert!(
         output.status.success(),
         "exit {}; stderr: {}",
@@ -190,14 +189,7 @@ async fn invoke_reports_an_unreachable_broker_and_exits_nonzero() {
             ("topic", "t"),
         ],
     );
-    let output = run(&[
-        "invoke",
-        "--component",
-        file.to_str().expect("path"),
-        "--data",
-        "x",
-    ])
-    .await;
+    let output = invoke(&file, "x").await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(
@@ -219,14 +211,7 @@ async fn invoke_reports_bad_metadata_naming_the_field() {
             ("qos", "7"),
         ],
     );
-    let output = run(&[
-        "invoke",
-        "--component",
-        file.to_str().expect("path"),
-        "--data",
-        "x",
-    ])
-    .await;
+    let output = invoke(&file, "x").await;
     assert!(!output.status.success());
     assert_eq!(
         String::from_utf8_lossy(&output.stderr),
@@ -243,14 +228,7 @@ async fn invoke_refuses_a_file_without_an_mqtt_binding() {
         "kind: Component\nmetadata: {name: s}\nspec: {type: state.redis, version: v1}\n",
     )
     .expect("write");
-    let output = run(&[
-        "invoke",
-        "--component",
-        file.to_str().expect("path"),
-        "--data",
-        "x",
-    ])
-    .await;
+    let output = invoke(&file, "x").await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

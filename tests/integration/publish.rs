@@ -226,7 +226,7 @@ async fn concurrent_invokes_on_one_binding_all_arrive() {
 }
 
 #[tokio::test]
-async fn qos0_invokes_return_when_queued_and_go_out_before_the_disconnect() {
+async fn qos0_invokes_all_go_out_in_order_before_the_disconnect() {
     let broker = Mosquitto::start();
     let topic = format!("qos0/{}", unique());
     let mut subscriber = Subscriber::start(broker.port, &topic).await;

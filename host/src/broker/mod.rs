@@ -205,19 +205,11 @@ impl Connection {
         if qos == QoS::AtMostOnce {
             // Usually queued at once, without suspending the caller: no waiter, no task
             // switch (see docs/BENCHMARKS.md).
-            return match tokio::time::timeout_at(
-                deadline,
-                shared.client.publish(topic, qos, retain, payload),
-            )
-            .await
-            {
-                Err(_) => Err(BrokerError::Timeout("the request queue stayed full".into())),
-                Ok(Err(e)) => Err(BrokerError::Other(format!("publish not queued: {e}"))),
-                Ok(Ok(())) => Ok(()),
-            };
+            let queued = shared.client.publish(topic, qos, retain, payload);
+            return queued_by(deadline, queued).await;
         }
         let (tx, rx) = oneshot::channel();
-        let queued = tokio::time::timeout_at(deadline, async {
+        let queued = async {
             let _order = shared.send_order.lock().await;
             shared.acks().queued(tx);
             let sent = shared.client.publish(topic, qos, retain, payload).await;
@@ -225,21 +217,9 @@ impl Connection {
                 shared.acks().unqueued();
             }
             sent
-        })
-        .await;
-        match queued {
-            Err(_) => return Err(BrokerError::Timeout("the request queue stayed full".into())),
-            Ok(Err(e)) => return Err(BrokerError::Other(format!("publish not queued: {e}"))),
-            Ok(Ok(())) => {}
-        }
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(BrokerError::Closed),
-            Err(_) => Err(BrokerError::Timeout(format!(
-                "no acknowledgement from the broker within {} ms",
-                timeout.as_millis()
-            ))),
-        }
+        };
+        queued_by(deadline, queued).await?;
+        answered_by(deadline, rx, "acknowledgement from the broker", timeout).await
     }
 
     /// Subscribes and waits for the SUBACK, at most `timeout`. The subscription is renewed
@@ -272,14 +252,8 @@ impl Connection {
                 return Err(BrokerError::Other(format!("subscribe not queued: {error}")));
             }
         }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Err(BrokerError::Closed),
-            Err(_) => Err(BrokerError::Timeout(format!(
-                "no SUBACK within {} ms",
-                timeout.as_millis()
-            ))),
-        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        answered_by(deadline, rx, "SUBACK", timeout).await
     }
 
     /// Waits up to `timeout` for a message, then takes the messages waiting, at most `max`
@@ -405,6 +379,36 @@ impl Shared {
                 tracing::error!(connection = %self.label, filter, "cannot renew the subscription: {error}");
             }
         }
+    }
+}
+
+/// Queues a request with rumqttc, waiting for room in its channel until `deadline`.
+async fn queued_by(
+    deadline: tokio::time::Instant,
+    queued: impl Future<Output = Result<(), rumqttc::ClientError>>,
+) -> Result<(), BrokerError> {
+    match tokio::time::timeout_at(deadline, queued).await {
+        Err(_) => Err(BrokerError::Timeout("the request queue stayed full".into())),
+        Ok(Err(e)) => Err(BrokerError::Other(format!("request not queued: {e}"))),
+        Ok(Ok(())) => Ok(()),
+    }
+}
+
+/// Waits until `deadline` for the event loop's answer to a request; on timeout, says which
+/// `answer` did not come within `timeout`.
+async fn answered_by(
+    deadline: tokio::time::Instant,
+    rx: oneshot::Receiver<Result<(), BrokerError>>,
+    answer: &str,
+    timeout: Duration,
+) -> Result<(), BrokerError> {
+    match tokio::time::timeout_at(deadline, rx).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => Err(BrokerError::Closed),
+        Err(_) => Err(BrokerError::Timeout(format!(
+            "no {answer} within {} ms",
+            timeout.as_millis()
+        ))),
     }
 }
 
