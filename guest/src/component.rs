@@ -36,8 +36,6 @@ use bindings::mqtt_binding::binding::{lifecycle, types};
 /// How long `connect` waits for CONNACK, and each publish for its acknowledgement.
 const CONNECT_TIMEOUT_MS: u32 = 10_000;
 const PUBLISH_TIMEOUT_MS: u32 = 10_000;
-/// MQTT keep-alive (SPEC.md, "Connection").
-const KEEP_ALIVE_SECS: u16 = 30;
 /// How long `subscribe` waits for SUBACK, and how long to wait before trying again.
 const SUBSCRIBE_TIMEOUT_MS: u32 = 10_000;
 const SUBSCRIBE_RETRY_MS: u32 = 1_000;
@@ -300,6 +298,9 @@ fn sleep(wait: std::time::Duration) -> bool {
     lifecycle::sleep(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX))
 }
 
+/// The WIT's rule: `unreachable` and `timeout` may succeed if retried, and a publish that
+/// failed with either was not sent, so retrying it makes no second copy. `unconfirmed` is
+/// not retried: the broker may already have the message.
 fn is_retryable(error: &broker::Error) -> bool {
     matches!(
         error,
@@ -323,7 +324,7 @@ fn connect_options<'a>(config: &'a Config) -> ConnectOptions<'a> {
         username: broker.username.as_deref(),
         password: broker.password.as_ref().map(Secret::expose),
         clean_session: config.clean_session,
-        keep_alive_secs: KEEP_ALIVE_SECS,
+        keep_alive_secs: config.keep_alive_secs,
         ca_cert: tls_only(config.tls.ca_cert.as_deref()),
         client_cert: tls_only(config.tls.client_cert.as_deref()),
         client_key: tls_only(config.tls.client_key.as_ref().map(Secret::expose)),

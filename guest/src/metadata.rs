@@ -29,6 +29,7 @@ pub mod field {
     pub const BACK_OFF_MAX_RETRIES: &str = "backOffMaxRetries";
     pub const BACK_OFF_INTERVAL: &str = "backOffInterval";
     pub const DEAD_LETTER_TOPIC: &str = "deadLetterTopic";
+    pub const KEEP_ALIVE: &str = "keepAlive";
 }
 
 /// Names that belong to the host (Dapr's runtime reads them, not the component).
@@ -39,6 +40,11 @@ const UUID_TAG: &str = "{uuid}";
 
 /// The wait between delivery attempts of the input binding (SPEC.md, "Input binding").
 const DEFAULT_BACK_OFF_INTERVAL: Duration = Duration::from_secs(5);
+
+/// MQTT keep-alive: how often the client makes itself heard when idle (SPEC.md,
+/// "Connection"). MQTT carries it in whole seconds, 1 to 65535 (0, "never", is refused: a
+/// dead connection would then go unnoticed while idle).
+const DEFAULT_KEEP_ALIVE_SECS: u16 = 30;
 
 /// A validated binding configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +57,8 @@ pub struct Config {
     pub qos: Qos,
     pub retain: bool,
     pub clean_session: bool,
+    /// MQTT keep-alive, in seconds (1 to 65535).
+    pub keep_alive_secs: u16,
     pub tls: Tls,
     /// Retry policy for failed deliveries of the input binding.
     pub delivery_backoff: Backoff,
@@ -264,6 +272,10 @@ pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, Meta
     };
     let retain = parse_optional_bool(&mut fields, field::RETAIN, false)?;
     let clean_session = parse_optional_bool(&mut fields, field::CLEAN_SESSION, true)?;
+    let keep_alive_secs = match fields.optional(field::KEEP_ALIVE) {
+        Some(value) => parse_keep_alive(&value)?,
+        None => DEFAULT_KEEP_ALIVE_SECS,
+    };
     let tls = parse_tls(&mut fields)?;
     if broker.transport == Transport::Tcp
         && (tls.ca_cert.is_some() || tls.client_cert.is_some() || tls.client_key.is_some())
@@ -313,6 +325,7 @@ pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, Meta
         qos,
         retain,
         clean_session,
+        keep_alive_secs,
         tls,
         delivery_backoff,
         dead_letter_topic,
@@ -383,6 +396,27 @@ fn parse_interval(value: &str) -> Result<Duration, MetadataError> {
         ));
     }
     Ok(interval)
+}
+
+/// Parses a keep-alive: whole seconds (`30`) or a duration (`30s`, `1m`), 1 s to 65535 s.
+fn parse_keep_alive(value: &str) -> Result<u16, MetadataError> {
+    const EXPECTED: &str = "a keep-alive of 1 to 65535 whole seconds, such as 30, 30s or 1m";
+    let trimmed = value.trim();
+    let secs = match trimmed.parse::<u64>() {
+        Ok(secs) => secs,
+        Err(_) => {
+            let duration = humantime::parse_duration(trimmed)
+                .map_err(|_| MetadataError::expected(field::KEEP_ALIVE, EXPECTED, value))?;
+            if duration.subsec_nanos() != 0 {
+                return Err(MetadataError::expected(field::KEEP_ALIVE, EXPECTED, value));
+            }
+            duration.as_secs()
+        }
+    };
+    match u16::try_from(secs) {
+        Ok(secs) if secs >= 1 => Ok(secs),
+        _ => Err(MetadataError::expected(field::KEEP_ALIVE, EXPECTED, value)),
+    }
 }
 
 /// Parses the broker URL: scheme, host, port (with the scheme's default), credentials.
@@ -959,5 +993,28 @@ mod tests {
             !debug.contains("hunter2") && !debug.contains("MIGHAgEA"),
             "{debug}"
         );
+    }
+
+    #[test]
+    fn keep_alive_defaults_to_30s_and_takes_seconds_or_durations() {
+        let keep_alive =
+            |pairs: &[(&str, &str)]| parse("a", &with(pairs)).map(|c| c.keep_alive_secs);
+        assert_eq!(keep_alive(&[]), Ok(30));
+        assert_eq!(keep_alive(&[("keepAlive", "1")]), Ok(1));
+        assert_eq!(keep_alive(&[("keepAlive", "65535")]), Ok(65535));
+        assert_eq!(keep_alive(&[("keepAlive", "2m")]), Ok(120));
+        assert_eq!(keep_alive(&[("KEEPALIVE", " 45s ")]), Ok(45));
+    }
+
+    #[test]
+    fn keep_alive_out_of_range_or_fractional_is_refused() {
+        for value in ["0", "65536", "1.5s", "500ms", "-1", "soon"] {
+            assert_eq!(
+                error_of(&with(&[("keepAlive", value)])),
+                format!(
+                    r#"metadata field "keepAlive": expected a keep-alive of 1 to 65535 whole seconds, such as 30, 30s or 1m, got {value:?}"#
+                ),
+            );
+        }
     }
 }

@@ -25,7 +25,9 @@ impl Field {
     }
 }
 
-/// Why a broker operation failed. `Unreachable`, `Timeout` and `Closed` may succeed later.
+/// Why a broker operation failed. `Unreachable` and `Timeout` may succeed if retried; a
+/// publish that failed with either was not sent. `Unconfirmed` means a publish was sent and
+/// its acknowledgement did not come: the broker may have it, so it is not retried.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
     #[error("connect option {field}: {reason}")]
@@ -38,6 +40,8 @@ pub enum BrokerError {
     NotAuthorized(String),
     #[error("timed out: {0}")]
     Timeout(String),
+    #[error("the broker may have the message, but did not confirm it: {0}")]
+    Unconfirmed(String),
     #[error("too large: {0}")]
     TooLarge(String),
     #[error("the connection is closed because the binding is shutting down")]

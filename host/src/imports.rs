@@ -13,7 +13,7 @@ use wasmtime::component::{HasData, Resource, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::mqtt_binding::binding::{broker, delivery, lifecycle, logging, types};
-use crate::broker::{BrokerSettings, ConnectOptions, Connection};
+use crate::broker::{BrokerSettings, ConnectOptions, Connection, PublishRequest};
 use crate::error::BrokerError;
 
 /// One event for the application.
@@ -99,6 +99,7 @@ fn to_wit(error: BrokerError) -> broker::Error {
         BrokerError::Tls(s) => broker::Error::Tls(s),
         BrokerError::NotAuthorized(s) => broker::Error::NotAuthorized(s),
         BrokerError::Timeout(s) => broker::Error::Timeout(s),
+        BrokerError::Unconfirmed(s) => broker::Error::Unconfirmed(s),
         BrokerError::TooLarge(s) => broker::Error::TooLarge(s),
         BrokerError::Closed => broker::Error::Closed,
         BrokerError::Other(s) => broker::Error::Other(s),
@@ -116,6 +117,7 @@ pub(crate) fn from_wit(error: broker::Error) -> BrokerError {
         broker::Error::Tls(s) => BrokerError::Tls(s),
         broker::Error::NotAuthorized(s) => BrokerError::NotAuthorized(s),
         broker::Error::Timeout(s) => BrokerError::Timeout(s),
+        broker::Error::Unconfirmed(s) => BrokerError::Unconfirmed(s),
         broker::Error::TooLarge(s) => BrokerError::TooLarge(s),
         broker::Error::Closed => BrokerError::Closed,
         broker::Error::Other(s) => BrokerError::Other(s),
@@ -193,9 +195,13 @@ impl broker::HostConnection for HostView<'_> {
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<(), broker::Error>> {
         let connection = self.table.get(&connection)?;
-        let outcome = connection
-            .publish(topic, payload, qos(level), retain, millis(timeout_ms))
-            .await;
+        let request = PublishRequest {
+            topic,
+            payload: payload.into(),
+            qos: qos(level),
+            retain,
+        };
+        let outcome = connection.publish(request, millis(timeout_ms)).await;
         Ok(outcome.map_err(to_wit))
     }
 
@@ -231,7 +237,7 @@ impl broker::HostConnection for HostView<'_> {
                 .map(|m| broker::Message {
                     id: m.id,
                     topic: m.topic,
-                    payload: m.payload,
+                    payload: m.payload.into(),
                     qos: wit_qos(m.qos),
                     retained: m.retain,
                     duplicate: m.duplicate,

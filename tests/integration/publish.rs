@@ -119,6 +119,7 @@ async fn payload_at_the_limit_passes_one_byte_over_is_rejected() {
     let runtime = runtime_with(RuntimeOptions {
         broker: BrokerSettings {
             max_payload_bytes: limit,
+            ..BrokerSettings::default()
         },
         ..RuntimeOptions::default()
     });

@@ -1,37 +1,44 @@
-//! One MQTT connection over rumqttc: the client handle, its event-loop task (connect,
-//! reconnect with backoff, re-subscribe), and the calls the component makes on it. What it
-//! may ask is in `wit/binding.wit` (`broker.connection`); turning WIT values into these calls
-//! is left to `imports`, and the bookkeeping that pairs packets with their answers to
-//! `tracking`.
+//! One MQTT connection: the handle the imports call (`Connection`), shared by every
+//! instance of a binding. The connection task that owns the socket is `driver`; the
+//! network connection itself is `link`; which request an answer belongs to is `outbox`'s,
+//! and received messages are `inbox`'s. Turning WIT values into these calls is left to
+//! `imports`.
+//!
+//! rumqttc provides the MQTT 3.1.1 codec. Its event loop is not used: it assigns packet
+//! ids itself and reports writes through an event queue that outlives a lost connection,
+//! so a request's acknowledgement could only be inferred. Here the connection task assigns
+//! every packet id and owns the socket, so an answer is paired with the packet that
+//! carried it by construction (see `outbox` for the invariants).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use rumqttc::{
-    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, MqttOptions, Outgoing,
-    Packet, QoS, Request, SubscribeReasonCode, TlsConfiguration, Transport,
-};
-use tokio::sync::oneshot;
+use bytes::Bytes;
+use rumqttc::{Connect, Publish, QoS};
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::{BrokerError, Field};
 use crate::tls;
 
-mod tracking;
+mod driver;
+mod inbox;
+mod link;
+mod outbox;
 
-pub use tracking::Message;
-use tracking::{AckMatcher, Inbox, Settled, Subscriptions};
+use driver::{Command, Driver, Timing};
+pub use inbox::Message;
+use inbox::{Inbox, Settled};
+use link::Endpoint;
+use outbox::{Job, Outbox, Ticket};
 
-/// Reconnect backoff (SPEC.md, "Connection"): from 1 s, doubling, up to 60 s.
-const RECONNECT_FIRST: Duration = Duration::from_secs(1);
-const RECONNECT_MAX: Duration = Duration::from_secs(60);
-/// How long a clean disconnect may take before the connection is simply dropped.
-const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Requests queued towards the event loop before `publish` waits for room.
-const REQUEST_CHANNEL_CAPACITY: usize = 1024;
+/// How long `disconnect` waits for the connection task to say goodbye.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(3);
+/// Commands queued towards the connection task before callers wait for room.
+const COMMAND_CAPACITY: usize = 1024;
 /// MQTT fixed header (up to 5 bytes), topic length prefix and packet id, on top of topic and
-/// payload: the size rumqttc checks against its outgoing limit.
+/// payload.
 const PUBLISH_OVERHEAD: usize = 5 + 2 + 65_535 + 2;
 
 /// Host-wide limits and behaviour for broker connections.
@@ -39,12 +46,21 @@ const PUBLISH_OVERHEAD: usize = 5 + 2 + 65_535 + 2;
 pub struct BrokerSettings {
     /// Largest payload accepted by `publish`, in bytes.
     pub max_payload_bytes: u32,
+    /// Most QoS 1/2 publishes written and not yet acknowledged, per connection; more wait
+    /// their turn.
+    pub max_in_flight: u16,
+    /// How long the broker may stay silent while it owes an answer (an acknowledgement, a
+    /// SUBACK, a PINGRESP) before the connection is declared dead and reconnected. Keep it
+    /// below the component's publish timeout (10 s), so that a dead link is found first.
+    pub response_timeout: Duration,
 }
 
 impl Default for BrokerSettings {
     fn default() -> Self {
         Self {
             max_payload_bytes: 16 * 1024 * 1024,
+            max_in_flight: 128,
+            response_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -75,32 +91,49 @@ impl std::fmt::Debug for ConnectOptions {
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .field("clean_session", &self.clean_session)
+            .field("keep_alive", &self.keep_alive)
             .finish_non_exhaustive()
     }
 }
 
-/// An open connection. Clones share it; when the last clone is dropped the event loop
-/// stops. [`Connection::disconnect`] first sends DISCONNECT.
+/// One publish, as the component asked for it.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: QoS,
+    pub retain: bool,
+}
+
+/// The state of a connection, for health and metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkStatus {
+    pub connected: bool,
+    /// When the connection last came up, or was last lost.
+    pub since: SystemTime,
+    /// Why the last connection was lost, or the last reconnect failed.
+    pub last_error: Option<String>,
+}
+
+/// An open connection. Clones share it; when the last clone is dropped the connection
+/// task stops. [`Connection::disconnect`] first sends DISCONNECT.
 #[derive(Debug, Clone)]
 pub struct Connection {
     shared: Arc<Shared>,
-    // Held for its `Drop`: the event loop ends with the last clone.
-    _task: Arc<AbortOnDrop>,
+    commands: mpsc::Sender<Command>,
+    // Held for its `Drop`: the connection task ends with the last clone.
+    task: Arc<AbortOnDrop>,
 }
 
 #[derive(Debug)]
-struct Shared {
-    client: AsyncClient,
-    acks: Mutex<AckMatcher>,
-    subscriptions: Mutex<Subscriptions>,
+pub(crate) struct Shared {
     inbox: Mutex<Inbox>,
     /// Woken when the inbox gets a message or the connection closes.
     arrived: tokio::sync::Notify,
-    /// Serialises "queue a waiter, then queue the request" so both queues keep one order.
-    send_order: tokio::sync::Mutex<()>,
     connected: AtomicBool,
     closing: AtomicBool,
-    /// Becomes `true` when the event-loop task has ended, however it ended.
+    status: Mutex<LinkStatus>,
+    /// Becomes `true` when the connection task has ended, however it ended.
     done: tokio::sync::watch::Sender<bool>,
     /// Counts the subscriptions the broker has accepted (SUBACKs), renewals included.
     subscribed: tokio::sync::watch::Sender<u64>,
@@ -108,7 +141,7 @@ struct Shared {
     label: String,
 }
 
-/// Aborts the event-loop task when the connection goes away.
+/// Aborts the connection task when the connection goes away.
 #[derive(Debug)]
 struct AbortOnDrop(JoinHandle<()>);
 
@@ -126,53 +159,52 @@ impl Connection {
         settings: &BrokerSettings,
     ) -> Result<Self, BrokerError> {
         let label = format!("{}@{}:{}", options.client_id, options.host, options.port);
-        let connect_timeout = options.connect_timeout;
         let max_payload = settings.max_payload_bytes as usize;
-        let mqtt = mqtt_options(options, max_payload)?;
-        let (client, mut eventloop) = AsyncClient::new(mqtt, REQUEST_CHANNEL_CAPACITY);
-        // MQTT packets are small and latency-bound: do not let Nagle hold them back.
-        eventloop.network_options.set_tcp_nodelay(true);
-        eventloop
-            .network_options
-            .set_connection_timeout(connect_timeout.as_secs().max(1));
-
+        let keep_alive = options.keep_alive.max(Duration::from_secs(1));
+        let endpoint = endpoint(options, max_payload)?;
         let shared = Arc::new(Shared {
-            client,
-            acks: Mutex::new(AckMatcher::default()),
-            subscriptions: Mutex::new(Subscriptions::default()),
             inbox: Mutex::new(Inbox::default()),
             arrived: tokio::sync::Notify::new(),
-            send_order: tokio::sync::Mutex::new(()),
             connected: AtomicBool::new(false),
             closing: AtomicBool::new(false),
+            status: Mutex::new(LinkStatus {
+                connected: false,
+                since: SystemTime::now(),
+                last_error: None,
+            }),
             done: tokio::sync::watch::Sender::new(false),
             subscribed: tokio::sync::watch::Sender::new(0),
             max_payload,
             label,
         });
+        let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
+        let driver = Driver {
+            shared: shared.clone(),
+            commands: receiver,
+            endpoint,
+            outbox: Outbox::new(usize::from(settings.max_in_flight)),
+            timing: Timing {
+                keep_alive,
+                response_timeout: settings.response_timeout,
+            },
+            filters: Vec::new(),
+            generation: 0,
+        };
         let (first_tx, first_rx) = oneshot::channel();
-        // The event loop, and with it the inbox, runs from the first CONNACK on: messages of
-        // a persistent session that arrive before anyone subscribes are kept, not dropped.
-        let task = Arc::new(AbortOnDrop(tokio::spawn(run(
-            eventloop,
-            shared.clone(),
-            first_tx,
-        ))));
+        // The task, and with it the inbox, runs from the first CONNACK on: messages of a
+        // persistent session that arrive before anyone subscribes are kept, not dropped.
+        let task = Arc::new(AbortOnDrop(tokio::spawn(driver.run(first_tx))));
         let connection = Connection {
             shared,
-            _task: task,
+            commands,
+            task,
         };
-        match tokio::time::timeout(connect_timeout, first_rx).await {
-            Ok(Ok(Ok(()))) => Ok(connection),
-            Ok(Ok(Err(error))) => Err(error),
-            Ok(Err(_)) => Err(BrokerError::Other(
+        match first_rx.await {
+            Ok(Ok(())) => Ok(connection),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(BrokerError::Other(
                 "the connection task ended before connecting".into(),
             )),
-            Err(_) => Err(BrokerError::Timeout(format!(
-                "no CONNACK from {} within {} ms",
-                connection.shared.label,
-                connect_timeout.as_millis()
-            ))),
         }
     }
 
@@ -181,45 +213,68 @@ impl Connection {
         !self.shared.closing.load(Ordering::Acquire) && !*self.shared.done.borrow()
     }
 
+    /// Whether the connection is up, since when, and why it was last lost.
+    pub fn status(&self) -> LinkStatus {
+        lock(&self.shared.status).clone()
+    }
+
     /// Publishes and waits, at most `timeout`, for what the QoS calls for: at QoS 0 until the
-    /// request is queued (it is sent before anything queued later, DISCONNECT included); at
-    /// QoS 1 and 2 until the broker's PUBACK or PUBCOMP for this very packet.
+    /// request is queued (it is written before anything queued later, DISCONNECT included);
+    /// at QoS 1 and 2 until the broker's PUBACK or PUBCOMP for this very packet.
+    ///
+    /// A failure says whether the message may have reached the broker: `unconfirmed` when
+    /// it was written and no acknowledgement came; any other error means it was not
+    /// written and never will be.
     pub async fn publish(
         &self,
-        topic: String,
-        payload: Vec<u8>,
-        qos: QoS,
-        retain: bool,
+        request: PublishRequest,
         timeout: Duration,
     ) -> Result<(), BrokerError> {
         let shared = &self.shared;
-        if payload.len() > shared.max_payload {
+        if request.payload.len() > shared.max_payload {
             return Err(BrokerError::TooLarge(format!(
                 "payload of {} bytes is over the limit of {} bytes",
-                payload.len(),
+                request.payload.len(),
                 shared.max_payload
             )));
         }
         shared.usable()?;
         let deadline = tokio::time::Instant::now() + timeout;
-        if qos == QoS::AtMostOnce {
-            // Usually queued at once, without suspending the caller: no waiter, no task
-            // switch (see docs/BENCHMARKS.md).
-            let queued = shared.client.publish(topic, qos, retain, payload);
-            return queued_by(deadline, queued).await;
+        let mut publish = Publish::from_bytes(request.topic, request.qos, request.payload);
+        publish.retain = request.retain;
+        let ticket = Arc::new(Ticket::default());
+        if request.qos == QoS::AtMostOnce {
+            let job = Job {
+                publish,
+                ticket,
+                reply: None,
+            };
+            return self.send(Command::Publish(job), deadline).await;
         }
-        let (tx, rx) = oneshot::channel();
-        let queued = async {
-            let _order = shared.send_order.lock().await;
-            shared.acks().queued(tx);
-            let sent = shared.client.publish(topic, qos, retain, payload).await;
-            if sent.is_err() {
-                shared.acks().unqueued();
-            }
-            sent
+        let (reply, outcome) = oneshot::channel();
+        let job = Job {
+            publish,
+            ticket: ticket.clone(),
+            reply: Some(reply),
         };
-        queued_by(deadline, queued).await?;
-        answered_by(deadline, rx, "acknowledgement from the broker", timeout).await
+        self.send(Command::Publish(job), deadline).await?;
+        match tokio::time::timeout_at(deadline, outcome).await {
+            Ok(Ok(outcome)) => outcome,
+            // The connection task ended without answering.
+            Ok(Err(_)) if ticket.abandon() => Err(BrokerError::Closed),
+            Ok(Err(_)) => Err(BrokerError::Unconfirmed(
+                "the message was sent, but the connection closed before the broker acknowledged it"
+                    .into(),
+            )),
+            Err(_) if ticket.abandon() => Err(BrokerError::Timeout(format!(
+                "the message was not sent within {} ms (the connection was down or its in-flight window full); it will not be sent",
+                timeout.as_millis()
+            ))),
+            Err(_) => Err(BrokerError::Unconfirmed(format!(
+                "the message was sent, but no acknowledgement came within {} ms",
+                timeout.as_millis()
+            ))),
+        }
     }
 
     /// Subscribes and waits for the SUBACK, at most `timeout`. The subscription is renewed
@@ -230,30 +285,21 @@ impl Connection {
         qos: QoS,
         timeout: Duration,
     ) -> Result<(), BrokerError> {
-        let shared = &self.shared;
-        if shared.closing.load(Ordering::Acquire) {
+        if self.shared.closing.load(Ordering::Acquire) {
             return Err(BrokerError::Closed);
         }
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut subscriptions = shared.subscriptions();
-            subscriptions.record(&filter, qos);
-            if !shared.connected.load(Ordering::Acquire) {
-                return Err(BrokerError::Unreachable(format!(
-                    "not connected to {}; the subscription is made when it reconnects",
-                    shared.label
-                )));
-            }
-            // Under the same lock as the event loop's re-subscriptions, so that the order of
-            // waiters is the order of requests.
-            subscriptions.expect(Some(tx));
-            if let Err(error) = shared.client.try_subscribe(filter, qos) {
-                subscriptions.unexpect();
-                return Err(BrokerError::Other(format!("subscribe not queued: {error}")));
-            }
-        }
         let deadline = tokio::time::Instant::now() + timeout;
-        answered_by(deadline, rx, "SUBACK", timeout).await
+        let (reply, outcome) = oneshot::channel();
+        self.send(Command::Subscribe { filter, qos, reply }, deadline)
+            .await?;
+        match tokio::time::timeout_at(deadline, outcome).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Err(BrokerError::Closed),
+            Err(_) => Err(BrokerError::Timeout(format!(
+                "no SUBACK within {} ms",
+                timeout.as_millis()
+            ))),
+        }
     }
 
     /// Waits up to `timeout` for a message, then takes the messages waiting, at most `max`
@@ -287,8 +333,16 @@ impl Connection {
     /// connection is not acknowledged: its packet id may now name another message, and the
     /// broker sends it again anyway.
     pub async fn ack(&self, id: u64) -> Result<(), BrokerError> {
-        let publish = match self.shared.inbox().settle(id) {
-            Settled::Ack(publish) => publish,
+        let command = match self.shared.inbox().settle(id) {
+            Settled::Ack {
+                pkid,
+                qos,
+                generation,
+            } => Command::Ack {
+                pkid,
+                qos,
+                generation,
+            },
             Settled::Nothing => return Ok(()),
             Settled::Unknown => {
                 return Err(BrokerError::Other(format!(
@@ -296,11 +350,10 @@ impl Connection {
                 )));
             }
         };
-        self.shared
-            .client
-            .ack(&publish)
+        self.commands
+            .send(command)
             .await
-            .map_err(|e| BrokerError::Unreachable(format!("acknowledgement not queued: {e}")))
+            .map_err(|_| BrokerError::Closed)
     }
 
     /// Waits until the broker has accepted a subscription on this connection.
@@ -318,277 +371,120 @@ impl Connection {
     }
 
     /// Sends DISCONNECT (no UNSUBSCRIBE: a persistent session survives) after whatever is
-    /// already queued (acknowledgements included), waits briefly for the event loop to end,
-    /// and fails whatever still waits.
+    /// already queued (acknowledgements included), and waits briefly for the connection
+    /// task to end; every request still open is answered.
     pub async fn disconnect(&self) {
         let shared = &self.shared;
         shared.closing.store(true, Ordering::Release);
         shared.arrived.notify_waiters();
-        if shared.client.try_disconnect().is_ok() {
-            let mut done = shared.done.subscribe();
-            let _ = tokio::time::timeout(DISCONNECT_TIMEOUT, done.wait_for(|done| *done)).await;
+        let mut done = shared.done.subscribe();
+        let said_goodbye = async {
+            let _ = self.commands.send(Command::Disconnect).await;
+            let _ = done.wait_for(|done| *done).await;
+        };
+        if tokio::time::timeout(DISCONNECT_WAIT, said_goodbye)
+            .await
+            .is_err()
+        {
+            self.task.0.abort();
         }
-        shared.acks().fail_all(BrokerError::Closed);
-        shared.subscriptions().fail_all(BrokerError::Closed);
+    }
+
+    /// Hands a command to the connection task, waiting for room until `deadline`.
+    async fn send(
+        &self,
+        command: Command,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), BrokerError> {
+        let command = match self.commands.try_send(command) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(BrokerError::Closed),
+            Err(mpsc::error::TrySendError::Full(command)) => command,
+        };
+        match tokio::time::timeout_at(deadline, self.commands.send(command)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(BrokerError::Closed),
+            Err(_) => Err(BrokerError::Timeout(
+                "the connection's request queue stayed full; the request was not sent".into(),
+            )),
+        }
     }
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // None of these holds an invariant a panic elsewhere could break halfway.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Shared {
-    fn acks(&self) -> MutexGuard<'_, AckMatcher> {
-        // None of these holds an invariant a panic elsewhere could break halfway.
-        self.acks
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn subscriptions(&self) -> MutexGuard<'_, Subscriptions> {
-        self.subscriptions
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
     fn inbox(&self) -> MutexGuard<'_, Inbox> {
-        self.inbox
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.inbox)
     }
 
-    /// Refuses work when closing, and while reconnecting: a request queued then would still
-    /// be sent after its caller was told it failed.
+    /// Refuses work when closing, and while reconnecting: a request queued then would wait
+    /// for a connection its caller knows nothing of.
     fn usable(&self) -> Result<(), BrokerError> {
         if self.closing.load(Ordering::Acquire) {
             return Err(BrokerError::Closed);
         }
         if !self.connected.load(Ordering::Acquire) {
             return Err(BrokerError::Unreachable(format!(
-                "not connected to {}; reconnecting",
+                "not connected to {}, reconnecting; the message was not sent",
                 self.label
             )));
         }
         Ok(())
     }
 
-    /// After a reconnect: renew every subscription.
-    fn resubscribe(&self) {
-        let mut subscriptions = self.subscriptions();
-        let filters = subscriptions.filters();
-        for (filter, qos) in filters {
-            subscriptions.expect(None);
-            if let Err(error) = self.client.try_subscribe(filter.clone(), qos) {
-                subscriptions.unexpect();
-                tracing::error!(connection = %self.label, filter, "cannot renew the subscription: {error}");
-            }
+    fn set_connected(&self) {
+        self.connected.store(true, Ordering::Release);
+        let mut status = lock(&self.status);
+        status.connected = true;
+        status.since = SystemTime::now();
+    }
+
+    fn set_lost(&self, error: &BrokerError) {
+        self.connected.store(false, Ordering::Release);
+        let mut status = lock(&self.status);
+        if status.connected {
+            status.since = SystemTime::now();
         }
+        status.connected = false;
+        status.last_error = Some(error.to_string());
     }
 }
 
-/// Queues a request with rumqttc, waiting for room in its channel until `deadline`.
-async fn queued_by(
-    deadline: tokio::time::Instant,
-    queued: impl Future<Output = Result<(), rumqttc::ClientError>>,
-) -> Result<(), BrokerError> {
-    match tokio::time::timeout_at(deadline, queued).await {
-        Err(_) => Err(BrokerError::Timeout("the request queue stayed full".into())),
-        Ok(Err(e)) => Err(BrokerError::Other(format!("request not queued: {e}"))),
-        Ok(Ok(())) => Ok(()),
-    }
-}
-
-/// Waits until `deadline` for the event loop's answer to a request; on timeout, says which
-/// `answer` did not come within `timeout`.
-async fn answered_by(
-    deadline: tokio::time::Instant,
-    rx: oneshot::Receiver<Result<(), BrokerError>>,
-    answer: &str,
-    timeout: Duration,
-) -> Result<(), BrokerError> {
-    match tokio::time::timeout_at(deadline, rx).await {
-        Ok(Ok(outcome)) => outcome,
-        Ok(Err(_)) => Err(BrokerError::Closed),
-        Err(_) => Err(BrokerError::Timeout(format!(
-            "no {answer} within {} ms",
-            timeout.as_millis()
-        ))),
-    }
-}
-
-fn mqtt_options(options: ConnectOptions, max_payload: usize) -> Result<MqttOptions, BrokerError> {
+/// The endpoint of a connection: where, how (TLS), and the CONNECT packet.
+fn endpoint(options: ConnectOptions, max_payload: usize) -> Result<Endpoint, BrokerError> {
     if options.client_id.is_empty() {
         return Err(BrokerError::invalid(Field::ClientId, "is empty"));
     }
     if options.host.is_empty() {
         return Err(BrokerError::invalid(Field::Host, "is empty"));
     }
-    let mut mqtt = MqttOptions::new(options.client_id, options.host, options.port);
-    mqtt.set_keep_alive(options.keep_alive.max(Duration::from_secs(1)))
-        .set_clean_session(options.clean_session)
-        // Received messages are acknowledged when the component says so, not on arrival.
-        .set_manual_acks(true)
-        .set_max_packet_size(
-            max_payload + PUBLISH_OVERHEAD,
-            max_payload + PUBLISH_OVERHEAD,
-        );
-    if let Some(username) = options.username {
-        mqtt.set_credentials(username, options.password.unwrap_or_default());
-    }
-    if options.tls {
-        let config = tls::client_config(&tls::TlsMaterial {
+    let tls = if options.tls {
+        Some(tls::client_config(&tls::TlsMaterial {
             ca_cert: options.ca_cert.as_deref(),
             client_cert: options.client_cert.as_deref(),
             client_key: options.client_key.as_deref(),
-        })?;
-        mqtt.set_transport(Transport::Tls(TlsConfiguration::Rustls(config)));
+        })?)
+    } else {
+        None
+    };
+    let mut connect = Connect::new(options.client_id);
+    connect.keep_alive = u16::try_from(options.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX);
+    connect.clean_session = options.clean_session;
+    if let Some(username) = options.username {
+        connect.set_login(username, options.password.unwrap_or_default());
     }
-    Ok(mqtt)
-}
-
-/// Drives the connection until it is closed: reports the first connect to `first`,
-/// resolves publish waiters, reconnects after any loss.
-async fn run(
-    mut eventloop: EventLoop,
-    shared: Arc<Shared>,
-    first: oneshot::Sender<Result<(), BrokerError>>,
-) {
-    // Marks the task done however it ends, including by abort, and wakes readers.
-    struct Done<'a>(&'a Shared);
-    impl Drop for Done<'_> {
-        fn drop(&mut self) {
-            self.0.done.send_replace(true);
-            self.0.arrived.notify_waiters();
-        }
-    }
-    let _done = Done(&shared);
-
-    let mut first = Some(first);
-    let mut backoff = RECONNECT_FIRST;
-    loop {
-        let polled = eventloop.poll().await;
-        tracing::trace!(connection = %shared.label, event = ?polled);
-        match polled {
-            Ok(Event::Incoming(Packet::ConnAck(connack))) => {
-                backoff = RECONNECT_FIRST;
-                match first.take() {
-                    Some(first) => {
-                        tracing::debug!(connection = %shared.label, "connected");
-                        shared.connected.store(true, Ordering::Release);
-                        let _ = first.send(Ok(()));
-                    }
-                    None => {
-                        tracing::info!(connection = %shared.label, session_present = connack.session_present, "reconnected");
-                        shared.acks().reconnected(connack.session_present);
-                        shared.subscriptions().reconnected(connack.session_present);
-                        shared.inbox().reconnected(connack.session_present);
-                        shared.resubscribe();
-                        shared.connected.store(true, Ordering::Release);
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if shared.inbox().arrived(publish, &shared.label) {
-                    shared.arrived.notify_one();
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => shared.acks().written(pkid),
-            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => shared.acks().collided(pkid),
-            Ok(Event::Incoming(Packet::PubAck(ack))) => shared.acks().acknowledged(ack.pkid),
-            Ok(Event::Incoming(Packet::PubComp(comp))) => shared.acks().acknowledged(comp.pkid),
-            Ok(Event::Outgoing(Outgoing::Subscribe(pkid))) => shared.subscriptions().written(pkid),
-            Ok(Event::Incoming(Packet::SubAck(suback))) => {
-                let refused = suback
-                    .return_codes
-                    .iter()
-                    .any(|code| matches!(code, SubscribeReasonCode::Failure));
-                shared
-                    .subscriptions()
-                    .acknowledged(suback.pkid, refused, &shared.label);
-                if !refused {
-                    shared.subscribed.send_modify(|count| *count += 1);
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                shared.connected.store(false, Ordering::Release);
-                return;
-            }
-            Ok(_) => {}
-            Err(error) => {
-                shared.connected.store(false, Ordering::Release);
-                let error = classify(error);
-                if let Some(first) = first.take() {
-                    let _ = first.send(Err(error));
-                    return;
-                }
-                if shared.closing.load(Ordering::Acquire) {
-                    return;
-                }
-                // Requests rumqttc pulled back from its channel; it drops them if the broker
-                // starts a new session.
-                let drained_publishes = eventloop
-                    .pending
-                    .iter()
-                    .filter(|request| {
-                        matches!(request, Request::Publish(p) if p.pkid == 0 && p.qos != QoS::AtMostOnce)
-                    })
-                    .count();
-                let drained_subscribes = eventloop
-                    .pending
-                    .iter()
-                    .filter(|request| matches!(request, Request::Subscribe(_)))
-                    .count();
-                shared.acks().disconnected(drained_publishes);
-                shared.subscriptions().disconnected(drained_subscribes);
-                tracing::warn!(connection = %shared.label, retry_in = ?backoff, "connection lost: {error}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(RECONNECT_MAX);
-            }
-        }
-    }
-}
-
-/// Sorts rumqttc's connection errors into what the component can act on.
-fn classify(error: ConnectionError) -> BrokerError {
-    // Under TLS 1.3 the server rejects a client certificate after the client's handshake has
-    // finished, so the alert surfaces from the first MQTT read: look for it at any depth.
-    if let Some(tls) = rustls_cause(&error) {
-        return BrokerError::Tls(tls.to_string());
-    }
-    match error {
-        ConnectionError::ConnectionRefused(code) => match code {
-            ConnectReturnCode::BadUserNamePassword => {
-                BrokerError::NotAuthorized("bad user name or password".into())
-            }
-            ConnectReturnCode::NotAuthorized => BrokerError::NotAuthorized("not authorized".into()),
-            ConnectReturnCode::BadClientId => {
-                BrokerError::NotAuthorized("client ID rejected".into())
-            }
-            ConnectReturnCode::ServiceUnavailable => {
-                BrokerError::Unreachable("broker says service unavailable".into())
-            }
-            other => BrokerError::Other(format!("connection refused: {other:?}")),
-        },
-        ConnectionError::Tls(e) => BrokerError::Tls(e.to_string()),
-        ConnectionError::Io(e) => BrokerError::Unreachable(e.to_string()),
-        ConnectionError::NetworkTimeout => BrokerError::Timeout("connecting to the broker".into()),
-        ConnectionError::FlushTimeout => BrokerError::Timeout("writing to the broker".into()),
-        ConnectionError::RequestsDone => BrokerError::Closed,
-        other => BrokerError::Other(other.to_string()),
-    }
-}
-
-/// The `rustls::Error` behind an error, if any. rustls errors travel inside `io::Error`s,
-/// whose `source()` skips the wrapped error, so those are opened with `get_ref`.
-fn rustls_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut next = Some(error);
-    while let Some(error) = next {
-        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
-            return Some(tls);
-        }
-        let wrapped = error
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref);
-        if let Some(tls) = wrapped.and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
-            return Some(tls);
-        }
-        next = error.source();
-    }
-    None
+    Ok(Endpoint {
+        host: options.host,
+        port: options.port,
+        tls,
+        connect,
+        connect_timeout: options.connect_timeout,
+        max_packet: max_payload + PUBLISH_OVERHEAD,
+    })
 }

@@ -1,0 +1,386 @@
+//! The connection task: the one place that writes to and reads from the broker. It takes
+//! commands from the `Connection` handles, keeps the session across reconnects (backoff
+//! from 1 s doubling to 60 s), sends keep-alives, and finds a dead link. Pairing packets
+//! with requests is `outbox`'s, received messages are `inbox`'s.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use rumqttc::{Packet, PubAck, PubComp, PubRec, QoS, SubscribeReasonCode};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::Shared;
+use super::inbox::Arrival;
+use super::link::{Endpoint, Link, OUTGOING_HIGH_WATER};
+use super::outbox::{Job, Outbox, Reply};
+use crate::error::BrokerError;
+
+/// Reconnect backoff: from 1 s, doubling, up to 60 s.
+const RECONNECT_FIRST: Duration = Duration::from_secs(1);
+const RECONNECT_MAX: Duration = Duration::from_secs(60);
+/// How long a clean DISCONNECT may take to write.
+const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Commands taken in one go before looking at the network again.
+const COMMAND_BATCH: usize = 64;
+
+/// What a `Connection` handle asks of the task.
+#[derive(Debug)]
+pub(super) enum Command {
+    Publish(Job),
+    Subscribe {
+        filter: String,
+        qos: QoS,
+        reply: Reply,
+    },
+    /// Acknowledge a received message (PUBACK at QoS 1, PUBREC at QoS 2), on the
+    /// connection of `generation` only: on another, its packet id may name another message.
+    Ack {
+        pkid: u16,
+        qos: QoS,
+        generation: u64,
+    },
+    Disconnect,
+}
+
+/// Timings of one connection.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing {
+    pub keep_alive: Duration,
+    /// How long the broker may stay silent while an answer is owed before the link is
+    /// declared dead.
+    pub response_timeout: Duration,
+}
+
+pub(super) struct Driver {
+    pub shared: Arc<Shared>,
+    pub commands: mpsc::Receiver<Command>,
+    pub endpoint: Endpoint,
+    pub outbox: Outbox,
+    pub timing: Timing,
+    /// Subscriptions to renew on every new connection.
+    pub filters: Vec<(String, QoS)>,
+    pub generation: u64,
+}
+
+/// How serving one link ended.
+enum Ended {
+    /// Shutdown: a DISCONNECT command, or every handle gone.
+    Closing(Link),
+    Lost(BrokerError),
+}
+
+impl Driver {
+    /// Connects, reports the outcome of that first attempt to `first`, then serves the
+    /// connection until it is closed, reconnecting after every loss.
+    pub(super) async fn run(mut self, first: oneshot::Sender<Result<(), BrokerError>>) {
+        // Marks the task done however it ends, including by abort, and wakes readers.
+        struct Done(Arc<Shared>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.connected.store(false, Ordering::Release);
+                self.0.done.send_replace(true);
+                self.0.arrived.notify_waiters();
+            }
+        }
+        let _done = Done(self.shared.clone());
+
+        let mut link = match Link::open(&self.endpoint).await {
+            Ok((link, _)) => link,
+            Err(error) => {
+                let _ = first.send(Err(error));
+                return;
+            }
+        };
+        self.shared.set_connected();
+        let _ = first.send(Ok(()));
+        tracing::debug!(connection = %self.shared.label, "connected");
+        loop {
+            let error = match self.serve(link).await {
+                Ended::Closing(link) => return self.close(Some(link)).await,
+                Ended::Lost(error) => error,
+            };
+            self.shared.set_lost(&error);
+            self.outbox.lost();
+            let mut backoff = RECONNECT_FIRST;
+            tracing::warn!(connection = %self.shared.label, retry_in = ?backoff, "connection lost: {error}");
+            link = loop {
+                if self.idle(tokio::time::sleep(backoff)).await.is_none() {
+                    return self.close(None).await;
+                }
+                let endpoint = self.endpoint.clone();
+                let opened = match self.idle(async move { Link::open(&endpoint).await }).await {
+                    None => return self.close(None).await,
+                    Some(opened) => opened,
+                };
+                backoff = (backoff * 2).min(RECONNECT_MAX);
+                match opened {
+                    Ok((mut link, connack)) => {
+                        match self.resume(&mut link, connack.session_present) {
+                            Ok(()) => break link,
+                            Err(error) => {
+                                tracing::error!(connection = %self.shared.label, "cannot resume the session: {error}");
+                            }
+                        }
+                    }
+                    Err(error) => {
+                        self.shared.set_lost(&error);
+                        tracing::warn!(connection = %self.shared.label, retry_in = ?backoff, "reconnecting failed: {error}");
+                    }
+                }
+            };
+        }
+    }
+
+    /// A new connection was accepted: resend what the session owes, renew subscriptions.
+    fn resume(&mut self, link: &mut Link, session_present: bool) -> Result<(), BrokerError> {
+        tracing::info!(connection = %self.shared.label, session_present, "reconnected");
+        self.generation += 1;
+        self.shared.inbox().reconnected(session_present);
+        for packet in self.outbox.resumed(session_present) {
+            link.writer.queue(&packet)?;
+        }
+        for (filter, qos) in self.filters.clone() {
+            let subscribe = self.outbox.subscribe(filter, qos, None);
+            link.writer.queue(&Packet::Subscribe(subscribe))?;
+        }
+        self.shared.set_connected();
+        Ok(())
+    }
+
+    /// Serves one accepted connection until it is lost or closed.
+    async fn serve(&mut self, mut link: Link) -> Ended {
+        let timing = self.timing;
+        let mut last_write = Instant::now();
+        // Since when an answer has been owed with nothing received (see `Timing`).
+        let mut silent_since: Option<Instant> = None;
+        let mut ping_outstanding = false;
+        let timer = tokio::time::sleep(timing.keep_alive);
+        tokio::pin!(timer);
+        loop {
+            while link.writer.buffered() < OUTGOING_HIGH_WATER {
+                let Some(publish) = self.outbox.next_publish() else {
+                    break;
+                };
+                if let Err(error) = link.writer.queue(&Packet::Publish(publish)) {
+                    return Ended::Lost(error);
+                }
+            }
+            let owed = self.outbox.awaiting_answers() || ping_outstanding;
+            match (owed, silent_since) {
+                (true, None) => silent_since = Some(Instant::now()),
+                (false, Some(_)) => silent_since = None,
+                _ => {}
+            }
+            let keep_alive_due = last_write + timing.keep_alive;
+            let deadline = match silent_since {
+                Some(since) => keep_alive_due.min(since + timing.response_timeout),
+                None => keep_alive_due,
+            };
+            if timer.deadline() != deadline {
+                timer.as_mut().reset(deadline);
+            }
+            tokio::select! {
+                written = link.writer.write_some(), if link.writer.has_output() => {
+                    if let Err(error) = written {
+                        return Ended::Lost(error);
+                    }
+                    last_write = Instant::now();
+                }
+                packet = link.reader.read() => {
+                    let mut next = packet.map(Some);
+                    // Everything already read is handled before anything else happens.
+                    while let Some(packet) = match next { Ok(packet) => packet, Err(error) => return Ended::Lost(error) } {
+                        if let Err(error) = self.incoming(&mut link, packet, &mut ping_outstanding) {
+                            return Ended::Lost(error);
+                        }
+                        next = link.reader.read_buffered();
+                    }
+                    silent_since = None;
+                }
+                command = self.commands.recv() => {
+                    let mut next = command;
+                    let mut taken = 0;
+                    while let Some(command) = next.take() {
+                        match self.command(&mut link, command) {
+                            Ok(true) => {}
+                            Ok(false) => return Ended::Closing(link),
+                            Err(error) => return Ended::Lost(error),
+                        }
+                        taken += 1;
+                        if taken < COMMAND_BATCH {
+                            next = self.commands.try_recv().ok();
+                        }
+                    }
+                    if taken == 0 {
+                        // Every handle is gone.
+                        return Ended::Closing(link);
+                    }
+                }
+                () = &mut timer => {
+                    let now = Instant::now();
+                    if silent_since.is_some_and(|since| now >= since + timing.response_timeout) {
+                        return Ended::Lost(BrokerError::Unreachable(format!(
+                            "no answer from the broker within {} ms while one was owed; the connection is considered dead",
+                            timing.response_timeout.as_millis()
+                        )));
+                    }
+                    if now >= keep_alive_due && !ping_outstanding {
+                        if let Err(error) = link.writer.queue(&Packet::PingReq) {
+                            return Ended::Lost(error);
+                        }
+                        ping_outstanding = true;
+                    }
+                    // Keep-alive is measured from the last write, the ping included.
+                    last_write = last_write.max(now.min(keep_alive_due));
+                }
+            }
+        }
+    }
+
+    /// Handles one packet from the broker, queueing any answer it needs.
+    fn incoming(
+        &mut self,
+        link: &mut Link,
+        packet: Packet,
+        ping_outstanding: &mut bool,
+    ) -> Result<(), BrokerError> {
+        let label = &self.shared.label;
+        match packet {
+            Packet::Publish(publish) => {
+                let pkid = publish.pkid;
+                match self.shared.inbox().arrived(publish, label) {
+                    Arrival::Queued => self.shared.arrived.notify_one(),
+                    Arrival::Duplicate => link.writer.queue(&Packet::PubRec(PubRec::new(pkid)))?,
+                    Arrival::Dropped => {}
+                }
+            }
+            Packet::PubAck(ack) => {
+                if let Err(unexpected) = self.outbox.puback(ack.pkid) {
+                    tracing::warn!(connection = %label, "ignored: {unexpected}");
+                }
+            }
+            Packet::PubRec(rec) => match self.outbox.pubrec(rec.pkid) {
+                Ok(rel) => link.writer.queue(&Packet::PubRel(rel))?,
+                Err(unexpected) => tracing::warn!(connection = %label, "ignored: {unexpected}"),
+            },
+            Packet::PubComp(comp) => {
+                if let Err(unexpected) = self.outbox.pubcomp(comp.pkid) {
+                    tracing::warn!(connection = %label, "ignored: {unexpected}");
+                }
+            }
+            Packet::PubRel(rel) => {
+                // Always answered (MQTT 3.1.1 section 4.3.3), known id or not.
+                self.shared.inbox().pubrel(rel.pkid);
+                link.writer
+                    .queue(&Packet::PubComp(PubComp::new(rel.pkid)))?;
+            }
+            Packet::SubAck(suback) => {
+                let refused = suback
+                    .return_codes
+                    .iter()
+                    .any(|code| matches!(code, SubscribeReasonCode::Failure));
+                if refused {
+                    tracing::error!(connection = %label, "the broker refused a subscription");
+                }
+                match self.outbox.suback(suback.pkid, refused) {
+                    Ok(()) if !refused => self.shared.subscribed.send_modify(|count| *count += 1),
+                    Ok(()) => {}
+                    Err(unexpected) => tracing::warn!(connection = %label, "ignored: {unexpected}"),
+                }
+            }
+            Packet::PingResp => *ping_outstanding = false,
+            other => {
+                return Err(BrokerError::Other(format!(
+                    "the broker sent a packet a client never receives: {other:?}"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Handles one command on a live connection; `false` to close it.
+    fn command(&mut self, link: &mut Link, command: Command) -> Result<bool, BrokerError> {
+        match command {
+            Command::Publish(job) => self.outbox.accept(job),
+            Command::Subscribe { filter, qos, reply } => {
+                self.record(&filter, qos);
+                let subscribe = self.outbox.subscribe(filter, qos, Some(reply));
+                link.writer.queue(&Packet::Subscribe(subscribe))?;
+            }
+            Command::Ack {
+                pkid,
+                qos,
+                generation,
+            } => {
+                if generation == self.generation {
+                    let ack = match qos {
+                        QoS::ExactlyOnce => Packet::PubRec(PubRec::new(pkid)),
+                        _ => Packet::PubAck(PubAck::new(pkid)),
+                    };
+                    link.writer.queue(&ack)?;
+                }
+            }
+            Command::Disconnect => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Runs `waiting` (a backoff, a connect) while no connection is up, taking commands
+    /// meanwhile; `None` when the connection is to close instead.
+    async fn idle<T>(&mut self, waiting: impl Future<Output = T>) -> Option<T> {
+        tokio::pin!(waiting);
+        loop {
+            tokio::select! {
+                done = &mut waiting => return Some(done),
+                command = self.commands.recv() => match command {
+                    None | Some(Command::Disconnect) => return None,
+                    // Written once connected, unless its caller gives up first.
+                    Some(Command::Publish(job)) => self.outbox.accept(job),
+                    Some(Command::Subscribe { filter, qos, reply }) => {
+                        self.record(&filter, qos);
+                        let _ = reply.send(Err(BrokerError::Unreachable(format!(
+                            "not connected to {}; the subscription is made when it reconnects",
+                            self.shared.label
+                        ))));
+                    }
+                    // For a connection that is gone: the broker sends the message again.
+                    Some(Command::Ack { .. }) => {}
+                },
+            }
+        }
+    }
+
+    fn record(&mut self, filter: &str, qos: QoS) {
+        match self.filters.iter_mut().find(|(known, _)| known == filter) {
+            Some(entry) => entry.1 = qos,
+            None => self.filters.push((filter.to_string(), qos)),
+        }
+    }
+
+    /// Ends the connection: QoS 0 messages still waiting go out, then DISCONNECT (no
+    /// UNSUBSCRIBE: a persistent session survives); every open request is answered.
+    async fn close(mut self, link: Option<Link>) {
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.connected.store(false, Ordering::Release);
+        if let Some(mut link) = link {
+            let mut last = Ok(());
+            for publish in self.outbox.drain_for_disconnect() {
+                last = last.and(link.writer.queue(&Packet::Publish(publish)));
+            }
+            if last.is_ok() {
+                match tokio::time::timeout(DISCONNECT_TIMEOUT, link.close()).await {
+                    Ok(Ok(())) => tracing::debug!(connection = %self.shared.label, "disconnected"),
+                    Ok(Err(error)) => {
+                        tracing::debug!(connection = %self.shared.label, "disconnect: {error}")
+                    }
+                    Err(_) => {
+                        tracing::debug!(connection = %self.shared.label, "disconnect timed out")
+                    }
+                }
+            }
+        }
+        self.outbox.close(&BrokerError::Closed);
+    }
+}

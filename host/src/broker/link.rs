@@ -1,0 +1,267 @@
+//! One network connection to the broker: TCP (or TLS over TCP), the CONNECT/CONNACK
+//! handshake, and MQTT packets in and out through rumqttc's 3.1.1 codec. What to send and
+//! what an answer means is left to `driver` and `outbox`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::mqttbytes;
+use rumqttc::{ConnAck, Connect, ConnectReturnCode, Packet};
+use tokio::io::{
+    AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf,
+};
+use tokio::net::TcpStream;
+
+use crate::error::BrokerError;
+
+/// Where and how to connect; built once per connection from the component's options.
+#[derive(Clone)]
+pub(super) struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub connect: Connect,
+    pub connect_timeout: Duration,
+    /// Largest packet accepted from the broker, and largest written.
+    pub max_packet: usize,
+}
+
+impl std::fmt::Debug for Endpoint {
+    /// The CONNECT packet holds the password: never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoint")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// An open, accepted MQTT connection, in two halves so that reading and writing can wait
+/// at the same time.
+pub(super) struct Link {
+    pub reader: Reader,
+    pub writer: Writer,
+}
+
+pub(super) struct Reader {
+    half: ReadHalf<Box<dyn Stream>>,
+    buffer: BytesMut,
+    max_packet: usize,
+}
+
+pub(super) struct Writer {
+    half: WriteHalf<Box<dyn Stream>>,
+    buffer: BytesMut,
+    max_packet: usize,
+}
+
+impl std::fmt::Debug for Link {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Link")
+            .field("buffered_out", &self.writer.buffer.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// How much encoded output is buffered before the writer must catch up.
+pub(super) const OUTGOING_HIGH_WATER: usize = 1 << 20;
+
+impl Link {
+    /// Opens TCP (and TLS), sends CONNECT and waits for CONNACK, all within the endpoint's
+    /// connect timeout.
+    pub(super) async fn open(endpoint: &Endpoint) -> Result<(Self, ConnAck), BrokerError> {
+        let opening = Self::handshake(endpoint);
+        match tokio::time::timeout(endpoint.connect_timeout, opening).await {
+            Ok(opened) => opened,
+            Err(_) => Err(BrokerError::Timeout(format!(
+                "no CONNACK from {}:{} within {} ms",
+                endpoint.host,
+                endpoint.port,
+                endpoint.connect_timeout.as_millis()
+            ))),
+        }
+    }
+
+    async fn handshake(endpoint: &Endpoint) -> Result<(Self, ConnAck), BrokerError> {
+        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+            .await
+            .map_err(|e| {
+                BrokerError::Unreachable(format!("{}:{}: {e}", endpoint.host, endpoint.port))
+            })?;
+        // MQTT packets are small and latency-bound: do not let Nagle hold them back.
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Stream> = match &endpoint.tls {
+            None => Box::new(tcp),
+            Some(config) => {
+                let name = rustls_pki_types::ServerName::try_from(endpoint.host.clone())
+                    .map_err(|e| BrokerError::Tls(format!("host {:?}: {e}", endpoint.host)))?;
+                let tls = rumqttc::tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| classify_io(&e))?;
+                Box::new(tls)
+            }
+        };
+        let (reader, writer) = tokio::io::split(stream);
+        let mut link = Link {
+            reader: Reader {
+                half: reader,
+                buffer: BytesMut::with_capacity(8 * 1024),
+                max_packet: endpoint.max_packet,
+            },
+            writer: Writer {
+                half: writer,
+                buffer: BytesMut::with_capacity(8 * 1024),
+                max_packet: endpoint.max_packet,
+            },
+        };
+        link.writer
+            .queue(&Packet::Connect(endpoint.connect.clone()))?;
+        link.writer.flush().await?;
+        match link.reader.read().await? {
+            Packet::ConnAck(connack) => match connack.code {
+                ConnectReturnCode::Success => Ok((link, connack)),
+                code => Err(refused(code)),
+            },
+            other => Err(BrokerError::Other(format!(
+                "the broker answered CONNECT with {other:?} instead of CONNACK"
+            ))),
+        }
+    }
+
+    /// Writes DISCONNECT after everything buffered and closes the connection.
+    pub(super) async fn close(mut self) -> Result<(), BrokerError> {
+        self.writer.queue(&Packet::Disconnect)?;
+        self.writer.flush().await?;
+        let _ = self.writer.half.shutdown().await;
+        Ok(())
+    }
+}
+
+impl Writer {
+    /// Encodes a packet into the write buffer.
+    pub(super) fn queue(&mut self, packet: &Packet) -> Result<(), BrokerError> {
+        packet
+            .write(&mut self.buffer, self.max_packet)
+            .map(drop)
+            .map_err(|e| BrokerError::TooLarge(e.to_string()))
+    }
+
+    /// Whether encoded output waits to be written.
+    pub(super) fn has_output(&self) -> bool {
+        !self.buffer.is_empty()
+    }
+
+    pub(super) fn buffered(&self) -> usize {
+        self.buffer.len()
+    }
+
+    /// Writes some of the buffered output, flushing once it is all out. Cancel-safe: what
+    /// was written is gone from the buffer, the rest stays.
+    pub(super) async fn write_some(&mut self) -> Result<(), BrokerError> {
+        if !self.buffer.is_empty() {
+            let written = self
+                .half
+                .write_buf(&mut self.buffer)
+                .await
+                .map_err(|e| classify_io(&e))?;
+            if written == 0 {
+                return Err(BrokerError::Unreachable(
+                    "the connection was closed while writing".into(),
+                ));
+            }
+        }
+        if self.buffer.is_empty() {
+            self.half.flush().await.map_err(|e| classify_io(&e))?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything buffered.
+    pub(super) async fn flush(&mut self) -> Result<(), BrokerError> {
+        while self.has_output() {
+            self.write_some().await?;
+        }
+        self.half.flush().await.map_err(|e| classify_io(&e))
+    }
+}
+
+impl Reader {
+    /// Reads the next packet. Cancel-safe: bytes read stay buffered for the next call.
+    pub(super) async fn read(&mut self) -> Result<Packet, BrokerError> {
+        loop {
+            if let Some(packet) = self.read_buffered()? {
+                return Ok(packet);
+            }
+            let read = self
+                .half
+                .read_buf(&mut self.buffer)
+                .await
+                .map_err(|e| classify_io(&e))?;
+            if read == 0 {
+                return Err(BrokerError::Unreachable(
+                    "the broker closed the connection".into(),
+                ));
+            }
+        }
+    }
+
+    /// Takes a packet already read, without waiting.
+    pub(super) fn read_buffered(&mut self) -> Result<Option<Packet>, BrokerError> {
+        match Packet::read(&mut self.buffer, self.max_packet) {
+            Ok(packet) => Ok(Some(packet)),
+            Err(mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+            Err(e) => Err(BrokerError::Other(format!(
+                "unreadable packet from the broker: {e}"
+            ))),
+        }
+    }
+}
+
+fn refused(code: ConnectReturnCode) -> BrokerError {
+    match code {
+        ConnectReturnCode::BadUserNamePassword => {
+            BrokerError::NotAuthorized("bad user name or password".into())
+        }
+        ConnectReturnCode::NotAuthorized => BrokerError::NotAuthorized("not authorized".into()),
+        ConnectReturnCode::BadClientId => BrokerError::NotAuthorized("client ID rejected".into()),
+        ConnectReturnCode::ServiceUnavailable => {
+            BrokerError::Unreachable("broker says service unavailable".into())
+        }
+        other => BrokerError::Other(format!("connection refused: {other:?}")),
+    }
+}
+
+/// Sorts an I/O error into what the component can act on. Under TLS 1.3 the server
+/// rejects a client certificate after the client's handshake has finished, so the alert
+/// surfaces from the first MQTT read: look for a TLS cause at any depth.
+fn classify_io(error: &std::io::Error) -> BrokerError {
+    match rustls_cause(error) {
+        Some(tls) => BrokerError::Tls(tls.to_string()),
+        None => BrokerError::Unreachable(error.to_string()),
+    }
+}
+
+/// The `rustls::Error` behind an error, if any. rustls errors travel inside `io::Error`s,
+/// whose `source()` skips the wrapped error, so those are opened with `get_ref`.
+fn rustls_cause<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let wrapped = error
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if let Some(tls) = wrapped.and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+            return Some(tls);
+        }
+        next = error.source();
+    }
+    None
+}
