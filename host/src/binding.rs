@@ -233,6 +233,13 @@ impl Binding {
         Ok(connection.wait_subscribed().await?)
     }
 
+    /// The state of the binding's broker connection: up since when, or down since when and
+    /// why. `None` before the first connection or after `close`.
+    pub async fn connection_status(&self) -> Option<crate::LinkStatus> {
+        let connection = self.host.connection.lock().await.clone();
+        connection.map(|connection| connection.status())
+    }
+
     /// Asks the binding to stop: `read` returns once the message in hand is settled
     /// (acknowledged, or left unacknowledged if its delivery had not succeeded), retry waits
     /// end, and new calls fail with `closed`.

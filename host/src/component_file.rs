@@ -18,7 +18,23 @@ pub struct ComponentSpec {
     pub metadata: Vec<MetadataItem>,
     /// `auth.secretStore`: where `secretKeyRef`s are resolved.
     pub secret_store: Option<String>,
+    /// `spec.ignoreErrors`: a failure of this component does not stop the sidecar.
+    pub ignore_errors: bool,
 }
+
+/// What one file held: its components, and why any other document was skipped.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ComponentFile {
+    pub components: Vec<ComponentSpec>,
+    pub skipped: Vec<String>,
+}
+
+/// Largest component file read, in bytes: far beyond any real component (certificates
+/// included), small enough that a mistaken path cannot exhaust memory.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// Deepest nesting of YAML flow collections (`[`, `{`) accepted. The YAML parser's time
+/// grows with the square of the depth; real components nest a few levels.
+pub const MAX_NESTING: usize = 64;
 
 /// One `spec.metadata` entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +92,8 @@ struct Spec {
     version: Option<serde_yaml::Value>,
     #[serde(default)]
     metadata: Vec<RawItem>,
+    #[serde(default, rename = "ignoreErrors")]
+    ignore_errors: bool,
 }
 
 #[derive(Deserialize)]
@@ -98,26 +116,101 @@ struct Auth {
     secret_store: Option<String>,
 }
 
-/// Reads every `kind: Component` document of a file; other kinds are skipped.
-pub fn read_file(path: &Path) -> anyhow::Result<Vec<ComponentSpec>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+/// Reads every `kind: Component` document of a file; other documents are skipped, with the
+/// reason. Only a regular file of at most [`MAX_FILE_BYTES`] is read, and opening it never
+/// blocks (a FIFO named `x.yaml` is refused, not waited on).
+pub fn read_file(path: &Path) -> anyhow::Result<ComponentFile> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let kind = file
+        .metadata()
+        .with_context(|| format!("reading {}", path.display()))?;
+    if !kind.is_file() {
+        bail!("{} is not a regular file", path.display());
+    }
+    if kind.len() > MAX_FILE_BYTES {
+        bail!(
+            "{} is {} bytes, over the limit of {MAX_FILE_BYTES} bytes for a component file",
+            path.display(),
+            kind.len()
+        );
+    }
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .with_context(|| format!("reading {}", path.display()))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        bail!(
+            "{} grew over the limit of {MAX_FILE_BYTES} bytes for a component file while being read",
+            path.display()
+        );
+    }
     parse(&text).with_context(|| format!("component file {}", path.display()))
 }
 
 /// Parses the documents of one YAML text.
-pub fn parse(text: &str) -> anyhow::Result<Vec<ComponentSpec>> {
-    let mut components = Vec::new();
+pub fn parse(text: &str) -> anyhow::Result<ComponentFile> {
+    check_nesting(text)?;
+    let mut parsed = ComponentFile::default();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let document = Document::deserialize(document)
             .with_context(|| format!("document {}: not a Dapr Component", index + 1))?;
-        if document.kind.as_deref() != Some("Component") {
-            continue;
+        match document.kind.as_deref() {
+            Some("Component") => {}
+            Some(kind) => {
+                parsed.skipped.push(format!(
+                    "document {}: kind {kind:?} is not Component",
+                    index + 1
+                ));
+                continue;
+            }
+            None => {
+                parsed.skipped.push(format!(
+                    "document {}: it has no kind (expected kind: Component)",
+                    index + 1
+                ));
+                continue;
+            }
         }
         let component = convert(document).with_context(|| format!("document {}", index + 1))?;
-        components.push(component);
+        parsed.components.push(component);
     }
-    Ok(components)
+    Ok(parsed)
+}
+
+/// Refuses flow collections nested deeper than [`MAX_NESTING`], before the parser sees
+/// them. Brackets inside quotes and comments do not count.
+fn check_nesting(text: &str) -> anyhow::Result<()> {
+    // Flow collections may span lines, so the depth carries over; a quote does not.
+    let mut depth = 0usize;
+    for (number, line) in text.lines().enumerate() {
+        let mut quote = None;
+        for c in line.chars() {
+            match (quote, c) {
+                (Some(open), c) if c == open => quote = None,
+                (Some(_), _) => {}
+                (None, '\'' | '"') => quote = Some(c),
+                (None, '#') => break,
+                (None, '[' | '{') => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        bail!(
+                            "line {}: YAML nested more than {MAX_NESTING} levels deep",
+                            number + 1
+                        );
+                    }
+                }
+                (None, ']' | '}') => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn convert(document: Document) -> anyhow::Result<ComponentSpec> {
@@ -172,6 +265,7 @@ fn convert(document: Document) -> anyhow::Result<ComponentSpec> {
         version,
         metadata,
         secret_store: document.auth.and_then(|auth| auth.secret_store),
+        ignore_errors: spec.ignore_errors,
     })
 }
 
@@ -224,7 +318,7 @@ auth:
 
     #[test]
     fn reads_a_dapr_component() {
-        let components = parse(DOC).expect("valid");
+        let components = parse(DOC).expect("valid").components;
         assert_eq!(
             components,
             vec![ComponentSpec {
@@ -257,6 +351,7 @@ auth:
                     },
                 ],
                 secret_store: Some("localsecrets".into()),
+                ignore_errors: false,
             }]
         );
         assert!(components[0].is_mqtt_binding());
@@ -264,7 +359,7 @@ auth:
 
     #[test]
     fn secret_refs_without_a_store_are_an_error_naming_the_field() {
-        let error = parse(DOC).expect("valid")[0]
+        let error = parse(DOC).expect("valid").components[0]
             .plain_metadata()
             .expect_err("has a secretKeyRef");
         assert!(
@@ -281,12 +376,90 @@ auth:
             "{DOC}\n---\nkind: Configuration\nmetadata: {{name: c}}\n---\n{}",
             DOC.replace("orders", "two")
         );
-        let names: Vec<String> = parse(&text)
-            .expect("valid")
-            .into_iter()
-            .map(|c| c.name)
-            .collect();
+        let parsed = parse(&text).expect("valid");
+        let names: Vec<String> = parsed.components.into_iter().map(|c| c.name).collect();
         assert_eq!(names, ["orders", "two"]);
+        assert_eq!(
+            parsed.skipped,
+            [r#"document 2: kind "Configuration" is not Component"#]
+        );
+    }
+
+    #[test]
+    fn a_document_without_kind_is_reported() {
+        let parsed = parse(
+            "metadata: {name: x}
+spec: {type: bindings.mqtt}
+",
+        )
+        .expect("valid");
+        assert!(parsed.components.is_empty());
+        assert_eq!(
+            parsed.skipped,
+            ["document 1: it has no kind (expected kind: Component)"]
+        );
+    }
+
+    #[test]
+    fn ignore_errors_is_read_from_the_spec() {
+        let text = DOC.replace("  version: v1\n", "  version: v1\n  ignoreErrors: true\n");
+        assert!(parse(&text).expect("valid").components[0].ignore_errors);
+    }
+
+    #[test]
+    fn nesting_at_the_limit_passes_and_one_deeper_is_refused() {
+        let nested = |depth: usize| {
+            format!(
+                "kind: Other\nx: {}{}\n",
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        parse(&nested(MAX_NESTING)).expect("at the limit");
+        let error = parse(&nested(MAX_NESTING + 1)).expect_err("too deep");
+        assert_eq!(
+            error.to_string(),
+            "line 2: YAML nested more than 64 levels deep"
+        );
+        // Across lines too, and fast for a hostile depth.
+        let hostile = format!("x:\n{}", "[\n".repeat(100_000));
+        assert!(parse(&hostile).is_err());
+        // Brackets in quotes and comments do not count.
+        let quoted = format!(
+            "kind: Other\nx: \"{}\" # {}\n",
+            "[".repeat(100),
+            "{".repeat(100)
+        );
+        parse(&quoted).expect("quoted brackets");
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fifo = dir.path().join("x.yaml");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let error = read_file(&fifo).expect_err("a FIFO");
+        assert!(
+            error.to_string().ends_with("is not a regular file"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_file_at_the_size_limit_is_read_and_one_byte_over_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("big.yaml");
+        let at_limit = format!("# {}\n", "x".repeat(MAX_FILE_BYTES as usize - 3));
+        std::fs::write(&path, &at_limit).expect("write");
+        read_file(&path).expect("at the limit");
+        std::fs::write(&path, format!("{at_limit} ")).expect("write");
+        let error = read_file(&path).expect_err("one byte over");
+        assert!(
+            error
+                .to_string()
+                .contains("over the limit of 1048576 bytes"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub mod sidecar;
 mod tls;
 
 pub use binding::{Binding, BindingOptions, InvokeRequest, InvokeResponse};
-pub use broker::BrokerSettings;
+pub use broker::{BrokerSettings, LinkStatus};
 pub use engine::{ComponentSource, Runtime, RuntimeOptions, default_cache_dir};
 pub use error::{BindingError, BrokerError};
 pub use imports::{Delivery, Event, EventHandler};

@@ -126,6 +126,23 @@ fn main() -> ExitCode {
     }
 }
 
+/// Raises the soft limit on open descriptors to the hard one, as servers do: each HTTP
+/// connection, app connection and broker connection takes one, and the usual soft limit
+/// (1,024) is easily reached by clients that keep connections open.
+fn raise_descriptor_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-descriptor limit"),
+            Err(error) => {
+                tracing::warn!("cannot raise the open-descriptor limit from {soft}: {error}")
+            }
+        },
+        Ok(_) => {}
+        Err(error) => tracing::warn!("cannot read the open-descriptor limit: {error}"),
+    }
+}
+
 fn fail(error: &anyhow::Error) -> ExitCode {
     eprintln!("mqtt-binding: {error:#}");
     ExitCode::FAILURE
@@ -208,6 +225,7 @@ async fn run_sidecar(options: RuntimeOptions, args: RunArgs) -> anyhow::Result<(
     if args.app_id.trim().is_empty() {
         bail!("--app-id is empty; give the application ID");
     }
+    raise_descriptor_limit();
     let sidecar = mqtt_binding::sidecar::SidecarOptions {
         resources_path: args.resources_path,
         app_id: args.app_id,
@@ -229,6 +247,7 @@ async fn run_sidecar(options: RuntimeOptions, args: RunArgs) -> anyhow::Result<(
 /// The one MQTT binding component in a file.
 pub(crate) fn single_binding(path: &Path) -> anyhow::Result<ComponentSpec> {
     let mut bindings: Vec<ComponentSpec> = component_file::read_file(path)?
+        .components
         .into_iter()
         .filter(ComponentSpec::is_mqtt_binding)
         .collect();

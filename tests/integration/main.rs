@@ -3,7 +3,9 @@
 mod cli;
 mod connect;
 mod metadata;
+mod proxy;
 mod publish;
+mod reconnect;
 mod sidecar;
 mod subscribe;
 mod support;

@@ -22,7 +22,11 @@ fn free_port() -> u16 {
 }
 
 /// One binding component as YAML; `(name, value)` or `(name, "secret:NAME:KEY")`.
-fn binding_yaml(name: &str, metadata: &[(&str, &str)], secret_store: Option<&str>) -> String {
+pub(crate) fn binding_yaml(
+    name: &str,
+    metadata: &[(&str, &str)],
+    secret_store: Option<&str>,
+) -> String {
     let mut yaml = format!(
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n"
     );
@@ -48,15 +52,20 @@ fn binding_yaml(name: &str, metadata: &[(&str, &str)], secret_store: Option<&str
     yaml
 }
 
+/// The same component with `spec.ignoreErrors: true`.
+fn ignoring_errors(yaml: String) -> String {
+    yaml.replace("  version: v1\n", "  version: v1\n  ignoreErrors: true\n")
+}
+
 /// A running sidecar process; SIGTERM, then kill, on drop.
-struct Sidecar {
+pub(crate) struct Sidecar {
     child: Option<Child>,
-    http: u16,
-    client: reqwest::Client,
+    pub(crate) http: u16,
+    pub(crate) client: reqwest::Client,
 }
 
 impl Sidecar {
-    async fn start(dir: &Path, app_port: Option<u16>, env: &[(&str, &str)]) -> Self {
+    pub(crate) async fn start(dir: &Path, app_port: Option<u16>, env: &[(&str, &str)]) -> Self {
         let http = free_port();
         let mut command = Command::new(BIN);
         command
@@ -103,12 +112,12 @@ impl Sidecar {
         sidecar
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.http)
     }
 
     /// Waits until `/v1.0/healthz` answers 204.
-    async fn healthy(&self) {
+    pub(crate) async fn healthy(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let response = self
@@ -129,7 +138,7 @@ impl Sidecar {
         }
     }
 
-    async fn post(&self, binding: &str, body: &str) -> (StatusCode, String) {
+    pub(crate) async fn post(&self, binding: &str, body: &str) -> (StatusCode, String) {
         let response = self
             .client
             .post(self.url(&format!("/v1.0/bindings/{binding}")))
@@ -141,7 +150,7 @@ impl Sidecar {
     }
 
     /// SIGTERM, and the exit status (failing the test if it takes longer than WAIT).
-    async fn terminate(mut self) -> std::process::ExitStatus {
+    pub(crate) async fn terminate(mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("running");
         let pid = child.id().expect("pid").to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
@@ -470,20 +479,20 @@ async fn a_missing_secret_fails_only_its_component() {
     .expect("write");
     std::fs::write(
         dir.path().join("bad.yaml"),
-        binding_yaml(
+        ignoring_errors(binding_yaml(
             "bad",
             &[("url", "secret:absent:absent"), ("topic", "t")],
             Some("files"),
-        ),
+        )),
     )
     .expect("write");
     std::fs::write(
         dir.path().join("nostore.yaml"),
-        binding_yaml(
+        ignoring_errors(binding_yaml(
             "nostore",
             &[("url", "secret:x:x"), ("topic", "t")],
             Some("vault"),
-        ),
+        )),
     )
     .expect("write");
     let mut subscriber = Subscriber::start(broker.port, &topic).await;
@@ -516,17 +525,25 @@ async fn a_missing_secret_fails_only_its_component() {
         "{body}"
     );
 
-    let outbound = sidecar
-        .client
-        .get(sidecar.url("/v1.0/healthz/outbound"))
-        .send()
-        .await
-        .expect("answer");
-    assert_eq!(
-        outbound.status(),
-        StatusCode::NO_CONTENT,
-        "the good binding serves"
-    );
+    // The good binding serves once it has connected.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let outbound = sidecar
+            .client
+            .get(sidecar.url("/v1.0/healthz/outbound"))
+            .send()
+            .await
+            .expect("answer");
+        if outbound.status() == StatusCode::NO_CONTENT {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the good binding never served: {}",
+            outbound.text().await.unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     assert_eq!(
         sidecar
             .post("good", r#"{"data": "still here", "operation": "create"}"#)
@@ -535,6 +552,157 @@ async fn a_missing_secret_fails_only_its_component() {
         StatusCode::NO_CONTENT
     );
     assert_eq!(&subscriber.next().await.payload[..], br#""still here""#);
+    assert!(sidecar.terminate().await.success());
+}
+
+#[tokio::test]
+async fn a_component_that_cannot_start_stops_the_sidecar_unless_it_ignores_errors() {
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("bad.yaml"),
+        binding_yaml(
+            "bad",
+            &[("url", "tcp://127.0.0.1:1"), ("topic", "t"), ("qos", "7")],
+            None,
+        ),
+    )
+    .expect("write");
+    let run = Command::new(BIN)
+        .args([
+            "run",
+            "--resources-path",
+            dir.path().to_str().expect("path"),
+        ])
+        .args([
+            "--app-id",
+            "shop",
+            "--dapr-http-port",
+            &free_port().to_string(),
+        ])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(WAIT, run)
+        .await
+        .expect("the sidecar exits by itself")
+        .expect("mqtt-binding run starts");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            r#"binding "bad" cannot start: metadata field "qos": expected 0, 1 or 2, got "7""#
+        ) && stderr.contains("spec.ignoreErrors: true"),
+        "{stderr}"
+    );
+}
+
+/// Whatever else lies in the folder: a FIFO named like a component (which would block a
+/// plain read), a file over the size limit, YAML nested too deep, a document with no kind.
+/// Start-up neither blocks nor fails, and `/v1.0/metadata` names each file skipped.
+#[tokio::test]
+async fn unreadable_files_in_the_resources_folder_are_skipped_and_reported() {
+    let broker = Mosquitto::start();
+    let topic = format!("folder/{}", unique());
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("good.yaml"),
+        binding_yaml("good", &[("url", &broker.url()), ("topic", &topic)], None),
+    )
+    .expect("write");
+    let fifo = dir.path().join("fifo.yaml");
+    let status = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(status.success());
+    std::fs::write(dir.path().join("huge.yaml"), vec![b'#'; 2 * 1024 * 1024]).expect("write");
+    std::fs::write(
+        dir.path().join("deep.yaml"),
+        format!("x: {}", "[".repeat(100_000)),
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("nokind.yaml"), "metadata: {name: x}\n").expect("write");
+    let sidecar = Sidecar::start(dir.path(), None, &[]).await;
+    sidecar.healthy().await;
+    let metadata: serde_json::Value = sidecar
+        .client
+        .get(sidecar.url("/v1.0/metadata"))
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("JSON");
+    let extended = &metadata["extended"];
+    let skipped = |file: &str| {
+        extended[format!("file.{file}")]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        skipped("fifo.yaml").contains("is not a regular file"),
+        "{extended}"
+    );
+    assert!(
+        skipped("huge.yaml").contains("over the limit of 1048576 bytes"),
+        "{extended}"
+    );
+    assert!(
+        skipped("deep.yaml").contains("nested more than 64 levels"),
+        "{extended}"
+    );
+    assert!(
+        skipped("nokind.yaml").contains("it has no kind"),
+        "{extended}"
+    );
+    assert!(
+        extended["binding.good"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("connected since "),
+        "{extended}"
+    );
+    assert!(sidecar.terminate().await.success());
+}
+
+/// Connections that send nothing, or half a request header, are closed by the sidecar after
+/// its header-read timeout (10 s); meanwhile the API keeps answering.
+#[tokio::test]
+async fn idle_and_half_sent_http_connections_are_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().expect("dir");
+    let sidecar = Sidecar::start(dir.path(), None, &[]).await;
+    let address = format!("127.0.0.1:{}", sidecar.http);
+    let mut idle = Vec::new();
+    for _ in 0..50 {
+        idle.push(
+            tokio::net::TcpStream::connect(&address)
+                .await
+                .expect("connects"),
+        );
+    }
+    let mut half = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connects");
+    half.write_all(b"GET /v1.0/healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("half a header");
+    sidecar.healthy().await;
+    for mut connection in idle.into_iter().chain([half]) {
+        let mut buffer = [0u8; 1024];
+        // The server closes (0 bytes) or answers 408 and closes; it never leaves it open.
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            loop {
+                match connection.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "a connection was still open after 30 s");
+    }
     assert!(sidecar.terminate().await.success());
 }
 

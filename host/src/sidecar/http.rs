@@ -15,6 +15,50 @@ use serde::Deserialize;
 use super::{Sidecar, SlotState, chain};
 use crate::InvokeRequest;
 
+/// How long a client may take to send a whole request header, from its connection or its
+/// previous request; then the connection is closed. Idle or half-sent connections would
+/// otherwise be held forever, each using a descriptor.
+pub(crate) const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Serves `router` on `listener` (HTTP/1.1, as Dapr's HTTP API) until `stop` is cancelled,
+/// then lets the requests in progress finish. Connections that do not send a whole request
+/// header within [`HEADER_READ_TIMEOUT`] are closed.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    // Out of descriptors, usually: let connections close before trying again.
+                    tracing::warn!("accepting an HTTP connection failed: {error}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = stop.cancelled() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!("HTTP connection ended: {error}");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
 /// Largest request body: the broker's default payload limit (16 MiB), twice over for JSON
 /// escaping.
 const MAX_BODY: usize = 32 * 1024 * 1024;
@@ -191,6 +235,17 @@ fn health(sidecar: &Sidecar, outbound_only: bool) -> Response {
     }
 }
 
+/// A binding's broker connection in words: `connected since ...`, or
+/// `reconnecting since ...: last error`. Times are RFC 3339, UTC.
+fn connection_state(status: &crate::LinkStatus) -> String {
+    let since = humantime::format_rfc3339_seconds(status.since);
+    match (status.connected, &status.last_error) {
+        (true, _) => format!("connected since {since}"),
+        (false, Some(error)) => format!("reconnecting since {since}: {error}"),
+        (false, None) => format!("reconnecting since {since}"),
+    }
+}
+
 /// Dapr's metadata document, with each binding's state under `extended`.
 async fn metadata(State(sidecar): State<Arc<Sidecar>>) -> Response {
     let components: Vec<serde_json::Value> = sidecar
@@ -201,7 +256,10 @@ async fn metadata(State(sidecar): State<Arc<Sidecar>>) -> Response {
     let mut extended = serde_json::Map::new();
     for slot in sidecar.bindings.values() {
         let state = match slot.get() {
-            SlotState::Up(_) => "up".to_string(),
+            SlotState::Up(binding) => match binding.connection_status().await {
+                Some(status) => connection_state(&status),
+                None => "up".to_string(),
+            },
             SlotState::Starting => "starting".to_string(),
             SlotState::Failed(why) => format!("failed: {why}"),
         };
@@ -212,6 +270,14 @@ async fn metadata(State(sidecar): State<Arc<Sidecar>>) -> Response {
             format!("component.{}", component.name),
             format!("failed: {why}").into(),
         );
+    }
+    for (file, why) in &sidecar.skipped {
+        let key = format!("file.{file}");
+        let text = match extended.get(&key).and_then(|v| v.as_str()) {
+            Some(earlier) => format!("{earlier}; {why}"),
+            None => format!("skipped: {why}"),
+        };
+        extended.insert(key, text.into());
     }
     let mut document = serde_json::json!({
         "id": sidecar.app_id,

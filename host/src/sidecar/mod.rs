@@ -47,6 +47,8 @@ pub(crate) struct Sidecar {
     bindings: BTreeMap<String, Slot>,
     /// Components that failed before starting (bad folder content), with the reason.
     failed: Vec<(ComponentSummary, String)>,
+    /// Files, or documents in them, holding no usable component, with the reason.
+    skipped: Vec<(String, String)>,
 }
 
 pub(crate) struct Slot {
@@ -87,6 +89,14 @@ pub async fn run(
     for (component, error) in &loaded.failed {
         tracing::error!(component = %component.name, "component not started: {error}");
     }
+    // As daprd: a component that cannot start stops the sidecar, unless it says
+    // `spec.ignoreErrors: true`.
+    if let Some((component, error)) = loaded.failed.iter().find(|(c, _)| !c.ignore_errors) {
+        anyhow::bail!(
+            "component {:?} cannot start: {error} (set spec.ignoreErrors: true to run without it)",
+            component.name
+        );
+    }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.http_port))
         .await
         .with_context(|| {
@@ -117,8 +127,10 @@ pub async fn run(
         components: loaded.components,
         bindings,
         failed: loaded.failed,
+        skipped: loaded.skipped,
     });
     let stop = CancellationToken::new();
+    let (fatal_tx, mut fatal) = tokio::sync::mpsc::unbounded_channel();
     let mut tasks = tokio::task::JoinSet::new();
     for name in sidecar.bindings.keys() {
         tasks.spawn(serve_binding(
@@ -127,20 +139,25 @@ pub async fn run(
             runtime.clone(),
             app.clone(),
             stop.clone(),
+            fatal_tx.clone(),
         ));
     }
+    drop(fatal_tx);
     tracing::info!(
         port = options.http_port,
         bindings = sidecar.bindings.len(),
         "mqtt-binding sidecar listening"
     );
 
-    let server = axum::serve(listener, http::router(sidecar.clone())).with_graceful_shutdown({
-        let stop = stop.clone();
-        async move { stop.cancelled().await }
-    });
-    let server = tokio::spawn(async move { server.await });
-    shutdown.await;
+    let server = tokio::spawn(http::serve(
+        listener,
+        http::router(sidecar.clone()),
+        stop.clone(),
+    ));
+    let failure = tokio::select! {
+        () = shutdown => None,
+        Some(failure) = fatal.recv() => Some(failure),
+    };
     tracing::info!("shutting down");
     stop.cancel();
     for slot in sidecar.bindings.values() {
@@ -162,11 +179,14 @@ pub async fn run(
         }
     }
     match tokio::time::timeout(SHUTDOWN_DEADLINE, server).await {
-        Ok(Ok(served)) => served.context("serving HTTP")?,
+        Ok(Ok(())) => {}
         Ok(Err(join)) => return Err(join).context("the HTTP server task failed"),
         Err(_) => tracing::warn!("HTTP requests still in flight at the deadline were dropped"),
     }
-    Ok(())
+    match failure {
+        Some(failure) => Err(anyhow::anyhow!(failure)),
+        None => Ok(()),
+    }
 }
 
 /// Starts one binding (retrying while its broker is unreachable), then runs its input side
@@ -177,6 +197,7 @@ async fn serve_binding(
     runtime: Runtime,
     app: Option<App>,
     stop: CancellationToken,
+    fatal: tokio::sync::mpsc::UnboundedSender<String>,
 ) {
     let slot = &sidecar.bindings[&name];
     let spec = &slot.spec;
@@ -199,6 +220,11 @@ async fn serve_binding(
         slot.set(SlotState::Failed(message.clone()));
         if !retryable(&error) {
             tracing::error!(binding = %name, "cannot start: {message}");
+            if !spec.ignore_errors {
+                let _ = fatal.send(format!(
+                    "binding {name:?} cannot start: {message} (set spec.ignoreErrors: true to run without it)"
+                ));
+            }
             return;
         }
         tracing::warn!(binding = %name, retry_in = ?wait, "cannot start yet: {message}");

@@ -19,6 +19,8 @@ pub struct BindingSpec {
     pub direction: Direction,
     /// The app path input events are POSTed to: `route` metadata, else the name.
     pub route: String,
+    /// `spec.ignoreErrors`: failing to start does not stop the sidecar.
+    pub ignore_errors: bool,
 }
 
 impl std::fmt::Debug for BindingSpec {
@@ -46,6 +48,8 @@ pub struct Resources {
     pub failed: Vec<(ComponentSummary, String)>,
     /// Every component found, for `/v1.0/metadata`.
     pub components: Vec<ComponentSummary>,
+    /// Files, or documents in them, that hold no usable component, with the reason.
+    pub skipped: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -54,6 +58,8 @@ pub struct ComponentSummary {
     #[serde(rename = "type")]
     pub component_type: String,
     pub version: String,
+    #[serde(skip)]
+    pub ignore_errors: bool,
 }
 
 /// Loads every `.yaml`/`.yml` file directly in `dir` (several documents per file allowed).
@@ -70,9 +76,22 @@ pub fn load(dir: &Path) -> anyhow::Result<Resources> {
     let mut resources = Resources::default();
     let mut specs = Vec::new();
     for file in files {
+        let name = file
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match component_file::read_file(&file) {
-            Ok(found) => specs.extend(found),
-            Err(error) => tracing::error!("skipping {}: {error:#}", file.display()),
+            Ok(found) => {
+                specs.extend(found.components);
+                for why in found.skipped {
+                    tracing::info!("{}: skipped {why}", file.display());
+                    resources.skipped.push((name.clone(), why));
+                }
+            }
+            Err(error) => {
+                tracing::error!("skipping {}: {error:#}", file.display());
+                resources.skipped.push((name, format!("{error:#}")));
+            }
         }
     }
 
@@ -84,6 +103,7 @@ pub fn load(dir: &Path) -> anyhow::Result<Resources> {
             name: spec.name.clone(),
             component_type: spec.component_type.clone(),
             version: spec.version.clone(),
+            ignore_errors: spec.ignore_errors,
         };
         if seen.insert(spec.name.clone(), ()).is_some() {
             resources.failed.push((
@@ -119,6 +139,7 @@ pub fn load(dir: &Path) -> anyhow::Result<Resources> {
             name: spec.name.clone(),
             component_type: spec.component_type.clone(),
             version: spec.version.clone(),
+            ignore_errors: spec.ignore_errors,
         };
         match binding(spec, &stores) {
             Ok(binding) => resources.bindings.push(binding),
@@ -204,6 +225,7 @@ fn binding(
         metadata,
         direction,
         route: route.trim_start_matches('/').to_string(),
+        ignore_errors: spec.ignore_errors,
     })
 }
 
