@@ -69,6 +69,9 @@ pub struct Binding {
     idle: std::sync::Mutex<Vec<Instance>>,
     /// Bounds the output instances in use at once (`RuntimeOptions::max_output_instances`).
     permits: tokio::sync::Semaphore,
+    /// Bounds the request bytes held at once, one permit per byte
+    /// (`RuntimeOptions::max_in_flight_bytes`).
+    bytes: tokio::sync::Semaphore,
 }
 
 impl std::fmt::Debug for Binding {
@@ -86,6 +89,21 @@ pub(crate) struct Instance {
 }
 
 impl Instance {
+    /// A component failure in words a person can act on: running out of memory names the
+    /// limit, instead of the trap and wasm backtrace it comes out as.
+    fn explained<T>(&self, outcome: Result<T, BindingError>) -> Result<T, BindingError> {
+        let limits = &self.store.data().limits;
+        match (outcome, limits.refused_bytes) {
+            (Err(BindingError::Component(_)), Some(asked)) => {
+                Err(BindingError::Component(anyhow::anyhow!(
+                    "the component ran out of memory: it asked for {asked} bytes of linear memory, over its limit of {} bytes (RuntimeOptions::max_memory_bytes)",
+                    limits.max_memory_bytes
+                )))
+            }
+            (outcome, _) => outcome,
+        }
+    }
+
     pub(crate) fn new(store: Store<HostState>, exports: MqttBinding) -> Self {
         Self { store, exports }
     }
@@ -131,6 +149,7 @@ impl Binding {
         let mut first = runtime.instance(host.clone()).await?;
         first.init(&app_id, &metadata).await?;
         let permits = tokio::sync::Semaphore::new(runtime.max_output_instances());
+        let bytes = tokio::sync::Semaphore::new(byte_budget(runtime.options()));
         Ok(Self {
             runtime,
             host,
@@ -138,6 +157,7 @@ impl Binding {
             metadata,
             idle: std::sync::Mutex::new(vec![first]),
             permits,
+            bytes,
         })
     }
 
@@ -166,7 +186,10 @@ impl Binding {
             }
         };
         let outcome = call(&mut instance).await;
-        if !matches!(outcome, Err(BindingError::Component(_))) {
+        let outcome = instance.explained(outcome);
+        let grown = instance.store.data().limits.memory_bytes
+            > self.runtime.options().pooled_instance_max_memory;
+        if !grown && !matches!(outcome, Err(BindingError::Component(_))) {
             self.idle
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -189,6 +212,14 @@ impl Binding {
 
     /// Runs one output operation.
     pub async fn invoke(&self, request: InvokeRequest) -> Result<InvokeResponse, BindingError> {
+        // A request larger than the whole budget takes all of it, so it runs alone.
+        let budget = byte_budget(self.runtime.options());
+        let weight = u32::try_from(request.data.len().clamp(1, budget)).unwrap_or(u32::MAX);
+        let _bytes = self
+            .bytes
+            .acquire_many(weight)
+            .await
+            .map_err(|_| BindingError::Broker(crate::BrokerError::Closed))?;
         let request = wit::InvokeRequest {
             operation: request.operation,
             data: request.data,
@@ -220,8 +251,8 @@ impl Binding {
             .mqtt_binding_binding_binding()
             .call_read(store)
             .await
-            .map_err(component_error)?;
-        outcome.map_err(from_guest)
+            .map_err(component_error);
+        input.explained(outcome)?.map_err(from_guest)
     }
 
     /// Waits until the broker has accepted the input binding's subscription (after `read`
@@ -256,6 +287,14 @@ impl Binding {
             connection.disconnect().await;
         }
     }
+}
+
+/// The byte budget as semaphore permits (a semaphore holds at most `u32::MAX >> 3`).
+fn byte_budget(options: &crate::RuntimeOptions) -> usize {
+    options.max_in_flight_bytes.clamp(
+        1,
+        tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
+    )
 }
 
 /// The component trapped or could not run.

@@ -17,7 +17,7 @@ use crate::binding::{Binding, BindingOptions, Instance, component_error};
 use crate::bindings::{MqttBinding, MqttBindingPre};
 use crate::broker::BrokerSettings;
 use crate::error::BindingError;
-use crate::imports::{BindingHost, HasHostView, HostState, HostView};
+use crate::imports::{BindingHost, HasHostView, HostState, HostView, Limits};
 
 /// The component this host was built with (see `build.rs`).
 const EMBEDDED_WASM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/mqtt_binding_guest.wasm"));
@@ -45,6 +45,13 @@ pub struct RuntimeOptions {
     /// Most output instances one binding runs at once, i.e. how many invokes of one binding
     /// may be in flight together; more wait for a free instance.
     pub max_output_instances: usize,
+    /// Most request data (bytes) one binding's invokes hold at once; more wait. With the
+    /// copies an invoke makes (guest memory, the packet being written), a binding's
+    /// memory beyond idle stays within a few times this (see the README, "Memory").
+    pub max_in_flight_bytes: usize,
+    /// An output instance whose linear memory grew beyond this is dropped after its call
+    /// instead of going back to the pool (wasm memory never shrinks).
+    pub pooled_instance_max_memory: usize,
 }
 
 impl Default for RuntimeOptions {
@@ -55,6 +62,8 @@ impl Default for RuntimeOptions {
             broker: BrokerSettings::default(),
             max_memory_bytes: 256 * 1024 * 1024,
             max_output_instances: 64,
+            max_in_flight_bytes: 64 * 1024 * 1024,
+            pooled_instance_max_memory: 8 * 1024 * 1024,
         }
     }
 }
@@ -142,6 +151,10 @@ impl RuntimeInner {
         self.options.max_output_instances.max(1)
     }
 
+    pub(crate) fn options(&self) -> &RuntimeOptions {
+        &self.options
+    }
+
     /// A fresh instance of the component for `host`'s binding, not yet initialised.
     pub(crate) async fn instance(&self, host: Arc<BindingHost>) -> Result<Instance, BindingError> {
         // The guest gets no sockets, no files, no environment: its only network is the
@@ -152,9 +165,14 @@ impl RuntimeInner {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(self.options.max_memory_bytes)
-            .build();
+        let limits = Limits {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(self.options.max_memory_bytes)
+                .build(),
+            memory_bytes: 0,
+            max_memory_bytes: self.options.max_memory_bytes,
+            refused_bytes: None,
+        };
         let state = HostState {
             wasi,
             table: ResourceTable::new(),

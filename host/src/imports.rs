@@ -45,11 +45,71 @@ pub(crate) struct BindingHost {
     pub connection: tokio::sync::Mutex<Option<Connection>>,
 }
 
+/// The store's resource limits, recording how large the instance's memory has grown (an
+/// instance that grew large is not kept in the output pool: its memory never shrinks).
+pub(crate) struct Limits {
+    pub inner: StoreLimits,
+    /// The largest linear memory the instance has had, in bytes.
+    pub memory_bytes: usize,
+    /// The memory limit, for the error a guest that hits it gets.
+    pub max_memory_bytes: usize,
+    /// The size a refused memory growth asked for, if one was refused.
+    pub refused_bytes: Option<usize>,
+}
+
+impl wasmtime::ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_bytes = self.memory_bytes.max(desired);
+        } else {
+            self.refused_bytes = Some(desired);
+            tracing::warn!(
+                current,
+                desired,
+                limit = self.max_memory_bytes,
+                "the component asked for more memory than its limit"
+            );
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
 /// The data of one wasmtime `Store`.
 pub(crate) struct HostState {
     pub wasi: WasiCtx,
     pub table: ResourceTable,
-    pub limits: StoreLimits,
+    pub limits: Limits,
     pub host: Arc<BindingHost>,
     /// Set while `init` runs in a further instance of the binding: the first instance has
     /// already logged what `init` says about the metadata, so only errors are logged again.

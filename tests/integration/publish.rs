@@ -152,6 +152,44 @@ async fn payload_at_the_limit_passes_one_byte_over_is_rejected() {
     binding.close().await;
 }
 
+/// Data larger than the component may hold: the invoke fails with an error that says so and
+/// names the limit (not a trap and its wasm backtrace); the instance is thrown away and the
+/// next invoke works.
+#[tokio::test]
+async fn a_component_out_of_memory_says_so_with_its_limit() {
+    let broker = Mosquitto::start();
+    let limit = 8 * 1024 * 1024;
+    let runtime = runtime_with(RuntimeOptions {
+        max_memory_bytes: limit,
+        ..RuntimeOptions::default()
+    });
+    let topic = format!("oom/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let mut binding = binding_in(
+        &runtime,
+        &[("url", &broker.url()), ("topic", &topic), ("qos", "1")],
+    )
+    .await
+    .expect("init");
+    match create(&mut binding, &vec![1; 2 * limit], &[]).await {
+        Err(BindingError::Component(error)) => {
+            let text = format!("{error:#}");
+            assert!(
+                text.starts_with("the component ran out of memory")
+                    && text.contains("over its limit of 8388608 bytes")
+                    && !text.contains("wasm backtrace"),
+                "{text}"
+            );
+        }
+        other => panic!("expected the component to run out of memory, got {other:?}"),
+    }
+    create(&mut binding, b"after", &[])
+        .await
+        .expect("a fresh instance serves the next invoke");
+    assert_eq!(&subscriber.next().await.payload[..], b"after");
+    binding.close().await;
+}
+
 #[tokio::test]
 async fn wildcard_topics_and_unknown_operations_are_refused() {
     let broker = Mosquitto::start();

@@ -759,6 +759,13 @@ async fn dapr_error_codes() {
             StatusCode::INTERNAL_SERVER_ERROR,
             "ERR_INVOKE_OUTPUT_BINDING",
         ),
+        // A binding name that is not UTF-8 once percent-decoded.
+        (
+            "%FF%FE",
+            r#"{"data": 1, "operation": "create"}"#,
+            StatusCode::BAD_REQUEST,
+            "ERR_MALFORMED_REQUEST",
+        ),
     ];
     for (binding, body, status, code) in cases {
         let (got, text) = sidecar.post(binding, body).await;

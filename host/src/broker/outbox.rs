@@ -341,11 +341,10 @@ impl Outbox {
             match job.reply {
                 None if job.ticket.write() => qos0.push(job.publish),
                 None => {}
-                Some(reply) => {
-                    if job.ticket.abandon() {
-                        let _ = reply.send(Err(BrokerError::Closed));
-                    }
+                Some(reply) if job.ticket.abandon() => {
+                    let _ = reply.send(Err(BrokerError::Closed));
                 }
+                Some(_) => {}
             }
         }
         qos0

@@ -117,11 +117,17 @@ impl EventHandler for AppRoute {
                     }
                 }
             }
-            let response = request
-                .body(event.data)
-                .send()
-                .await
-                .map_err(|e| format!("POST {}: {e}", self.url))?;
+            let response = request.body(event.data).send().await.map_err(|e| {
+                if e.is_timeout() {
+                    format!(
+                        "POST {}: the app did not answer within {} s",
+                        self.url,
+                        DELIVERY_TIMEOUT.as_secs()
+                    )
+                } else {
+                    format!("POST {}: {e}", self.url)
+                }
+            })?;
             let status = response.status();
             if status.is_success() {
                 Ok(())

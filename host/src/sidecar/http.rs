@@ -95,9 +95,30 @@ struct OutputRequest {
 
 async fn invoke(
     State(sidecar): State<Arc<Sidecar>>,
-    Path(name): Path<String>,
-    body: Bytes,
+    name: Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
+    // Extraction failures answer in Dapr's shape too, not axum's plain text.
+    let name = match name {
+        Ok(Path(name)) => name,
+        Err(rejection) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "ERR_MALFORMED_REQUEST",
+                format!("the binding name in the path is malformed: {rejection}"),
+            );
+        }
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            return error(
+                rejection.status(),
+                "ERR_MALFORMED_REQUEST",
+                format!("reading the request body: {rejection}"),
+            );
+        }
+    };
     let request: OutputRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
