@@ -1,8 +1,8 @@
 //! The component's metadata: from Dapr's name/value pairs to a validated [`Config`].
 //!
 //! Pure functions, no I/O: secrets are already resolved by the host, and logging is left to
-//! the caller through [`Config::notes`]. The rules are those of `shared/spec/SPEC.md`,
-//! section "Metadata fields".
+//! the caller through [`Config::notes`]. The rules are those of the README's "Metadata"
+//! section.
 
 use std::fmt;
 use std::time::Duration;
