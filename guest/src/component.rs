@@ -31,6 +31,7 @@ use bindings::exports::mqtt_binding::binding::binding::{
 use bindings::mqtt_binding::binding::broker::{self, ConnectOptions, Connection};
 use bindings::mqtt_binding::binding::delivery::{self, DeliveryError, Event};
 use bindings::mqtt_binding::binding::logging::{self, Level};
+use bindings::mqtt_binding::binding::types::Payload;
 use bindings::mqtt_binding::binding::{lifecycle, types};
 
 /// How long `connect` waits for CONNACK, and each publish for its acknowledgement.
@@ -158,13 +159,13 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
         ("qos", qos_text(message.qos)),
         ("duplicate", bool_text(message.duplicate)),
     ];
-    let event = Event {
+    let event = || Event {
         data: &message.payload,
         metadata: &metadata,
     };
     let mut failures = 0;
     let reason = loop {
-        let reason = match delivery::deliver(event.clone()) {
+        let reason = match delivery::deliver(event()) {
             Ok(()) => return acknowledge(&binding.connection, message.id, message.qos, &topic),
             Err(DeliveryError::Failed(reason)) => reason,
             Err(DeliveryError::Stopped) => return Settled::Stopped,
@@ -203,7 +204,7 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
         qos: binding.config.qos.max(Qos::AtLeastOnce),
         retain: false,
     };
-    match publish_with_retries(&binding.connection, &publish, event.data) {
+    match publish_with_retries(&binding.connection, &publish, &message.payload) {
         Ok(()) => {
             logging::log(
                 Level::Warn,
@@ -260,7 +261,7 @@ fn bool_text(value: bool) -> &'static str {
 fn publish_with_retries(
     connection: &Connection,
     publish: &request::Publish,
-    payload: &[u8],
+    payload: &Payload,
 ) -> Result<(), Error> {
     let mut failures = 0;
     loop {

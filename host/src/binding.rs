@@ -11,6 +11,7 @@ use crate::bindings::exports::mqtt_binding::binding::binding as wit;
 use crate::engine::RuntimeInner;
 use crate::error::BindingError;
 use crate::imports::{BindingHost, EventHandler, HostState, from_wit};
+use crate::payload::Payload;
 
 /// What a binding is made from.
 #[derive(Clone)]
@@ -220,12 +221,24 @@ impl Binding {
             .acquire_many(weight)
             .await
             .map_err(|_| BindingError::Broker(crate::BrokerError::Closed))?;
-        let request = wit::InvokeRequest {
-            operation: request.operation,
-            data: request.data,
-            metadata: request.metadata,
-        };
+        let InvokeRequest {
+            operation,
+            data,
+            metadata,
+        } = request;
+        let data = Payload(data.into());
         self.with_output(async |Instance { store, exports }| {
+            // The bytes stay with the host; the component gets a handle it owns and drops.
+            let data = store
+                .data_mut()
+                .table
+                .push(data)
+                .map_err(|e| component_error(e.into()))?;
+            let request = wit::InvokeRequest {
+                operation,
+                data,
+                metadata,
+            };
             let outcome = exports
                 .mqtt_binding_binding_binding()
                 .call_invoke(store, &request)

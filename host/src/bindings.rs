@@ -8,5 +8,6 @@ wasmtime::component::bindgen!({
     exports: { default: async },
     with: {
         "mqtt-binding:binding/broker.connection": crate::broker::Connection,
+        "mqtt-binding:binding/types.payload": crate::payload::Payload,
     },
 });

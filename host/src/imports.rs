@@ -15,6 +15,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::mqtt_binding::binding::{broker, delivery, lifecycle, logging, types};
 use crate::broker::{BrokerSettings, ConnectOptions, Connection, PublishRequest};
 use crate::error::BrokerError;
+use crate::payload::Payload;
 
 /// One event for the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,6 +207,17 @@ fn millis(ms: u32) -> Duration {
 
 impl types::Host for HostView<'_> {}
 
+impl types::HostPayload for HostView<'_> {
+    async fn len(&mut self, payload: Resource<Payload>) -> wasmtime::Result<u64> {
+        Ok(self.table.get(&payload)?.0.len() as u64)
+    }
+
+    async fn drop(&mut self, payload: Resource<Payload>) -> wasmtime::Result<()> {
+        self.table.delete(payload)?;
+        Ok(())
+    }
+}
+
 impl broker::Host for HostView<'_> {}
 
 impl broker::HostConnection for HostView<'_> {
@@ -249,15 +261,16 @@ impl broker::HostConnection for HostView<'_> {
         &mut self,
         connection: Resource<Connection>,
         topic: String,
-        payload: Vec<u8>,
+        payload: Resource<Payload>,
         level: types::Qos,
         retain: bool,
         timeout_ms: u32,
     ) -> wasmtime::Result<Result<(), broker::Error>> {
+        let payload = self.table.get(&payload)?.0.clone();
         let connection = self.table.get(&connection)?;
         let request = PublishRequest {
             topic,
-            payload: payload.into(),
+            payload,
             qos: qos(level),
             retain,
         };
@@ -291,19 +304,22 @@ impl broker::HostConnection for HostView<'_> {
             next = connection.next_messages(max, millis(timeout_ms)) => next,
             () = self.host.shutdown.cancelled() => Err(BrokerError::Closed),
         };
-        Ok(next.map_err(to_wit).map(|messages| {
-            messages
-                .into_iter()
-                .map(|m| broker::Message {
-                    id: m.id,
-                    topic: m.topic,
-                    payload: m.payload.into(),
-                    qos: wit_qos(m.qos),
-                    retained: m.retain,
-                    duplicate: m.duplicate,
-                })
-                .collect()
-        }))
+        let messages = match next {
+            Ok(messages) => messages,
+            Err(error) => return Ok(Err(to_wit(error))),
+        };
+        let mut handed = Vec::with_capacity(messages.len());
+        for m in messages {
+            handed.push(broker::Message {
+                id: m.id,
+                topic: m.topic,
+                payload: self.table.push(Payload(m.payload))?,
+                qos: wit_qos(m.qos),
+                retained: m.retain,
+                duplicate: m.duplicate,
+            });
+        }
+        Ok(Ok(handed))
     }
 
     async fn ack(
@@ -345,7 +361,7 @@ impl delivery::Host for HostView<'_> {
             return Ok(Err(delivery::DeliveryError::Stopped));
         }
         let event = Event {
-            data: event.data,
+            data: self.table.get(&event.data)?.0.to_vec(),
             metadata: event.metadata,
         };
         Ok(tokio::select! {

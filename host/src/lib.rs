@@ -29,6 +29,7 @@ pub mod component_file;
 mod engine;
 mod error;
 mod imports;
+mod payload;
 pub mod sidecar;
 mod tls;
 

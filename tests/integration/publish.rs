@@ -152,9 +152,11 @@ async fn payload_at_the_limit_passes_one_byte_over_is_rejected() {
     binding.close().await;
 }
 
-/// Data larger than the component may hold: the invoke fails with an error that says so and
-/// names the limit (not a trap and its wasm backtrace); the instance is thrown away and the
-/// next invoke works.
+/// Request metadata larger than the component may hold (payloads stay with the host, but
+/// metadata is copied in): the invoke fails with an error that says so and names the limit
+/// (not a trap and its wasm backtrace); the instance is thrown away and the next invoke
+/// works. Meanwhile a payload twice the memory limit goes through: it never enters the
+/// component.
 #[tokio::test]
 async fn a_component_out_of_memory_says_so_with_its_limit() {
     let broker = Mosquitto::start();
@@ -171,7 +173,12 @@ async fn a_component_out_of_memory_says_so_with_its_limit() {
     )
     .await
     .expect("init");
-    match create(&mut binding, &vec![1; 2 * limit], &[]).await {
+    create(&mut binding, &vec![1; 2 * limit], &[])
+        .await
+        .expect("a payload does not enter the component's memory");
+    assert_eq!(subscriber.next().await.payload.len(), 2 * limit);
+    let huge = "x".repeat(2 * limit);
+    match create(&mut binding, b"with huge metadata", &[("note", &huge)]).await {
         Err(BindingError::Component(error)) => {
             let text = format!("{error:#}");
             assert!(
