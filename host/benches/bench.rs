@@ -342,9 +342,18 @@ async fn memory_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
     let mut rows = Vec::new();
     let (mut idle, mut loaded) = (Vec::new(), Vec::new());
     for _ in 0..settings.runs {
-        let (at_rest, peak) = sidecar_memory(broker, settings.messages).await;
-        idle.push(at_rest);
-        loaded.push(peak);
+        let memory = sidecar_memory(broker, settings.messages, SMALL_DATA).await;
+        idle.push(memory.idle);
+        loaded.push(memory.peak);
+    }
+    // Large payloads: what the byte budgets bound, and what is given back afterwards.
+    let large = if settings.full { 15 << 20 } else { 1 << 20 };
+    let (mut large_idle, mut large_peak, mut large_after) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..settings.runs {
+        let memory = sidecar_memory(broker, IN_FLIGHT, large).await;
+        large_idle.push(memory.idle);
+        large_peak.push(memory.peak);
+        large_after.push(memory.after);
     }
     rows.push(Row {
         figure: "`mqtt-binding run`, one binding, resident memory idle".into(),
@@ -365,7 +374,44 @@ async fn memory_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
         reference: Vec::new(),
         higher_is_better: false,
     });
+    let mib = large >> 20;
+    rows.push(Row {
+        figure: format!(
+            "`mqtt-binding run`, peak resident memory, {IN_FLIGHT} invokes of {mib} MiB at once"
+        ),
+        unit: "MiB",
+        binding: large_peak,
+        reference_name: "idle, same process".into(),
+        reference: large_idle.clone(),
+        higher_is_better: false,
+    });
+    rows.push(Row {
+        figure: format!(
+            "`mqtt-binding run`, resident memory {} s after {IN_FLIGHT} invokes of {mib} MiB",
+            SETTLE.as_secs()
+        ),
+        unit: "MiB",
+        binding: large_after,
+        reference_name: "idle, same process".into(),
+        reference: large_idle,
+        higher_is_better: false,
+    });
     rows
+}
+
+/// The data of the small HTTP invokes: 100 characters, as a JSON string.
+const SMALL_DATA: usize = 100;
+/// How long the sidecar rests after a load before its memory is read again.
+const SETTLE: Duration = Duration::from_secs(2);
+
+/// Resident memory of one `mqtt-binding run`, in MiB.
+struct SidecarMemory {
+    /// Once healthy, before any invoke.
+    idle: f64,
+    /// The most seen while the invokes ran.
+    peak: f64,
+    /// [`SETTLE`] after the last invoke answered.
+    after: f64,
 }
 
 /// Resident set size of a process, in MiB.
@@ -380,9 +426,10 @@ fn resident_mib(pid: u32) -> f64 {
     kib / 1024.0
 }
 
-/// `mqtt-binding run` with one output binding: RSS once healthy, and the peak while
-/// `invokes` HTTP requests run, IN_FLIGHT at a time.
-async fn sidecar_memory(broker: &Mosquitto, invokes: usize) -> (f64, f64) {
+/// `mqtt-binding run` with one output binding: RSS once healthy, the peak while `invokes`
+/// HTTP requests with `data_bytes` of data each run, IN_FLIGHT at a time, and the RSS
+/// [`SETTLE`] after them.
+async fn sidecar_memory(broker: &Mosquitto, invokes: usize, data_bytes: usize) -> SidecarMemory {
     let dir = tempfile::tempdir().expect("dir");
     let yaml = format!(
         "kind: Component\nmetadata: {{name: orders}}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n  - {{name: url, value: \"{}\"}}\n  - {{name: topic, value: bench/memory}}\n  - {{name: qos, value: 1}}\n",
@@ -424,14 +471,22 @@ async fn sidecar_memory(broker: &Mosquitto, invokes: usize) -> (f64, f64) {
     let idle = resident_mib(pid);
 
     let url = format!("http://127.0.0.1:{port}/v1.0/bindings/orders");
+    let body = bytes::Bytes::from(format!(
+        r#"{{"data": "{}", "operation": "create"}}"#,
+        "x".repeat(data_bytes)
+    ));
     let mut senders = tokio::task::JoinSet::new();
     for _ in 0..IN_FLIGHT {
-        let (client, url) = (client.clone(), url.clone());
+        let (client, url, body) = (client.clone(), url.clone(), body.clone());
         let count = (invokes / IN_FLIGHT).max(1);
         senders.spawn(async move {
             for _ in 0..count {
-                let body = r#"{"data": "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx", "operation": "create"}"#;
-                let response = client.post(&url).body(body).send().await.expect("invoke answered");
+                let response = client
+                    .post(&url)
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .expect("invoke answered");
                 assert_eq!(response.status(), reqwest::StatusCode::NO_CONTENT);
             }
         });
@@ -447,12 +502,14 @@ async fn sidecar_memory(broker: &Mosquitto, invokes: usize) -> (f64, f64) {
         }
     }
     peak = peak.max(resident_mib(pid));
+    tokio::time::sleep(SETTLE).await;
+    let after = resident_mib(pid);
     let _ = tokio::process::Command::new("kill")
         .args(["-TERM", &pid.to_string()])
         .status()
         .await;
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
-    (idle, peak)
+    SidecarMemory { idle, peak, after }
 }
 
 fn render(rows: &[Row]) -> String {

@@ -98,6 +98,7 @@ fn parse_key_value(text: &str) -> Result<(String, String), String> {
 }
 
 fn main() -> ExitCode {
+    fixed_mmap_threshold();
     let cli = Cli::parse();
     // rumqttd (the demo's embedded broker) logs ordinary disconnects as errors; keep it
     // quiet unless asked for by name.
@@ -125,6 +126,26 @@ fn main() -> ExitCode {
         Err(error) => fail(&error),
     }
 }
+
+/// glibc raises its mmap threshold each time a large block is freed, after which large
+/// blocks come from the heap and are seldom given back: one burst of large messages would
+/// keep the process at its peak. A fixed threshold keeps every block of 128 KiB or more in
+/// a mapping of its own, returned to the system when freed.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[expect(
+    unsafe_code,
+    reason = "mallopt is glibc's allocator tuning call; it has no Rust wrapper"
+)]
+fn fixed_mmap_threshold() {
+    // SAFETY: mallopt only sets an allocator parameter; it runs first in `main`, before
+    // any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn fixed_mmap_threshold() {}
 
 /// Raises the soft limit on open descriptors to the hard one, as servers do: each HTTP
 /// connection, app connection and broker connection takes one, and the usual soft limit

@@ -68,6 +68,10 @@ impl std::fmt::Debug for Link {
     }
 }
 
+/// The size buffers start at, and the most capacity an empty buffer keeps.
+const INITIAL_BUFFER: usize = 8 * 1024;
+const RETAINED_BUFFER: usize = 256 * 1024;
+
 /// How much encoded output is buffered before the writer must catch up.
 pub(super) const OUTGOING_HIGH_WATER: usize = 1 << 20;
 
@@ -111,12 +115,12 @@ impl Link {
         let mut link = Link {
             reader: Reader {
                 half: reader,
-                buffer: BytesMut::with_capacity(8 * 1024),
+                buffer: BytesMut::with_capacity(INITIAL_BUFFER),
                 max_packet: endpoint.max_packet,
             },
             writer: Writer {
                 half: writer,
-                buffer: BytesMut::with_capacity(8 * 1024),
+                buffer: BytesMut::with_capacity(INITIAL_BUFFER),
                 max_packet: endpoint.max_packet,
             },
         };
@@ -178,6 +182,10 @@ impl Writer {
         }
         if self.buffer.is_empty() {
             self.half.flush().await.map_err(|e| classify_io(&e))?;
+            // A large packet grew the buffer; do not keep that memory while idle.
+            if self.buffer.capacity() > RETAINED_BUFFER {
+                self.buffer = BytesMut::with_capacity(INITIAL_BUFFER);
+            }
         }
         Ok(())
     }
@@ -197,6 +205,10 @@ impl Reader {
         loop {
             if let Some(packet) = self.read_buffered()? {
                 return Ok(packet);
+            }
+            // A large packet grew the buffer; do not keep that memory while idle.
+            if self.buffer.is_empty() && self.buffer.capacity() > RETAINED_BUFFER {
+                self.buffer = BytesMut::with_capacity(INITIAL_BUFFER);
             }
             let read = self
                 .half

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -63,6 +62,12 @@ pub(crate) async fn serve(
 /// escaping.
 const MAX_BODY: usize = 32 * 1024 * 1024;
 
+/// Most request body bytes the sidecar's invokes hold at once; an invoke reserves its
+/// Content-Length (or [`MAX_BODY`] when it has none) before reading its body, and keeps it
+/// until it answers. Each byte is held a few times over (the body, the parsed JSON, the
+/// data, the packet), so this bounds the memory of invokes in flight to a few times 64 MiB.
+pub(crate) const BODY_BUDGET: usize = 64 * 1024 * 1024;
+
 pub(crate) fn router(sidecar: Arc<Sidecar>) -> Router {
     Router::new()
         .route("/v1.0/bindings/{name}", post(invoke).put(invoke))
@@ -96,7 +101,8 @@ struct OutputRequest {
 async fn invoke(
     State(sidecar): State<Arc<Sidecar>>,
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Body,
 ) -> Response {
     // Extraction failures answer in Dapr's shape too, not axum's plain text.
     let name = match name {
@@ -109,13 +115,35 @@ async fn invoke(
             );
         }
     };
-    let body = match body {
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > MAX_BODY) {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "ERR_MALFORMED_REQUEST",
+            format!("the request body is over the limit of {MAX_BODY} bytes"),
+        );
+    }
+    let weight = declared.unwrap_or(MAX_BODY).clamp(1, BODY_BUDGET);
+    let Ok(_reserved) = sidecar
+        .body_budget
+        .acquire_many(u32::try_from(weight).unwrap_or(u32::MAX))
+        .await
+    else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ERR_INVOKE_OUTPUT_BINDING",
+            "the sidecar is shutting down".into(),
+        );
+    };
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(body) => body,
-        Err(rejection) => {
+        Err(e) => {
             return error(
-                rejection.status(),
+                StatusCode::PAYLOAD_TOO_LARGE,
                 "ERR_MALFORMED_REQUEST",
-                format!("reading the request body: {rejection}"),
+                format!("reading the request body (at most {MAX_BODY} bytes): {e}"),
             );
         }
     };

@@ -49,6 +49,9 @@ pub(crate) struct Sidecar {
     failed: Vec<(ComponentSummary, String)>,
     /// Files, or documents in them, holding no usable component, with the reason.
     skipped: Vec<(String, String)>,
+    /// Request body bytes held by invokes in progress, one permit per byte (see
+    /// `http::BODY_BUDGET`).
+    body_budget: tokio::sync::Semaphore,
 }
 
 pub(crate) struct Slot {
@@ -128,6 +131,7 @@ pub async fn run(
         bindings,
         failed: loaded.failed,
         skipped: loaded.skipped,
+        body_budget: tokio::sync::Semaphore::new(http::BODY_BUDGET),
     });
     let stop = CancellationToken::new();
     let (fatal_tx, mut fatal) = tokio::sync::mpsc::unbounded_channel();
