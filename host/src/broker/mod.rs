@@ -26,6 +26,8 @@ mod driver;
 mod inbox;
 mod link;
 mod outbox;
+#[cfg(test)]
+mod tests;
 
 use driver::{Command, Driver, Timing};
 pub use inbox::Message;

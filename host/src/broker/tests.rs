@@ -1,0 +1,313 @@
+//! The connection task against a scripted broker on loopback (a unit test's fake: it speaks
+//! MQTT through rumqttc's codec and does exactly what each test says): resends after a
+//! reconnect, new sessions, silence, stray acknowledgements, and callers that give up.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttc::{ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, QoS};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::{BrokerSettings, ConnectOptions, Connection, PublishRequest};
+use crate::error::BrokerError;
+
+/// How long a test waits for anything before failing.
+const WAIT: Duration = Duration::from_secs(10);
+
+struct FakeBroker {
+    listener: TcpListener,
+    port: u16,
+}
+
+struct FakeConnection {
+    stream: TcpStream,
+    buffer: BytesMut,
+}
+
+impl FakeBroker {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("listens");
+        let port = listener.local_addr().expect("address").port();
+        Self { listener, port }
+    }
+
+    /// Accepts the client's next connection: reads its CONNECT, answers CONNACK.
+    async fn accept(&self, session_present: bool) -> FakeConnection {
+        let (stream, _) = tokio::time::timeout(WAIT, self.listener.accept())
+            .await
+            .expect("the client connected in time")
+            .expect("accept");
+        let mut connection = FakeConnection {
+            stream,
+            buffer: BytesMut::new(),
+        };
+        match connection.read().await {
+            Packet::Connect(_) => {}
+            other => panic!("expected CONNECT, got {other:?}"),
+        }
+        connection
+            .write(Packet::ConnAck(ConnAck::new(
+                ConnectReturnCode::Success,
+                session_present,
+            )))
+            .await;
+        connection
+    }
+
+    fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port: self.port,
+            client_id: "fake-test".into(),
+            username: None,
+            password: None,
+            clean_session: false,
+            keep_alive: Duration::from_secs(30),
+            ca_cert: None,
+            client_cert: None,
+            client_key: None,
+            connect_timeout: WAIT,
+        }
+    }
+
+    /// A connection to this broker, accepted with `session_present`.
+    async fn connect(&self, settings: BrokerSettings) -> (Connection, FakeConnection) {
+        let options = self.options();
+        let connecting = tokio::spawn(async move { Connection::connect(options, &settings).await });
+        let accepted = self.accept(false).await;
+        let connection = connecting.await.expect("connect task").expect("connected");
+        (connection, accepted)
+    }
+}
+
+impl FakeConnection {
+    async fn read(&mut self) -> Packet {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match Packet::read(&mut self.buffer, 1 << 20) {
+                    Ok(packet) => return packet,
+                    Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
+                    Err(e) => panic!("the client sent garbage: {e}"),
+                }
+                let read = self.stream.read_buf(&mut self.buffer).await.expect("read");
+                assert!(read > 0, "the client closed the connection");
+            }
+        })
+        .await
+        .expect("the client sent a packet in time")
+    }
+
+    /// The next PUBLISH, skipping keep-alives.
+    async fn publish(&mut self) -> rumqttc::Publish {
+        loop {
+            match self.read().await {
+                Packet::Publish(publish) => return publish,
+                Packet::PingReq => self.write(Packet::PingResp).await,
+                other => panic!("expected PUBLISH, got {other:?}"),
+            }
+        }
+    }
+
+    async fn write(&mut self, packet: Packet) {
+        let mut out = BytesMut::new();
+        packet.write(&mut out, 1 << 20).expect("encodes");
+        self.stream.write_all(&out).await.expect("write");
+    }
+}
+
+fn request(payload: &str, qos: QoS) -> PublishRequest {
+    PublishRequest {
+        topic: "t".into(),
+        payload: payload.as_bytes().to_vec().into(),
+        qos,
+        retain: false,
+    }
+}
+
+fn spawn_publish(
+    connection: &Connection,
+    payload: &str,
+    qos: QoS,
+    timeout: Duration,
+) -> tokio::task::JoinHandle<Result<(), BrokerError>> {
+    let (connection, request) = (connection.clone(), request(payload, qos));
+    tokio::spawn(async move { connection.publish(request, timeout).await })
+}
+
+async fn outcome(
+    publishing: tokio::task::JoinHandle<Result<(), BrokerError>>,
+) -> Result<(), BrokerError> {
+    tokio::time::timeout(WAIT, publishing)
+        .await
+        .expect("the publish answered in time")
+        .expect("the publish task")
+}
+
+#[tokio::test]
+async fn lost_before_the_puback_with_a_surviving_session_is_resent_with_dup_and_answered() {
+    let broker = FakeBroker::start().await;
+    let (connection, mut first) = broker.connect(BrokerSettings::default()).await;
+    let publishing = spawn_publish(&connection, "a", QoS::AtLeastOnce, WAIT);
+    let sent = first.publish().await;
+    assert!(!sent.dup);
+    drop(first);
+    let mut second = broker.accept(true).await;
+    let resent = second.publish().await;
+    assert_eq!(
+        (resent.pkid, resent.dup, &resent.payload[..]),
+        (sent.pkid, true, &b"a"[..])
+    );
+    second.write(Packet::PubAck(PubAck::new(sent.pkid))).await;
+    assert_eq!(outcome(publishing).await, Ok(()));
+}
+
+#[tokio::test]
+async fn lost_before_the_puback_with_a_new_session_fails_as_unconfirmed_and_is_not_resent() {
+    let broker = FakeBroker::start().await;
+    let (connection, mut first) = broker.connect(BrokerSettings::default()).await;
+    let publishing = spawn_publish(&connection, "a", QoS::AtLeastOnce, WAIT);
+    first.publish().await;
+    drop(first);
+    let mut second = broker.accept(false).await;
+    match outcome(publishing).await {
+        Err(BrokerError::Unconfirmed(text)) => assert!(text.contains("new session"), "{text}"),
+        other => panic!("expected unconfirmed, got {other:?}"),
+    }
+    // The next packet on the new connection is the next request, not a resend.
+    let next = spawn_publish(&connection, "b", QoS::AtLeastOnce, WAIT);
+    let sent = second.publish().await;
+    assert_eq!((&sent.payload[..], sent.dup), (&b"b"[..], false));
+    second.write(Packet::PubAck(PubAck::new(sent.pkid))).await;
+    assert_eq!(outcome(next).await, Ok(()));
+}
+
+#[tokio::test]
+async fn an_acknowledgement_for_an_id_nobody_owns_answers_nobody() {
+    let broker = FakeBroker::start().await;
+    let (connection, mut link) = broker.connect(BrokerSettings::default()).await;
+    let publishing = connection.publish(request("a", QoS::AtLeastOnce), WAIT);
+    tokio::pin!(publishing);
+    let sent = tokio::select! {
+        answered = &mut publishing => panic!("answered before it was written: {answered:?}"),
+        sent = link.publish() => sent,
+    };
+    link.write(Packet::PubAck(PubAck::new(sent.pkid.wrapping_add(1))))
+        .await;
+    link.write(Packet::PubComp(PubComp::new(sent.pkid))).await;
+    // A message after the stray acknowledgements: once it is in, they were handled.
+    let mut barrier = rumqttc::Publish::new("barrier", QoS::AtMostOnce, b"".to_vec());
+    barrier.pkid = 0;
+    link.write(Packet::Publish(barrier)).await;
+    tokio::select! {
+        biased;
+        answered = &mut publishing => panic!("answered by another id's acknowledgement: {answered:?}"),
+        messages = connection.next_messages(1, WAIT) => {
+            assert_eq!(messages.expect("the barrier").len(), 1);
+        }
+    }
+    link.write(Packet::PubAck(PubAck::new(sent.pkid))).await;
+    assert_eq!(
+        tokio::time::timeout(WAIT, publishing)
+            .await
+            .expect("answered"),
+        Ok(())
+    );
+}
+
+#[tokio::test]
+async fn qos2_completes_on_pubcomp_after_pubrel() {
+    let broker = FakeBroker::start().await;
+    let (connection, mut link) = broker.connect(BrokerSettings::default()).await;
+    let publishing = connection.publish(request("a", QoS::ExactlyOnce), WAIT);
+    tokio::pin!(publishing);
+    let sent = tokio::select! {
+        answered = &mut publishing => panic!("answered before it was written: {answered:?}"),
+        sent = link.publish() => sent,
+    };
+    link.write(Packet::PubRec(PubRec::new(sent.pkid))).await;
+    let released = tokio::select! {
+        answered = &mut publishing => panic!("answered on PUBREC: {answered:?}"),
+        packet = link.read() => packet,
+    };
+    match released {
+        Packet::PubRel(rel) => assert_eq!(rel.pkid, sent.pkid),
+        other => panic!("expected PUBREL, got {other:?}"),
+    }
+    // The PUBREC was handled (PUBREL came back); the publish must still be waiting.
+    tokio::select! {
+        biased;
+        answered = &mut publishing => panic!("answered on PUBREC: {answered:?}"),
+        () = tokio::task::yield_now() => {}
+    }
+    link.write(Packet::PubComp(PubComp::new(sent.pkid))).await;
+    assert_eq!(
+        tokio::time::timeout(WAIT, publishing)
+            .await
+            .expect("answered"),
+        Ok(())
+    );
+}
+
+#[tokio::test]
+async fn a_caller_that_gave_up_before_its_write_is_never_written() {
+    let broker = FakeBroker::start().await;
+    let settings = BrokerSettings {
+        max_in_flight: 1,
+        ..BrokerSettings::default()
+    };
+    let (connection, mut link) = broker.connect(settings).await;
+    let first = spawn_publish(&connection, "a", QoS::AtLeastOnce, WAIT);
+    let sent = link.publish().await;
+    // The window is full: this one waits for room, and its caller gives up first.
+    let waiting = spawn_publish(
+        &connection,
+        "b",
+        QoS::AtLeastOnce,
+        Duration::from_millis(200),
+    );
+    match outcome(waiting).await {
+        Err(BrokerError::Timeout(text)) => assert!(text.contains("not sent"), "{text}"),
+        other => panic!("expected a timeout saying not sent, got {other:?}"),
+    }
+    link.write(Packet::PubAck(PubAck::new(sent.pkid))).await;
+    assert_eq!(outcome(first).await, Ok(()));
+    let third = spawn_publish(&connection, "c", QoS::AtLeastOnce, WAIT);
+    let next = link.publish().await;
+    assert_eq!(
+        &next.payload[..],
+        b"c",
+        "b was abandoned and must never be written"
+    );
+    link.write(Packet::PubAck(PubAck::new(next.pkid))).await;
+    assert_eq!(outcome(third).await, Ok(()));
+}
+
+#[tokio::test]
+async fn a_broker_that_goes_silent_is_dropped_and_reconnected() {
+    let broker = FakeBroker::start().await;
+    let settings = BrokerSettings {
+        response_timeout: Duration::from_millis(300),
+        ..BrokerSettings::default()
+    };
+    let (connection, mut silent) = broker.connect(settings).await;
+    let publishing = spawn_publish(&connection, "a", QoS::AtLeastOnce, WAIT);
+    let sent = silent.publish().await;
+    // No answer, and the socket stays open: the client must give up on it by itself.
+    let mut second = broker.accept(true).await;
+    let resent = second.publish().await;
+    assert_eq!((resent.pkid, resent.dup), (sent.pkid, true));
+    second.write(Packet::PubAck(PubAck::new(sent.pkid))).await;
+    assert_eq!(outcome(publishing).await, Ok(()));
+    let status = connection.status();
+    assert!(status.connected, "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("no answer from the broker within 300 ms")),
+        "{status:?}"
+    );
+    drop(silent);
+}
