@@ -153,9 +153,12 @@ impl Driver {
     async fn serve(&mut self, mut link: Link) -> Ended {
         let timing = self.timing;
         let mut last_write = Instant::now();
-        // Since when an answer has been owed with nothing received (see `Timing`).
-        let mut silent_since: Option<Instant> = None;
+        let mut last_read = last_write;
+        // When the broker last started to owe an answer (see `Timing`).
+        let mut owed_since: Option<Instant> = None;
         let mut ping_outstanding = false;
+        // Armed lazily: moved earlier when needed, otherwise left to fire and re-armed
+        // then, so that busy traffic does not touch the timer wheel for every packet.
         let timer = tokio::time::sleep(timing.keep_alive);
         tokio::pin!(timer);
         loop {
@@ -168,17 +171,19 @@ impl Driver {
                 }
             }
             let owed = self.outbox.awaiting_answers() || ping_outstanding;
-            match (owed, silent_since) {
-                (true, None) => silent_since = Some(Instant::now()),
-                (false, Some(_)) => silent_since = None,
+            match (owed, owed_since) {
+                (true, None) => owed_since = Some(Instant::now()),
+                (false, Some(_)) => owed_since = None,
                 _ => {}
             }
+            // Silent since: the later of when an answer became owed and the last read.
+            let silent_since = owed_since.map(|since| since.max(last_read));
             let keep_alive_due = last_write + timing.keep_alive;
             let deadline = match silent_since {
                 Some(since) => keep_alive_due.min(since + timing.response_timeout),
                 None => keep_alive_due,
             };
-            if timer.deadline() != deadline {
+            if deadline < timer.deadline() {
                 timer.as_mut().reset(deadline);
             }
             tokio::select! {
@@ -197,7 +202,7 @@ impl Driver {
                         }
                         next = link.reader.read_buffered();
                     }
-                    silent_since = None;
+                    last_read = Instant::now();
                 }
                 command = self.commands.recv() => {
                     let mut next = command;
@@ -231,9 +236,12 @@ impl Driver {
                             return Ended::Lost(error);
                         }
                         ping_outstanding = true;
+                        // Keep-alive counts from the last write, the ping included.
+                        last_write = now;
                     }
-                    // Keep-alive is measured from the last write, the ping included.
-                    last_write = last_write.max(now.min(keep_alive_due));
+                    // Re-armed for the next check; the top of the loop moves it earlier
+                    // if something falls due sooner.
+                    timer.as_mut().reset(now + timing.keep_alive.max(timing.response_timeout));
                 }
             }
         }
