@@ -706,6 +706,53 @@ async fn idle_and_half_sent_http_connections_are_closed() {
     assert!(sidecar.terminate().await.success());
 }
 
+/// Started with a soft limit of 256 open descriptors, the sidecar raises it to the hard
+/// limit, so that clients holding connections cannot exhaust it.
+#[tokio::test]
+async fn the_sidecar_raises_its_soft_descriptor_limit() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let mut child = Command::new("sh")
+        .args(["-c", r#"ulimit -Sn 256 && exec "$0" "$@""#, BIN])
+        .args([
+            "run",
+            "--resources-path",
+            dir.path().to_str().expect("path"),
+        ])
+        .args(["--app-id", "shop", "--dapr-http-port", &port.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mqtt-binding run starts");
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while client
+        .get(format!("http://127.0.0.1:{port}/v1.0/metadata"))
+        .send()
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sidecar never served HTTP"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pid = child.id().expect("running");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|line| line.starts_with("Max open files"))
+        .expect("a Max open files line")
+        .split_whitespace()
+        .collect();
+    // "Max open files <soft> <hard> files"
+    assert_ne!(open_files[3], "256", "{open_files:?}");
+    assert_eq!(open_files[3], open_files[4], "{open_files:?}");
+    let _ = child.kill().await;
+}
+
 #[tokio::test]
 async fn dapr_error_codes() {
     let broker = Mosquitto::start();
