@@ -138,12 +138,22 @@ impl Link {
         }
     }
 
-    /// Writes DISCONNECT after everything buffered and closes the connection.
+    /// Writes DISCONNECT after everything buffered, closes our side, and waits for the
+    /// broker to close its own. Closing the socket while the broker still sends (messages
+    /// in flight, a PINGRESP) would leave unread bytes, and the kernel then resets the
+    /// connection: the broker may drop what it had not read yet, our last acknowledgements
+    /// and the DISCONNECT included. The caller bounds the wait.
     pub(super) async fn close(mut self) -> Result<(), BrokerError> {
         self.writer.queue(&Packet::Disconnect)?;
         self.writer.flush().await?;
         let _ = self.writer.half.shutdown().await;
-        Ok(())
+        let mut discard = [0u8; 4096];
+        loop {
+            match self.reader.half.read(&mut discard).await {
+                Ok(0) | Err(_) => return Ok(()),
+                Ok(_) => {}
+            }
+        }
     }
 }
 
