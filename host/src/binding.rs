@@ -4,13 +4,11 @@
 
 use std::sync::Arc;
 
-use wasmtime::Store;
-
-use crate::bindings::MqttBinding;
-use crate::bindings::exports::mqtt_binding::binding::binding as wit;
-use crate::engine::RuntimeInner;
 use crate::error::BindingError;
-use crate::imports::{BindingHost, EventHandler, HostState, from_wit};
+use crate::generated::exports::mqtt_binding::binding::binding as wit;
+use crate::handler::EventHandler;
+use crate::host_state::BindingHost;
+use crate::instance::{Instance, Instances, component_error, from_guest};
 use crate::payload::Payload;
 
 /// What a binding is made from.
@@ -62,7 +60,7 @@ pub struct InvokeResponse {
 /// single instance would make invokes queue), `read` runs in an instance of its own, and
 /// all of them share the binding's one broker connection.
 pub struct Binding {
-    runtime: Arc<RuntimeInner>,
+    runtime: Arc<Instances>,
     host: Arc<BindingHost>,
     app_id: String,
     metadata: Vec<(String, String)>,
@@ -83,64 +81,10 @@ impl std::fmt::Debug for Binding {
     }
 }
 
-/// One instance of the component in its own store.
-pub(crate) struct Instance {
-    store: Store<HostState>,
-    exports: MqttBinding,
-}
-
-impl Instance {
-    /// A component failure in words a person can act on: running out of memory names the
-    /// limit, instead of the trap and wasm backtrace it comes out as.
-    fn explained<T>(&self, outcome: Result<T, BindingError>) -> Result<T, BindingError> {
-        let limits = &self.store.data().limits;
-        match (outcome, limits.refused_bytes) {
-            (Err(BindingError::Component(_)), Some(asked)) => {
-                Err(BindingError::Component(anyhow::anyhow!(
-                    "the component ran out of memory: it asked for {asked} bytes of linear memory, over its limit of {} bytes (RuntimeOptions::max_memory_bytes)",
-                    limits.max_memory_bytes
-                )))
-            }
-            (outcome, _) => outcome,
-        }
-    }
-
-    pub(crate) fn new(store: Store<HostState>, exports: MqttBinding) -> Self {
-        Self { store, exports }
-    }
-
-    async fn init(
-        &mut self,
-        app_id: &str,
-        metadata: &Vec<(String, String)>,
-    ) -> Result<(), BindingError> {
-        let outcome = self
-            .exports
-            .mqtt_binding_binding_binding()
-            .call_init(&mut self.store, app_id, metadata)
-            .await
-            .map_err(component_error)?;
-        outcome.map_err(from_guest)
-    }
-
-    /// `init` in a further instance of a binding whose first instance is initialised: same
-    /// metadata, so its warnings are not logged a second time.
-    async fn init_again(
-        &mut self,
-        app_id: &str,
-        metadata: &Vec<(String, String)>,
-    ) -> Result<(), BindingError> {
-        self.store.data_mut().repeating_init = true;
-        let outcome = self.init(app_id, metadata).await;
-        self.store.data_mut().repeating_init = false;
-        outcome
-    }
-}
-
 impl Binding {
     /// Creates the binding's output instance and initialises it (which connects).
     pub(crate) async fn start(
-        runtime: Arc<RuntimeInner>,
+        runtime: Arc<Instances>,
         host: Arc<BindingHost>,
         app_id: String,
         metadata: Vec<(String, String)>,
@@ -308,18 +252,4 @@ fn byte_budget(options: &crate::RuntimeOptions) -> usize {
         1,
         tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
     )
-}
-
-/// The component trapped or could not run.
-pub(crate) fn component_error(error: wasmtime::Error) -> BindingError {
-    BindingError::Component(error.into())
-}
-
-fn from_guest(error: wit::Error) -> BindingError {
-    match error {
-        wit::Error::InvalidMetadata(s) => BindingError::InvalidMetadata(s),
-        wit::Error::InvalidRequest(s) => BindingError::InvalidRequest(s),
-        wit::Error::Broker(e) => BindingError::Broker(from_wit(e)),
-        wit::Error::NotInitialized => BindingError::NotInitialized,
-    }
 }

@@ -1,5 +1,5 @@
-//! The generated bindings for `wit/binding.wit`, fenced off: the rest of the host uses our
-//! own types and converts at the edges (`imports`, `binding`).
+//! The code wasmtime's `bindgen!` generates for `wit/binding.wit`, fenced off: the rest of
+//! the host uses its own types and converts at the edges (`imports`, `instance`, `binding`).
 
 wasmtime::component::bindgen!({
     path: "../wit",

@@ -1,154 +1,17 @@
-//! The host's side of the component's imports (`broker`, `delivery`, `logging`,
-//! `lifecycle`): the per-store state, the short-lived view the generated traits are
-//! implemented on, and the one mapping from host errors to what the guest sees.
+//! The host's side of the component's imports (`types`, `broker`, `delivery`, `logging`,
+//! `lifecycle`), implemented on [`HostView`], and the one mapping between host errors and
+//! the WIT's `broker.error`.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-use wasmtime::StoreLimits;
-use wasmtime::component::{HasData, Resource, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime::component::Resource;
 
-use crate::bindings::mqtt_binding::binding::{broker, delivery, lifecycle, logging, types};
-use crate::broker::{BrokerSettings, ConnectOptions, Connection, PublishRequest};
+use crate::broker::{ConnectOptions, Connection, PublishRequest};
 use crate::error::BrokerError;
+use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, logging, types};
+use crate::handler::Event;
+use crate::host_state::HostView;
 use crate::payload::Payload;
-
-/// One event for the application.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Event {
-    pub data: Vec<u8>,
-    pub metadata: Vec<(String, String)>,
-}
-
-/// The future an [`EventHandler`] returns.
-pub type Delivery<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
-
-/// The application that receives the input binding's events. `Ok` means accepted (the
-/// message is then acknowledged to the broker); `Err` carries the reason it was not.
-pub trait EventHandler: Send + Sync + 'static {
-    fn deliver(&self, event: Event) -> Delivery<'_>;
-}
-
-/// What a binding's stores share: its name, its application, its shutdown signal, and its
-/// one broker connection.
-pub(crate) struct BindingHost {
-    pub name: String,
-    pub handler: Option<Arc<dyn EventHandler>>,
-    pub shutdown: CancellationToken,
-    pub settings: BrokerSettings,
-    /// One connection per binding serves both directions (SPEC.md: client ID used exactly,
-    /// no per-direction suffix). The first instance to connect opens it; the binding's other
-    /// instances join it.
-    pub connection: tokio::sync::Mutex<Option<Connection>>,
-}
-
-/// The store's resource limits, recording how large the instance's memory has grown (an
-/// instance that grew large is not kept in the output pool: its memory never shrinks).
-pub(crate) struct Limits {
-    pub inner: StoreLimits,
-    /// The largest linear memory the instance has had, in bytes.
-    pub memory_bytes: usize,
-    /// The memory limit, for the error a guest that hits it gets.
-    pub max_memory_bytes: usize,
-    /// The size a refused memory growth asked for, if one was refused.
-    pub refused_bytes: Option<usize>,
-}
-
-impl wasmtime::ResourceLimiter for Limits {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed = self.inner.memory_growing(current, desired, maximum)?;
-        if allowed {
-            self.memory_bytes = self.memory_bytes.max(desired);
-        } else {
-            self.refused_bytes = Some(desired);
-            tracing::warn!(
-                current,
-                desired,
-                limit = self.max_memory_bytes,
-                "the component asked for more memory than its limit"
-            );
-        }
-        Ok(allowed)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
-    }
-
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.inner.memory_grow_failed(error)
-    }
-
-    fn instances(&self) -> usize {
-        self.inner.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.inner.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.inner.memories()
-    }
-}
-
-/// The data of one wasmtime `Store`.
-pub(crate) struct HostState {
-    pub wasi: WasiCtx,
-    pub table: ResourceTable,
-    pub limits: Limits,
-    pub host: Arc<BindingHost>,
-    /// Set while `init` runs in a further instance of the binding: the first instance has
-    /// already logged what `init` says about the metadata, so only errors are logged again.
-    pub repeating_init: bool,
-}
-
-impl WasiView for HostState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-/// The view the generated `Host` traits are implemented on.
-pub(crate) struct HostView<'a> {
-    host: &'a BindingHost,
-    table: &'a mut ResourceTable,
-    repeating_init: bool,
-}
-
-impl HostView<'_> {
-    pub fn of(state: &mut HostState) -> HostView<'_> {
-        HostView {
-            host: &state.host,
-            table: &mut state.table,
-            repeating_init: state.repeating_init,
-        }
-    }
-}
-
-/// Marks [`HostView`] as the data the generated `add_to_linker` hands to our traits.
-pub(crate) struct HasHostView;
-
-impl HasData for HasHostView {
-    type Data<'a> = HostView<'a>;
-}
 
 /// The one mapping from host errors to the guest's `broker.error`.
 fn to_wit(error: BrokerError) -> broker::Error {

@@ -23,18 +23,23 @@
 //! ```
 
 mod binding;
-mod bindings;
 mod broker;
 pub mod component_file;
-mod engine;
 mod error;
+mod generated;
+mod handler;
+mod host_state;
 mod imports;
+mod instance;
 mod payload;
+mod runtime;
+mod runtime_options;
 pub mod sidecar;
 mod tls;
 
 pub use binding::{Binding, BindingOptions, InvokeRequest, InvokeResponse};
 pub use broker::{BrokerSettings, LinkStatus};
-pub use engine::{ComponentSource, Runtime, RuntimeOptions, default_cache_dir};
 pub use error::{BindingError, BrokerError};
-pub use imports::{Delivery, Event, EventHandler};
+pub use handler::{Delivery, Event, EventHandler};
+pub use runtime::Runtime;
+pub use runtime_options::{ComponentSource, RuntimeOptions, default_cache_dir};

@@ -11,10 +11,10 @@ use rumqttc::{Packet, PubAck, PubComp, PubRec, QoS, SubscribeReasonCode};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::Shared;
 use super::inbox::Arrival;
 use super::link::{Endpoint, Link, OUTGOING_HIGH_WATER};
 use super::outbox::{Job, Outbox, Reply};
+use super::shared::Shared;
 use crate::error::BrokerError;
 
 /// Reconnect backoff: from 1 s, doubling, up to 60 s.

@@ -11,7 +11,7 @@
 //! carried it by construction (see `outbox` for the invariants).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -26,6 +26,7 @@ mod driver;
 mod inbox;
 mod link;
 mod outbox;
+mod shared;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +35,8 @@ pub use inbox::Message;
 use inbox::{Inbox, Settled};
 use link::Endpoint;
 use outbox::{Job, Outbox, Ticket};
+pub use shared::LinkStatus;
+use shared::{Shared, lock};
 
 /// How long `disconnect` waits for the connection task to say goodbye.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(3);
@@ -107,16 +110,6 @@ pub struct PublishRequest {
     pub retain: bool,
 }
 
-/// The state of a connection, for health and metadata.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LinkStatus {
-    pub connected: bool,
-    /// When the connection last came up, or was last lost.
-    pub since: SystemTime,
-    /// Why the last connection was lost, or the last reconnect failed.
-    pub last_error: Option<String>,
-}
-
 /// An open connection. Clones share it; when the last clone is dropped the connection
 /// task stops. [`Connection::disconnect`] first sends DISCONNECT.
 #[derive(Debug, Clone)]
@@ -125,22 +118,6 @@ pub struct Connection {
     commands: mpsc::Sender<Command>,
     // Held for its `Drop`: the connection task ends with the last clone.
     task: Arc<AbortOnDrop>,
-}
-
-#[derive(Debug)]
-pub(crate) struct Shared {
-    inbox: Mutex<Inbox>,
-    /// Woken when the inbox gets a message or the connection closes.
-    arrived: tokio::sync::Notify,
-    connected: AtomicBool,
-    closing: AtomicBool,
-    status: Mutex<LinkStatus>,
-    /// Becomes `true` when the connection task has ended, however it ended.
-    done: tokio::sync::watch::Sender<bool>,
-    /// Counts the subscriptions the broker has accepted (SUBACKs), renewals included.
-    subscribed: tokio::sync::watch::Sender<u64>,
-    max_payload: usize,
-    label: String,
 }
 
 /// Aborts the connection task when the connection goes away.
@@ -410,51 +387,6 @@ impl Connection {
                 "the connection's request queue stayed full; the request was not sent".into(),
             )),
         }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // None of these holds an invariant a panic elsewhere could break halfway.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-impl Shared {
-    fn inbox(&self) -> MutexGuard<'_, Inbox> {
-        lock(&self.inbox)
-    }
-
-    /// Refuses work when closing, and while reconnecting: a request queued then would wait
-    /// for a connection its caller knows nothing of.
-    fn usable(&self) -> Result<(), BrokerError> {
-        if self.closing.load(Ordering::Acquire) {
-            return Err(BrokerError::Closed);
-        }
-        if !self.connected.load(Ordering::Acquire) {
-            return Err(BrokerError::Unreachable(format!(
-                "not connected to {}, reconnecting; the message was not sent",
-                self.label
-            )));
-        }
-        Ok(())
-    }
-
-    fn set_connected(&self) {
-        self.connected.store(true, Ordering::Release);
-        let mut status = lock(&self.status);
-        status.connected = true;
-        status.since = SystemTime::now();
-    }
-
-    fn set_lost(&self, error: &BrokerError) {
-        self.connected.store(false, Ordering::Release);
-        let mut status = lock(&self.status);
-        if status.connected {
-            status.since = SystemTime::now();
-        }
-        status.connected = false;
-        status.last_error = Some(error.to_string());
     }
 }
 

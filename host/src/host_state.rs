@@ -1,0 +1,160 @@
+//! The data of one wasmtime `Store` (`HostState`, built here), the per-binding state its
+//! stores share (`BindingHost`), the resource limits that watch its memory, and the
+//! short-lived view the generated `Host` traits are implemented on (`HostView`). The
+//! implementations themselves are in `imports`.
+
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use wasmtime::component::{HasData, ResourceTable};
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use crate::broker::{BrokerSettings, Connection};
+use crate::handler::EventHandler;
+
+/// What a binding's stores share: its name, its application, its shutdown signal, and its
+/// one broker connection.
+pub(crate) struct BindingHost {
+    pub name: String,
+    pub handler: Option<Arc<dyn EventHandler>>,
+    pub shutdown: CancellationToken,
+    pub settings: BrokerSettings,
+    /// One connection per binding serves both directions (the client ID is used exactly,
+    /// with no per-direction suffix). The first instance to connect opens it; the binding's other
+    /// instances join it.
+    pub connection: tokio::sync::Mutex<Option<Connection>>,
+}
+
+/// The store's resource limits, recording how large the instance's memory has grown (an
+/// instance that grew large is not kept in the output pool: its memory never shrinks).
+pub(crate) struct Limits {
+    pub inner: StoreLimits,
+    /// The largest linear memory the instance has had, in bytes.
+    pub memory_bytes: usize,
+    /// The memory limit, for the error a guest that hits it gets.
+    pub max_memory_bytes: usize,
+    /// The size a refused memory growth asked for, if one was refused.
+    pub refused_bytes: Option<usize>,
+}
+
+impl wasmtime::ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = self.inner.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.memory_bytes = self.memory_bytes.max(desired);
+        } else {
+            self.refused_bytes = Some(desired);
+            tracing::warn!(
+                current,
+                desired,
+                limit = self.max_memory_bytes,
+                "the component asked for more memory than its limit"
+            );
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        self.inner.table_growing(current, desired, maximum)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.inner.memory_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.inner.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.inner.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.inner.memories()
+    }
+}
+
+/// The data of one wasmtime `Store`.
+pub(crate) struct HostState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limits: Limits,
+    pub host: Arc<BindingHost>,
+    /// Set while `init` runs in a further instance of the binding: the first instance has
+    /// already logged what `init` says about the metadata, so only errors are logged again.
+    pub repeating_init: bool,
+}
+
+impl HostState {
+    /// A store's data for an instance of `host`'s binding, with at most `max_memory_bytes`
+    /// of linear memory. The guest gets no sockets, no files, no environment: its only
+    /// network is the broker connection import. stderr is kept so a guest panic is visible.
+    pub fn new(host: Arc<BindingHost>, max_memory_bytes: usize) -> Self {
+        let wasi = WasiCtxBuilder::new()
+            .inherit_stderr()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        let limits = Limits {
+            inner: StoreLimitsBuilder::new()
+                .memory_size(max_memory_bytes)
+                .build(),
+            memory_bytes: 0,
+            max_memory_bytes,
+            refused_bytes: None,
+        };
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            host,
+            repeating_init: false,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// The view the generated `Host` traits are implemented on.
+pub(crate) struct HostView<'a> {
+    pub host: &'a BindingHost,
+    pub table: &'a mut ResourceTable,
+    pub repeating_init: bool,
+}
+
+impl HostView<'_> {
+    pub fn of(state: &mut HostState) -> HostView<'_> {
+        HostView {
+            host: &state.host,
+            table: &mut state.table,
+            repeating_init: state.repeating_init,
+        }
+    }
+}
+
+/// Marks [`HostView`] as the data the generated `add_to_linker` hands to our traits.
+pub(crate) struct HasHostView;
+
+impl HasData for HasHostView {
+    type Data<'a> = HostView<'a>;
+}

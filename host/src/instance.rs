@@ -1,0 +1,120 @@
+//! Instances of the component: making a fresh one, in its own store, for a binding
+//! ([`Instances`]), and the calls every instance answers the same way (`init`, and turning a
+//! trap into an error a person can act on). Which instance serves which call is `binding`'s.
+
+use std::sync::Arc;
+
+use wasmtime::{Engine, Store};
+
+use crate::error::BindingError;
+use crate::generated::exports::mqtt_binding::binding::binding as wit;
+use crate::generated::{MqttBinding, MqttBindingPre};
+use crate::host_state::{BindingHost, HostState};
+use crate::imports::from_wit;
+use crate::runtime_options::RuntimeOptions;
+
+/// Makes instances of one loaded component. Shared by the runtime and its bindings.
+pub(crate) struct Instances {
+    engine: Engine,
+    pre: MqttBindingPre<HostState>,
+    options: RuntimeOptions,
+}
+
+impl Instances {
+    pub(crate) fn new(
+        engine: Engine,
+        pre: MqttBindingPre<HostState>,
+        options: RuntimeOptions,
+    ) -> Self {
+        Self {
+            engine,
+            pre,
+            options,
+        }
+    }
+
+    pub(crate) fn options(&self) -> &RuntimeOptions {
+        &self.options
+    }
+
+    pub(crate) fn max_output_instances(&self) -> usize {
+        self.options.max_output_instances.max(1)
+    }
+
+    /// A fresh instance of the component for `host`'s binding, not yet initialised.
+    pub(crate) async fn instance(&self, host: Arc<BindingHost>) -> Result<Instance, BindingError> {
+        let state = HostState::new(host, self.options.max_memory_bytes);
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        let exports = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(component_error)?;
+        Ok(Instance { store, exports })
+    }
+}
+
+/// One instance of the component in its own store.
+pub(crate) struct Instance {
+    pub store: Store<HostState>,
+    pub exports: MqttBinding,
+}
+
+impl Instance {
+    /// A component failure in words a person can act on: running out of memory names the
+    /// limit, instead of the trap and wasm backtrace it comes out as.
+    pub(crate) fn explained<T>(&self, outcome: Result<T, BindingError>) -> Result<T, BindingError> {
+        let limits = &self.store.data().limits;
+        match (outcome, limits.refused_bytes) {
+            (Err(BindingError::Component(_)), Some(asked)) => {
+                Err(BindingError::Component(anyhow::anyhow!(
+                    "the component ran out of memory: it asked for {asked} bytes of linear memory, over its limit of {} bytes (RuntimeOptions::max_memory_bytes)",
+                    limits.max_memory_bytes
+                )))
+            }
+            (outcome, _) => outcome,
+        }
+    }
+
+    pub(crate) async fn init(
+        &mut self,
+        app_id: &str,
+        metadata: &Vec<(String, String)>,
+    ) -> Result<(), BindingError> {
+        let outcome = self
+            .exports
+            .mqtt_binding_binding_binding()
+            .call_init(&mut self.store, app_id, metadata)
+            .await
+            .map_err(component_error)?;
+        outcome.map_err(from_guest)
+    }
+
+    /// `init` in a further instance of a binding whose first instance is initialised: same
+    /// metadata, so its warnings are not logged a second time.
+    pub(crate) async fn init_again(
+        &mut self,
+        app_id: &str,
+        metadata: &Vec<(String, String)>,
+    ) -> Result<(), BindingError> {
+        self.store.data_mut().repeating_init = true;
+        let outcome = self.init(app_id, metadata).await;
+        self.store.data_mut().repeating_init = false;
+        outcome
+    }
+}
+
+/// The component trapped or could not run.
+pub(crate) fn component_error(error: wasmtime::Error) -> BindingError {
+    BindingError::Component(error.into())
+}
+
+pub(crate) fn from_guest(error: wit::Error) -> BindingError {
+    match error {
+        wit::Error::InvalidMetadata(s) => BindingError::InvalidMetadata(s),
+        wit::Error::InvalidRequest(s) => BindingError::InvalidRequest(s),
+        wit::Error::Broker(e) => BindingError::Broker(from_wit(e)),
+        wit::Error::NotInitialized => BindingError::NotInitialized,
+    }
+}

@@ -1,0 +1,60 @@
+//! The process-wide settings of a [`Runtime`](crate::Runtime): which component, where its
+//! compiled code is cached, and the limits every binding runs under.
+
+use std::path::PathBuf;
+
+use crate::broker::BrokerSettings;
+
+/// Which component to run.
+#[derive(Debug, Clone, Default)]
+pub enum ComponentSource {
+    /// The component built into this host.
+    #[default]
+    Embedded,
+    /// A component file (`.wasm`).
+    File(PathBuf),
+}
+
+/// Process-wide settings.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    pub component: ComponentSource,
+    /// Where compiled code is cached; `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+    pub broker: BrokerSettings,
+    /// Most linear memory one binding instance may use, in bytes.
+    pub max_memory_bytes: usize,
+    /// Most output instances one binding runs at once, i.e. how many invokes of one binding
+    /// may be in flight together; more wait for a free instance.
+    pub max_output_instances: usize,
+    /// Most request data (bytes) one binding's invokes hold at once; more wait. With the
+    /// copies an invoke makes (guest memory, the packet being written), a binding's
+    /// memory beyond idle stays within a few times this (see the README, "Memory").
+    pub max_in_flight_bytes: usize,
+    /// An output instance whose linear memory grew beyond this is dropped after its call
+    /// instead of going back to the pool (wasm memory never shrinks).
+    pub pooled_instance_max_memory: usize,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self {
+            component: ComponentSource::Embedded,
+            cache_dir: default_cache_dir(),
+            broker: BrokerSettings::default(),
+            max_memory_bytes: 256 * 1024 * 1024,
+            max_output_instances: 64,
+            max_in_flight_bytes: 64 * 1024 * 1024,
+            pooled_instance_max_memory: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/mqtt-binding`, else `$HOME/.cache/mqtt-binding`.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|dir| !dir.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))?;
+    Some(base.join("mqtt-binding"))
+}
