@@ -51,12 +51,32 @@ pub enum BrokerError {
 }
 
 impl BrokerError {
+    /// The WIT's rule (`broker.error`): `unreachable` and `timeout` may succeed if retried
+    /// later, and a publish that failed with either was not sent. Everything else fails the
+    /// same way until something changes, or (`unconfirmed`) must not be repeated blindly,
+    /// or (`closed`) means stop.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, BrokerError::Unreachable(_) | BrokerError::Timeout(_))
+    }
+
     pub(crate) fn invalid(field: Field, reason: impl Into<String>) -> Self {
         BrokerError::InvalidOption {
             field: field.wit_name().to_string(),
             reason: reason.into(),
         }
     }
+}
+
+/// An error and its causes on one line, each said once (`a: b: c`).
+pub fn one_line(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Why a call into a binding failed.
@@ -76,4 +96,12 @@ pub enum BindingError {
     /// The component trapped or could not be run; the binding is unusable.
     #[error("the binding's component failed")]
     Component(#[source] anyhow::Error),
+}
+
+impl BindingError {
+    /// Whether the call may succeed if made again later: a broker error that is retryable
+    /// ([`BrokerError::is_retryable`]). Bad metadata, TLS or credentials will not change.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, BindingError::Broker(error) if error.is_retryable())
+    }
 }

@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+mod backoff;
 mod binding;
 mod broker;
 pub mod component_file;
@@ -35,6 +36,7 @@ mod payload;
 mod runtime;
 mod runtime_options;
 pub mod sidecar;
+pub mod supervisor;
 mod tls;
 
 pub use binding::{Binding, BindingOptions, InvokeRequest, InvokeResponse};

@@ -1,6 +1,6 @@
 //! The connection task: the one place that writes to and reads from the broker. It takes
-//! commands from the `Connection` handles, keeps the session across reconnects (backoff
-//! from 1 s doubling to 60 s), sends keep-alives, and finds a dead link. Pairing packets
+//! commands from the `Connection` handles, keeps the session across reconnects (with the
+//! host's one `Backoff`), sends keep-alives, and finds a dead link. Pairing packets
 //! with requests is `outbox`'s, received messages are `inbox`'s.
 
 use std::sync::Arc;
@@ -15,11 +15,9 @@ use super::inbox::Arrival;
 use super::link::{Endpoint, Link, OUTGOING_HIGH_WATER};
 use super::outbox::{Job, Outbox, Reply};
 use super::shared::Shared;
+use crate::backoff::Backoff;
 use crate::error::BrokerError;
 
-/// Reconnect backoff: from 1 s, doubling, up to 60 s.
-const RECONNECT_FIRST: Duration = Duration::from_secs(1);
-const RECONNECT_MAX: Duration = Duration::from_secs(60);
 /// How long a clean DISCONNECT may take to write.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Commands taken in one go before looking at the network again.
@@ -103,10 +101,11 @@ impl Driver {
             };
             self.shared.set_lost(&error);
             self.outbox.lost();
-            let mut backoff = RECONNECT_FIRST;
-            tracing::warn!(connection = %self.shared.label, retry_in = ?backoff, "connection lost: {error}");
+            let mut backoff = Backoff::STANDARD;
+            let mut wait = backoff.next_wait();
+            tracing::warn!(connection = %self.shared.label, retry_in = ?wait, "connection lost: {error}");
             link = loop {
-                if self.idle(tokio::time::sleep(backoff)).await.is_none() {
+                if self.idle(tokio::time::sleep(wait)).await.is_none() {
                     return self.close(None).await;
                 }
                 let endpoint = self.endpoint.clone();
@@ -114,7 +113,7 @@ impl Driver {
                     None => return self.close(None).await,
                     Some(opened) => opened,
                 };
-                backoff = (backoff * 2).min(RECONNECT_MAX);
+                wait = backoff.next_wait();
                 match opened {
                     Ok((mut link, connack)) => {
                         match self.resume(&mut link, connack.session_present) {
@@ -126,7 +125,7 @@ impl Driver {
                     }
                     Err(error) => {
                         self.shared.set_lost(&error);
-                        tracing::warn!(connection = %self.shared.label, retry_in = ?backoff, "reconnecting failed: {error}");
+                        tracing::warn!(connection = %self.shared.label, retry_in = ?wait, "reconnecting failed: {error}");
                     }
                 }
             };

@@ -11,8 +11,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::{Sidecar, SlotState, chain};
+use super::state::Sidecar;
 use crate::InvokeRequest;
+use crate::error::one_line;
+use crate::supervisor::BindingState;
 
 /// How long a client may take to send a whole request header, from its connection or its
 /// previous request; then the connection is closed. Idle or half-sent connections would
@@ -168,8 +170,8 @@ async fn invoke(
         let names: Vec<&str> = sidecar
             .bindings
             .values()
-            .filter(|slot| slot.spec.direction.output)
-            .map(|slot| slot.spec.name.as_str())
+            .filter(|spec| spec.direction.output)
+            .map(|spec| spec.name.as_str())
             .collect();
         error(
             StatusCode::NOT_FOUND,
@@ -180,7 +182,7 @@ async fn invoke(
             ),
         )
     };
-    let Some(slot) = sidecar.bindings.get(&name) else {
+    let Some(spec) = sidecar.bindings.get(&name) else {
         if let Some((_, why)) = sidecar
             .failed
             .iter()
@@ -194,19 +196,23 @@ async fn invoke(
         }
         return not_found();
     };
-    if !slot.spec.direction.output {
+    if !spec.direction.output {
         return not_found();
     }
-    let binding = match slot.get() {
-        SlotState::Up(binding) => binding,
-        SlotState::Starting => {
+    let binding = match sidecar
+        .supervisor
+        .state(&name)
+        .unwrap_or(BindingState::Starting)
+    {
+        BindingState::Up(binding) => binding,
+        BindingState::Starting => {
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "ERR_INVOKE_OUTPUT_BINDING",
                 format!("binding {name:?} is starting"),
             );
         }
-        SlotState::Failed(why) => {
+        BindingState::Failed(why) => {
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "ERR_INVOKE_OUTPUT_BINDING",
@@ -237,7 +243,7 @@ async fn invoke(
         Err(e) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "ERR_INVOKE_OUTPUT_BINDING",
-            format!("error invoking output binding {name}: {}", chain(&e)),
+            format!("error invoking output binding {name}: {}", one_line(&e)),
         ),
     }
 }
@@ -262,15 +268,17 @@ fn health(sidecar: &Sidecar, outbound_only: bool) -> Response {
             .map(|(component, why)| format!("{}: {why}", component.name))
             .collect()
     };
-    for slot in sidecar
+    for spec in sidecar
         .bindings
         .values()
-        .filter(|slot| !outbound_only || slot.spec.direction.output)
+        .filter(|spec| !outbound_only || spec.direction.output)
     {
-        match slot.get() {
-            SlotState::Up(_) => {}
-            SlotState::Starting => problems.push(format!("{}: starting", slot.spec.name)),
-            SlotState::Failed(why) => problems.push(format!("{}: {why}", slot.spec.name)),
+        match sidecar.supervisor.state(&spec.name) {
+            Some(BindingState::Up(_)) => {}
+            Some(BindingState::Starting) | None => {
+                problems.push(format!("{}: starting", spec.name))
+            }
+            Some(BindingState::Failed(why)) => problems.push(format!("{}: {why}", spec.name)),
         }
     }
     if problems.is_empty() {
@@ -303,16 +311,16 @@ async fn metadata(State(sidecar): State<Arc<Sidecar>>) -> Response {
         .map(|c| serde_json::json!({ "name": c.name, "type": c.component_type, "version": c.version, "capabilities": [] }))
         .collect();
     let mut extended = serde_json::Map::new();
-    for slot in sidecar.bindings.values() {
-        let state = match slot.get() {
-            SlotState::Up(binding) => match binding.connection_status().await {
+    for (name, state) in sidecar.supervisor.states() {
+        let state = match state {
+            BindingState::Up(binding) => match binding.connection_status().await {
                 Some(status) => connection_state(&status),
                 None => "up".to_string(),
             },
-            SlotState::Starting => "starting".to_string(),
-            SlotState::Failed(why) => format!("failed: {why}"),
+            BindingState::Starting => "starting".to_string(),
+            BindingState::Failed(why) => format!("failed: {why}"),
         };
-        extended.insert(format!("binding.{}", slot.spec.name), state.into());
+        extended.insert(format!("binding.{name}"), state.into());
     }
     for (component, why) in &sidecar.failed {
         extended.insert(

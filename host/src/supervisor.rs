@@ -1,0 +1,231 @@
+//! Running a set of bindings for a face (the HTTP sidecar; a gRPC face next): each binding
+//! is started with the host's backoff while its broker is unreachable, its state is kept for
+//! health and metadata, its input side is run (and restarted with backoff) once the face says
+//! the application wants it, and shutdown stops everything in order within a deadline. No
+//! protocol lives here: a face translates its own and asks.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::backoff::Backoff;
+use crate::binding::{Binding, BindingOptions};
+use crate::error::one_line;
+use crate::runtime::Runtime;
+
+/// Decides, once the binding is up, whether its input side runs: the face waits for its
+/// application and asks it (the HTTP face probes the app). Given the stop signal; `false`
+/// means no input.
+pub type InputGate =
+    Box<dyn FnOnce(CancellationToken) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send>;
+
+/// One binding to run.
+pub struct Plan {
+    pub options: BindingOptions,
+    /// `None`: output only.
+    pub input: Option<InputGate>,
+    /// Whether a failure to start that will not go away (bad metadata, TLS, credentials)
+    /// is tolerated; without it, such a failure is reported by [`Supervisor::failure`].
+    pub ignore_errors: bool,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan")
+            .field("options", &self.options)
+            .field("input", &self.input.is_some())
+            .field("ignore_errors", &self.ignore_errors)
+            .finish()
+    }
+}
+
+/// Where a binding is in its life.
+#[derive(Clone)]
+pub enum BindingState {
+    Starting,
+    Up(Arc<Binding>),
+    Failed(String),
+}
+
+impl std::fmt::Debug for BindingState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BindingState::Starting => f.write_str("Starting"),
+            BindingState::Up(_) => f.write_str("Up"),
+            BindingState::Failed(why) => f.debug_tuple("Failed").field(why).finish(),
+        }
+    }
+}
+
+/// A running set of bindings.
+pub struct Supervisor {
+    states: BTreeMap<String, RwLock<BindingState>>,
+    stop: CancellationToken,
+    tasks: Mutex<tokio::task::JoinSet<()>>,
+    failures: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("bindings", &self.states.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Supervisor {
+    /// Starts every plan on a task of its own.
+    pub fn start(runtime: &Runtime, plans: Vec<Plan>) -> Arc<Self> {
+        let (failed, failures) = mpsc::unbounded_channel();
+        let supervisor = Arc::new(Self {
+            states: plans
+                .iter()
+                .map(|plan| {
+                    (
+                        plan.options.name.clone(),
+                        RwLock::new(BindingState::Starting),
+                    )
+                })
+                .collect(),
+            stop: CancellationToken::new(),
+            tasks: Mutex::new(tokio::task::JoinSet::new()),
+            failures: tokio::sync::Mutex::new(failures),
+        });
+        for plan in plans {
+            let task = supervise(supervisor.clone(), runtime.clone(), plan, failed.clone());
+            lock(&supervisor.tasks).spawn(task);
+        }
+        supervisor
+    }
+
+    /// The state of the binding called `name`, if it is one of this supervisor's.
+    pub fn state(&self, name: &str) -> Option<BindingState> {
+        let state = self.states.get(name)?;
+        Some(
+            state
+                .read()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
+        )
+    }
+
+    /// Every binding's name and state, by name.
+    pub fn states(&self) -> Vec<(String, BindingState)> {
+        self.states
+            .keys()
+            .filter_map(|name| Some((name.clone(), self.state(name)?)))
+            .collect()
+    }
+
+    /// Waits for a binding that cannot start and does not ignore errors; returns why.
+    /// Never returns if there is none.
+    pub async fn failure(&self) -> String {
+        match self.failures.lock().await.recv().await {
+            Some(failure) => failure,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops: input sides settle the message in hand (acknowledged, or left for the broker)
+    /// within `deadline`, then every binding disconnects.
+    pub async fn shutdown(&self, deadline: Duration) {
+        self.stop.cancel();
+        for (_, state) in self.states() {
+            if let BindingState::Up(binding) = state {
+                binding.shutdown();
+            }
+        }
+        let mut tasks = std::mem::take(&mut *lock(&self.tasks));
+        let settled = tokio::time::timeout(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if settled.is_err() {
+            tracing::warn!("input bindings did not settle within {deadline:?}; stopping them");
+            tasks.abort_all();
+        }
+        for (_, state) in self.states() {
+            if let BindingState::Up(binding) = state {
+                binding.close().await;
+            }
+        }
+    }
+
+    fn set(&self, name: &str, state: BindingState) {
+        if let Some(slot) = self.states.get(name) {
+            *slot
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Starts one binding (retrying while the error is retryable), then runs its input side if
+/// its gate opens, restarting it after a failure.
+async fn supervise(
+    supervisor: Arc<Supervisor>,
+    runtime: Runtime,
+    plan: Plan,
+    failed: mpsc::UnboundedSender<String>,
+) {
+    let stop = supervisor.stop.clone();
+    let name = plan.options.name.clone();
+    let mut backoff = Backoff::STANDARD;
+    let binding = loop {
+        let error = match runtime.binding(plan.options.clone()).await {
+            Ok(binding) => break Arc::new(binding),
+            Err(error) => error,
+        };
+        let message = one_line(&error);
+        supervisor.set(&name, BindingState::Failed(message.clone()));
+        if !error.is_retryable() {
+            tracing::error!(binding = %name, "cannot start: {message}");
+            if !plan.ignore_errors {
+                let _ = failed.send(format!(
+                    "binding {name:?} cannot start: {message} (set spec.ignoreErrors: true to run without it)"
+                ));
+            }
+            return;
+        }
+        let wait = backoff.next_wait();
+        tracing::warn!(binding = %name, retry_in = ?wait, "cannot start yet: {message}");
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = stop.cancelled() => return,
+        }
+    };
+    supervisor.set(&name, BindingState::Up(binding.clone()));
+    tracing::info!(binding = %name, "started");
+
+    let Some(gate) = plan.input else {
+        return;
+    };
+    if !gate(stop.clone()).await || stop.is_cancelled() {
+        return;
+    }
+    let mut backoff = Backoff::STANDARD;
+    while !stop.is_cancelled() {
+        match binding.read().await {
+            Ok(()) => return,
+            Err(error) => {
+                let wait = backoff.next_wait();
+                tracing::error!(binding = %name, retry_in = ?wait, "input stopped: {}", one_line(&error));
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
