@@ -59,17 +59,21 @@ thread_local! {
 struct Component;
 
 impl Guest for Component {
-    fn init(app_id: String, metadata: Vec<(String, String)>) -> Result<(), Error> {
+    fn init(app_id: String, metadata: Vec<(String, String)>, first: bool) -> Result<(), Error> {
         let config = metadata::parse(&app_id, &metadata)
             .map_err(|e| Error::InvalidMetadata(e.to_string()))?;
-        for note in &config.notes {
-            let level = match note.level {
-                NoteLevel::Debug => Level::Debug,
-                NoteLevel::Warn => Level::Warn,
-            };
-            logging::log(level, &note.message);
-        }
-        let connection = Connection::connect(connect_options(&config)).map_err(connect_error)?;
+        let connection = if first {
+            for note in &config.notes {
+                let level = match note.level {
+                    NoteLevel::Debug => Level::Debug,
+                    NoteLevel::Warn => Level::Warn,
+                };
+                logging::log(level, &note.message);
+            }
+            Connection::connect(connect_options(&config)).map_err(connect_error)?
+        } else {
+            Connection::join().map_err(Error::Broker)?
+        };
         BINDING.with_borrow_mut(|binding| *binding = Some(Binding { config, connection }));
         Ok(())
     }

@@ -92,9 +92,6 @@ pub(crate) struct HostState {
     pub table: ResourceTable,
     pub limits: Limits,
     pub host: Arc<BindingHost>,
-    /// Set while `init` runs in a further instance of the binding: the first instance has
-    /// already logged what `init` says about the metadata, so only errors are logged again.
-    pub repeating_init: bool,
 }
 
 impl HostState {
@@ -121,7 +118,6 @@ impl HostState {
             table: ResourceTable::new(),
             limits,
             host,
-            repeating_init: false,
         }
     }
 }
@@ -139,7 +135,6 @@ impl WasiView for HostState {
 pub(crate) struct HostView<'a> {
     pub host: &'a BindingHost,
     pub table: &'a mut ResourceTable,
-    pub repeating_init: bool,
 }
 
 impl HostView<'_> {
@@ -147,7 +142,6 @@ impl HostView<'_> {
         HostView {
             host: &state.host,
             table: &mut state.table,
-            repeating_init: state.repeating_init,
         }
     }
 }

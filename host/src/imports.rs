@@ -104,7 +104,6 @@ impl broker::HostConnection for HostView<'_> {
         };
         let mut slot = self.host.connection.lock().await;
         if let Some(open) = slot.as_ref().filter(|open| open.is_open()) {
-            tracing::debug!(binding = %self.host.name, "joining the binding's connection");
             return Ok(Ok(self.table.push(open.clone())?));
         }
         tracing::debug!(binding = %self.host.name, ?options, "connecting");
@@ -118,6 +117,17 @@ impl broker::HostConnection for HostView<'_> {
         };
         *slot = Some(connection.clone());
         Ok(Ok(self.table.push(connection)?))
+    }
+
+    async fn join(&mut self) -> wasmtime::Result<Result<Resource<Connection>, broker::Error>> {
+        let open = self.host.connection.lock().await.clone();
+        match open.filter(Connection::is_open) {
+            Some(open) => {
+                tracing::debug!(binding = %self.host.name, "joining the binding's connection");
+                Ok(Ok(self.table.push(open)?))
+            }
+            None => Ok(Err(broker::Error::Closed)),
+        }
     }
 
     async fn publish(
@@ -237,9 +247,6 @@ impl delivery::Host for HostView<'_> {
 
 impl logging::Host for HostView<'_> {
     async fn log(&mut self, level: logging::Level, message: String) -> wasmtime::Result<()> {
-        if self.repeating_init && !matches!(level, logging::Level::Error) {
-            return Ok(());
-        }
         let binding = &self.host.name;
         match level {
             logging::Level::Trace => tracing::trace!(binding, "{message}"),

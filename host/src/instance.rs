@@ -77,31 +77,21 @@ impl Instance {
         }
     }
 
+    /// `init`: the binding's `first` instance reports its notes on the metadata and opens
+    /// the connection; the others stay quiet and join it.
     pub(crate) async fn init(
         &mut self,
         app_id: &str,
         metadata: &Vec<(String, String)>,
+        first: bool,
     ) -> Result<(), BindingError> {
         let outcome = self
             .exports
             .mqtt_binding_binding_binding()
-            .call_init(&mut self.store, app_id, metadata)
+            .call_init(&mut self.store, app_id, metadata, first)
             .await
             .map_err(component_error)?;
         outcome.map_err(from_guest)
-    }
-
-    /// `init` in a further instance of a binding whose first instance is initialised: same
-    /// metadata, so its warnings are not logged a second time.
-    pub(crate) async fn init_again(
-        &mut self,
-        app_id: &str,
-        metadata: &Vec<(String, String)>,
-    ) -> Result<(), BindingError> {
-        self.store.data_mut().repeating_init = true;
-        let outcome = self.init(app_id, metadata).await;
-        self.store.data_mut().repeating_init = false;
-        outcome
     }
 }
 
