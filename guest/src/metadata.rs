@@ -163,6 +163,20 @@ impl fmt::Display for MetadataError {
 
 impl std::error::Error for MetadataError {}
 
+/// Whether two metadata names are the same name: Dapr matches them ignoring ASCII case.
+/// The one rule for every lookup in the component.
+pub fn same_name(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// The value of the first entry called `name` (see [`same_name`]).
+pub fn lookup<'a>(metadata: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    metadata
+        .iter()
+        .find(|(key, _)| same_name(key, name))
+        .map(|(_, value)| value.as_str())
+}
+
 /// Metadata after name matching: the value for each known name, if given.
 struct Fields<'a> {
     entries: Vec<(&'a str, String)>,
@@ -173,10 +187,7 @@ impl<'a> Fields<'a> {
     fn new(metadata: &'a [(String, String)]) -> Result<Self, MetadataError> {
         let mut entries: Vec<(&str, String)> = Vec::with_capacity(metadata.len());
         for (name, value) in metadata {
-            if let Some((earlier, _)) = entries
-                .iter()
-                .find(|(seen, _)| seen.eq_ignore_ascii_case(name))
-            {
+            if let Some((earlier, _)) = entries.iter().find(|(seen, _)| same_name(seen, name)) {
                 let problem = if *earlier == name.as_str() {
                     "given twice; give it once".to_string()
                 } else {
@@ -196,7 +207,7 @@ impl<'a> Fields<'a> {
         let at = self
             .entries
             .iter()
-            .position(|(name, _)| name.eq_ignore_ascii_case(field))?;
+            .position(|(name, _)| same_name(name, field))?;
         Some(self.entries.swap_remove(at).1)
     }
 

@@ -44,13 +44,7 @@ pub fn check_operation(operation: &str) -> Result<(), RequestError> {
 /// (empty means the component's), `retain` and `qos` override; other names are ignored, as
 /// Dapr passes request metadata through to every binding.
 pub fn publish(config: &Config, request: &[(String, String)]) -> Result<Publish, RequestError> {
-    let get = |name: &str| {
-        request
-            .iter()
-            .find(|(key, _)| key.eq_ignore_ascii_case(name))
-            .map(|(_, value)| value.as_str())
-            .filter(|value| !value.trim().is_empty())
-    };
+    let get = |name: &str| metadata::lookup(request, name).filter(|value| !value.trim().is_empty());
     let invalid = |e: metadata::MetadataError| RequestError(format!("request {e}"));
 
     let topic = match get("topic") {

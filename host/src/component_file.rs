@@ -49,7 +49,28 @@ pub enum MetadataValue {
     SecretRef { name: String, key: String },
 }
 
+/// Whether two metadata names are the same name: Dapr matches them ignoring ASCII case.
+/// The one rule for every lookup in the host.
+pub fn same_name(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// The value of the first pair called `name` (see [`same_name`]).
+pub fn lookup<'a>(metadata: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    metadata
+        .iter()
+        .find(|(key, _)| same_name(key, name))
+        .map(|(_, value)| value.as_str())
+}
+
 impl ComponentSpec {
+    /// The `spec.metadata` entry called `name` (see [`same_name`]).
+    pub fn item(&self, name: &str) -> Option<&MetadataItem> {
+        self.metadata
+            .iter()
+            .find(|item| same_name(&item.name, name))
+    }
+
     pub fn is_mqtt_binding(&self) -> bool {
         MQTT_BINDING_TYPES.contains(&self.component_type.as_str())
     }

@@ -157,9 +157,7 @@ fn warn_shared_client_ids(bindings: &[BindingSpec]) {
     let defaulted: Vec<&str> = bindings
         .iter()
         .filter(|b| {
-            !b.metadata.iter().any(|(name, value)| {
-                name.eq_ignore_ascii_case("consumerID") && !value.trim().is_empty()
-            })
+            component_file::lookup(&b.metadata, "consumerID").is_none_or(|id| id.trim().is_empty())
         })
         .map(|b| b.name.as_str())
         .collect();
@@ -203,10 +201,7 @@ fn binding(
         metadata.push((item.name.clone(), value));
     }
     let get = |field: &str| {
-        metadata
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(field))
-            .map(|(_, value)| value.trim().to_string())
+        component_file::lookup(&metadata, field).map(|value| value.trim().to_string())
     };
     let direction = match get("direction").filter(|d| !d.is_empty()) {
         None => Direction {

@@ -40,15 +40,12 @@ impl SecretStore {
     /// from its working directory.
     pub fn load(spec: &ComponentSpec, base: &Path) -> anyhow::Result<Self> {
         let plain = |name: &str| {
-            spec.metadata
-                .iter()
-                .find(|item| item.name.eq_ignore_ascii_case(name))
-                .map(|item| match &item.value {
-                    MetadataValue::Plain(value) => Ok(value.clone()),
-                    MetadataValue::SecretRef { .. } => {
-                        bail!("metadata field {name:?}: a secret store cannot take secretKeyRef")
-                    }
-                })
+            spec.item(name).map(|item| match &item.value {
+                MetadataValue::Plain(value) => Ok(value.clone()),
+                MetadataValue::SecretRef { .. } => {
+                    bail!("metadata field {name:?}: a secret store cannot take secretKeyRef")
+                }
+            })
         };
         match spec.component_type.as_str() {
             ENV_STORE => Ok(SecretStore::Env {
