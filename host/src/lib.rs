@@ -25,6 +25,7 @@
 mod backoff;
 mod binding;
 mod broker;
+#[cfg(feature = "sidecar")]
 pub mod component_file;
 mod error;
 mod generated;
@@ -35,6 +36,7 @@ mod instance;
 mod payload;
 mod runtime;
 mod runtime_options;
+#[cfg(feature = "sidecar")]
 pub mod sidecar;
 pub mod supervisor;
 mod tls;
