@@ -1,8 +1,8 @@
 //! The component's metadata: from Dapr's name/value pairs to a validated [`Config`].
 //!
 //! Pure functions, no I/O: secrets are already resolved by the host, and logging is left to
-//! the caller through [`Config::notes`]. The rules are those of the README's "Metadata"
-//! section.
+//! the caller through [`Config::notes`]. The rules are those of docs/BEHAVIOUR.md,
+//! "Metadata fields".
 
 use std::fmt;
 use std::time::Duration;
@@ -38,10 +38,11 @@ const HOST_FIELDS: [&str; 2] = ["direction", "route"];
 /// Dapr's `{uuid}` tag: each occurrence becomes a fresh random UUIDv4.
 const UUID_TAG: &str = "{uuid}";
 
-/// The wait between delivery attempts of the input binding (SPEC.md, "Input binding").
+/// The wait between delivery attempts of the input binding (docs/BEHAVIOUR.md, "Input
+/// binding").
 const DEFAULT_BACK_OFF_INTERVAL: Duration = Duration::from_secs(5);
 
-/// MQTT keep-alive: how often the client makes itself heard when idle (SPEC.md,
+/// MQTT keep-alive: how often the client makes itself heard when idle (docs/BEHAVIOUR.md,
 /// "Connection"). MQTT carries it in whole seconds, 1 to 65535 (0, "never", is refused: a
 /// dead connection would then go unnoticed while idle).
 const DEFAULT_KEEP_ALIVE_SECS: u16 = 30;

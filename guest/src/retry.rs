@@ -31,8 +31,8 @@ impl Backoff {
     }
 }
 
-/// The output binding's publish policy (SPEC.md, "Output binding"): a failed attempt is
-/// retried up to 3 times, 200 ms apart.
+/// The output binding's publish policy (docs/BEHAVIOUR.md, "Output binding"): an attempt
+/// that failed without sending is retried up to 3 times, 200 ms apart.
 pub const PUBLISH: Backoff = Backoff {
     retries: Retries::Limited(3),
     interval: Duration::from_millis(200),

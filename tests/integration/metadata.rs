@@ -1,4 +1,4 @@
-//! Every bad metadata value of SPEC.md, through the real component in the host: refused at
+//! Every bad metadata value of docs/BEHAVIOUR.md, through the real component in the host: refused at
 //! init with an error naming the field, never a panic or a trap.
 
 use mqtt_binding::BindingError;
