@@ -24,6 +24,8 @@
 
 mod backoff;
 mod binding;
+#[cfg(test)]
+mod binding_tests;
 mod broker;
 #[cfg(feature = "sidecar")]
 pub mod component_file;

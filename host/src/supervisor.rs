@@ -229,3 +229,118 @@ async fn supervise(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::Packet;
+
+    use super::*;
+    use crate::RuntimeOptions;
+    use crate::broker::fake::{FakeBroker, WAIT};
+
+    fn plan(name: &str, metadata: &[(&str, &str)], ignore_errors: bool) -> Plan {
+        Plan {
+            options: BindingOptions {
+                name: name.into(),
+                app_id: format!("{name}-app"),
+                metadata: metadata
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                handler: None,
+            },
+            input: None,
+            ignore_errors,
+        }
+    }
+
+    fn runtime() -> Runtime {
+        Runtime::new(RuntimeOptions::default()).expect("the component loads")
+    }
+
+    /// Waits until the binding's state satisfies `wanted`, failing after [`WAIT`].
+    async fn wait_for_state(
+        supervisor: &Supervisor,
+        name: &str,
+        wanted: impl Fn(&BindingState) -> bool,
+    ) -> BindingState {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let state = supervisor.state(name).expect("a supervised binding");
+            if wanted(&state) {
+                return state;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{name} stayed {state:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_binding_that_cannot_start_is_reported_unless_it_ignores_errors() {
+        let bad = [("url", "tcp://127.0.0.1:1"), ("topic", "t"), ("qos", "7")];
+        let supervisor = Supervisor::start(
+            &runtime(),
+            vec![plan("lenient", &bad, true), plan("strict", &bad, false)],
+        );
+        let failure = tokio::time::timeout(WAIT, supervisor.failure())
+            .await
+            .expect("a failure is reported");
+        assert!(
+            failure.starts_with(r#"binding "strict" cannot start: metadata field "qos""#),
+            "{failure}"
+        );
+        for name in ["lenient", "strict"] {
+            let state =
+                wait_for_state(&supervisor, name, |s| matches!(s, BindingState::Failed(_))).await;
+            assert!(
+                matches!(&state, BindingState::Failed(why) if why.contains("expected 0, 1 or 2")),
+                "{state:?}"
+            );
+        }
+        // Every task has ended after shutdown: the lenient one reported nothing.
+        supervisor.shutdown(WAIT).await;
+        let more = supervisor.failures.lock().await.try_recv();
+        assert!(more.is_err(), "a second failure was reported: {more:?}");
+    }
+
+    #[tokio::test]
+    async fn a_binding_whose_broker_is_down_starts_once_it_is_up_and_shutdown_disconnects() {
+        // A port with nothing listening, then a broker on it.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let supervisor = Supervisor::start(
+            &runtime(),
+            vec![plan("late", &[("url", &url), ("topic", "t")], false)],
+        );
+        let state = wait_for_state(&supervisor, "late", |s| {
+            matches!(s, BindingState::Failed(_))
+        })
+        .await;
+        assert!(
+            matches!(&state, BindingState::Failed(why) if why.contains("broker unreachable")),
+            "{state:?}"
+        );
+        let broker = FakeBroker::start_on(port).await;
+        let mut link = broker.accept(false).await;
+        wait_for_state(&supervisor, "late", |s| matches!(s, BindingState::Up(_))).await;
+        let stopping = {
+            let supervisor = supervisor.clone();
+            tokio::spawn(async move { supervisor.shutdown(WAIT).await })
+        };
+        match link.next().await {
+            Packet::Disconnect => {}
+            other => panic!("expected DISCONNECT, got {other:?}"),
+        }
+        drop(link);
+        tokio::time::timeout(WAIT, stopping)
+            .await
+            .expect("shutdown within its deadline")
+            .expect("shutdown task");
+    }
+}

@@ -23,6 +23,8 @@ use crate::error::{BrokerError, Field};
 use crate::tls;
 
 mod driver;
+#[cfg(test)]
+pub(crate) mod fake;
 mod inbox;
 mod link;
 mod outbox;

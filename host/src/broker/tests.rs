@@ -1,121 +1,13 @@
-//! The connection task against a scripted broker on loopback (a unit test's fake: it speaks
-//! MQTT through rumqttc's codec and does exactly what each test says): resends after a
-//! reconnect, new sessions, silence, stray acknowledgements, and callers that give up.
+//! The connection task against the scripted broker of `fake`: resends after a reconnect,
+//! new sessions, silence, stray acknowledgements, and callers that give up.
 
 use std::time::Duration;
 
-use bytes::BytesMut;
-use rumqttc::{ConnAck, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, QoS};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpListener, TcpStream};
+use rumqttc::{Packet, PubAck, PubComp, PubRec, QoS};
 
-use super::{BrokerSettings, ConnectOptions, Connection, PublishRequest};
+use super::fake::{FakeBroker, WAIT};
+use super::{BrokerSettings, Connection, PublishRequest};
 use crate::error::BrokerError;
-
-/// How long a test waits for anything before failing.
-const WAIT: Duration = Duration::from_secs(10);
-
-struct FakeBroker {
-    listener: TcpListener,
-    port: u16,
-}
-
-struct FakeConnection {
-    stream: TcpStream,
-    buffer: BytesMut,
-}
-
-impl FakeBroker {
-    async fn start() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("listens");
-        let port = listener.local_addr().expect("address").port();
-        Self { listener, port }
-    }
-
-    /// Accepts the client's next connection: reads its CONNECT, answers CONNACK.
-    async fn accept(&self, session_present: bool) -> FakeConnection {
-        let (stream, _) = tokio::time::timeout(WAIT, self.listener.accept())
-            .await
-            .expect("the client connected in time")
-            .expect("accept");
-        let mut connection = FakeConnection {
-            stream,
-            buffer: BytesMut::new(),
-        };
-        match connection.read().await {
-            Packet::Connect(_) => {}
-            other => panic!("expected CONNECT, got {other:?}"),
-        }
-        connection
-            .write(Packet::ConnAck(ConnAck::new(
-                ConnectReturnCode::Success,
-                session_present,
-            )))
-            .await;
-        connection
-    }
-
-    fn options(&self) -> ConnectOptions {
-        ConnectOptions {
-            tls: false,
-            host: "127.0.0.1".into(),
-            port: self.port,
-            client_id: "fake-test".into(),
-            username: None,
-            password: None,
-            clean_session: false,
-            keep_alive: Duration::from_secs(30),
-            ca_cert: None,
-            client_cert: None,
-            client_key: None,
-            connect_timeout: WAIT,
-        }
-    }
-
-    /// A connection to this broker, accepted with `session_present`.
-    async fn connect(&self, settings: BrokerSettings) -> (Connection, FakeConnection) {
-        let options = self.options();
-        let connecting = tokio::spawn(async move { Connection::connect(options, &settings).await });
-        let accepted = self.accept(false).await;
-        let connection = connecting.await.expect("connect task").expect("connected");
-        (connection, accepted)
-    }
-}
-
-impl FakeConnection {
-    async fn read(&mut self) -> Packet {
-        tokio::time::timeout(WAIT, async {
-            loop {
-                match Packet::read(&mut self.buffer, 1 << 20) {
-                    Ok(packet) => return packet,
-                    Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                    Err(e) => panic!("the client sent garbage: {e}"),
-                }
-                let read = self.stream.read_buf(&mut self.buffer).await.expect("read");
-                assert!(read > 0, "the client closed the connection");
-            }
-        })
-        .await
-        .expect("the client sent a packet in time")
-    }
-
-    /// The next PUBLISH, skipping keep-alives.
-    async fn publish(&mut self) -> rumqttc::Publish {
-        loop {
-            match self.read().await {
-                Packet::Publish(publish) => return publish,
-                Packet::PingReq => self.write(Packet::PingResp).await,
-                other => panic!("expected PUBLISH, got {other:?}"),
-            }
-        }
-    }
-
-    async fn write(&mut self, packet: Packet) {
-        let mut out = BytesMut::new();
-        packet.write(&mut out, 1 << 20).expect("encodes");
-        self.stream.write_all(&out).await.expect("write");
-    }
-}
 
 fn request(payload: &str, qos: QoS) -> PublishRequest {
     PublishRequest {
