@@ -1,6 +1,7 @@
-//! One binding: an instance of the component in its own store, and the calls a host makes
-//! on it (init, invoke, read, close). Conversions between our request types and the
-//! generated ones happen here, once.
+//! One binding: the calls a host makes on it (invoke, read, shutdown, close), served by
+//! instances of the component (a pool for output, one for input) that share its broker
+//! connection, within its byte budget. Conversions between our request types and the
+//! generated ones happen here, once; making instances is `instance`'s.
 
 use std::sync::Arc;
 

@@ -1,8 +1,8 @@
 //! One MQTT connection: the handle the imports call (`Connection`), shared by every
 //! instance of a binding. The connection task that owns the socket is `driver`; the
 //! network connection itself is `link`; which request an answer belongs to is `outbox`'s,
-//! and received messages are `inbox`'s. Turning WIT values into these calls is left to
-//! `imports`.
+//! received messages are `inbox`'s, and what the handle and the task share is `shared`'s.
+//! Turning WIT values into these calls is left to `imports`.
 //!
 //! rumqttc provides the MQTT 3.1.1 codec. Its event loop is not used: it assigns packet
 //! ids itself and reports writes through an event queue that outlives a lost connection,
