@@ -110,7 +110,7 @@ struct DocumentMetadata {
 struct Spec {
     #[serde(rename = "type")]
     component_type: Option<String>,
-    version: Option<serde_yaml::Value>,
+    version: Option<Scalar>,
     #[serde(default)]
     metadata: Vec<RawItem>,
     #[serde(default, rename = "ignoreErrors")]
@@ -121,7 +121,7 @@ struct Spec {
 #[serde(rename_all = "camelCase")]
 struct RawItem {
     name: Option<String>,
-    value: Option<serde_yaml::Value>,
+    value: Option<Scalar>,
     secret_key_ref: Option<RawSecretRef>,
 }
 
@@ -178,9 +178,21 @@ pub fn read_file(path: &Path) -> anyhow::Result<ComponentFile> {
 pub fn parse(text: &str) -> anyhow::Result<ComponentFile> {
     check_nesting(text)?;
     let mut parsed = ComponentFile::default();
-    for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let document = Document::deserialize(document)
-            .with_context(|| format!("document {}: not a Dapr Component", index + 1))?;
+    let mut options = serde_saphyr::Options::default();
+    // An error must not quote the file: it may hold a password.
+    options.with_snippet = false;
+    // The parser's own depth budget sits above ours, so that `check_nesting` answers first,
+    // naming the line; the parser's stays as the backstop.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_depth = MAX_NESTING + 16;
+    options.budget = Some(budget);
+    let documents: Vec<Document> = serde_saphyr::from_multiple_with_options(text, options)
+        .map_err(|error| {
+            let document = document_at(text, error.location().map(|at| at.line()));
+            anyhow::anyhow!("{}", error.without_snippet())
+                .context(format!("document {document}: not a Dapr Component"))
+        })?;
+    for (index, document) in documents.into_iter().enumerate() {
         match document.kind.as_deref() {
             Some("Component") => {}
             Some(kind) => {
@@ -290,22 +302,97 @@ fn convert(document: Document) -> anyhow::Result<ComponentSpec> {
     })
 }
 
-/// A metadata value as Dapr reads it: strings as they are, numbers and booleans as their
-/// text (`qos: 1` is `"1"`), null as empty.
-fn scalar(value: &serde_yaml::Value) -> anyhow::Result<String> {
+/// A metadata value as YAML gave it: Dapr takes strings as they are, numbers and booleans as
+/// their text (`qos: 1` is `"1"`), null as empty, and nothing else.
+enum Scalar {
+    Text(String),
+    Null,
+    List,
+    Mapping,
+}
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Scalar;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, number or boolean")
+            }
+            fn visit_str<E>(self, value: &str) -> Result<Scalar, E> {
+                Ok(Scalar::Text(value.to_string()))
+            }
+            fn visit_string<E>(self, value: String) -> Result<Scalar, E> {
+                Ok(Scalar::Text(value))
+            }
+            fn visit_bool<E>(self, value: bool) -> Result<Scalar, E> {
+                Ok(Scalar::Text(value.to_string()))
+            }
+            fn visit_i64<E>(self, value: i64) -> Result<Scalar, E> {
+                Ok(Scalar::Text(value.to_string()))
+            }
+            fn visit_u64<E>(self, value: u64) -> Result<Scalar, E> {
+                Ok(Scalar::Text(value.to_string()))
+            }
+            fn visit_f64<E>(self, value: f64) -> Result<Scalar, E> {
+                Ok(Scalar::Text(value.to_string()))
+            }
+            fn visit_unit<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_none<E>(self) -> Result<Scalar, E> {
+                Ok(Scalar::Null)
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Scalar, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(Scalar::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Scalar, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(Scalar::Mapping)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+fn scalar(value: &Scalar) -> anyhow::Result<String> {
     Ok(match value {
-        serde_yaml::Value::String(s) => s.clone(),
-        serde_yaml::Value::Number(n) => n.to_string(),
-        serde_yaml::Value::Bool(b) => b.to_string(),
-        serde_yaml::Value::Null => String::new(),
-        serde_yaml::Value::Sequence(_) => bail!("expected a string, number or boolean, got a list"),
-        serde_yaml::Value::Mapping(_) => {
-            bail!("expected a string, number or boolean, got a mapping")
-        }
-        serde_yaml::Value::Tagged(_) => {
-            bail!("expected a string, number or boolean, got a tagged value")
-        }
+        Scalar::Text(text) => text.clone(),
+        Scalar::Null => String::new(),
+        Scalar::List => bail!("expected a string, number or boolean, got a list"),
+        Scalar::Mapping => bail!("expected a string, number or boolean, got a mapping"),
     })
+}
+
+/// Which document (1-based) of `text` holds `line`: the number of documents begun up to
+/// it, as the YAML parser sees them.
+fn document_at(text: &str, line: Option<u64>) -> usize {
+    use serde_saphyr::granit_parser::{Event, Parser};
+    let Some(line) = line else {
+        return 1;
+    };
+    let mut documents = 0;
+    for event in Parser::new_from_str(text) {
+        match event {
+            Ok((Event::DocumentStart(..), span)) if span.start.line() as u64 <= line => {
+                documents += 1
+            }
+            Ok((_, span)) if span.start.line() as u64 > line => break,
+            Ok(_) => {}
+            Err(_) => break,
+        }
+    }
+    documents.max(1)
 }
 
 #[cfg(test)]
@@ -404,6 +491,18 @@ auth:
             parsed.skipped,
             [r#"document 2: kind "Configuration" is not Component"#]
         );
+    }
+
+    #[test]
+    fn a_yaml_error_says_where_and_never_quotes_the_file() {
+        let text = "kind: Component\nmetadata: {name: x}\n---\nkind: Component\nspec:\n  metadata:\n  - name: url\n    value: \"tcp://user:hunter2@broker\n  - [\n";
+        let error = format!("{:#}", parse(text).expect_err("broken YAML"));
+        assert!(
+            error.starts_with("document 2: not a Dapr Component: "),
+            "{error}"
+        );
+        assert!(error.contains("line"), "says where: {error}");
+        assert!(!error.contains("hunter2"), "quotes the file: {error}");
     }
 
     #[test]
