@@ -753,6 +753,134 @@ async fn the_sidecar_raises_its_soft_descriptor_limit() {
     let _ = child.kill().await;
 }
 
+/// With DAPR_API_TOKEN set, every request but the two health checks needs the token in
+/// `dapr-api-token` (401 without it or with another, also when `/healthz` hides in the
+/// query); with APP_API_TOKEN set, the app gets that token with every event.
+#[tokio::test]
+async fn api_tokens_guard_the_sidecar_and_reach_the_app() {
+    let broker = Mosquitto::start();
+    let topic = format!("tokens/{}", unique());
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("orders.yaml"),
+        binding_yaml(
+            "orders",
+            &[("url", &broker.url()), ("topic", &topic), ("qos", "1")],
+            None,
+        ),
+    )
+    .expect("write");
+    let app_port = free_port();
+    let (app, _server) = App::serve(app_port, StatusCode::OK, 0).await;
+    let sidecar = Sidecar::start(
+        dir.path(),
+        Some(app_port),
+        &[
+            ("DAPR_API_TOKEN", "sidecar-secret"),
+            ("APP_API_TOKEN", "app-secret"),
+        ],
+    )
+    .await;
+    // Its input side is subscribed, so its own output comes back to the app.
+    broker.wait_for_log("Received SUBSCRIBE from shop").await;
+    let get = |path: &str, token: Option<&str>| {
+        let mut request = sidecar.client.get(sidecar.url(path));
+        if let Some(token) = token {
+            request = request.header("dapr-api-token", token);
+        }
+        async move { request.send().await.expect("answer").status() }
+    };
+    assert_eq!(get("/v1.0/healthz", None).await, StatusCode::NO_CONTENT);
+    assert_eq!(
+        get("/v1.0/healthz/outbound", None).await,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(get("/v1.0/metadata", None).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get("/v1.0/metadata", Some("wrong")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get("/v1.0/metadata?x=/v1.0/healthz", None).await,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        get("/v1.0/metadata", Some("sidecar-secret")).await,
+        StatusCode::OK
+    );
+
+    let invoke = |token: Option<&str>| {
+        let mut request = sidecar
+            .client
+            .post(sidecar.url("/v1.0/bindings/orders"))
+            .body(r#"{"operation": "create", "data": "with token"}"#);
+        if let Some(token) = token {
+            request = request.header("dapr-api-token", token);
+        }
+        async move { request.send().await.expect("answer") }
+    };
+    let refused = invoke(None).await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let body = refused.text().await.expect("body");
+    assert!(
+        body.contains("ERR_UNAUTHORIZED") && !body.contains("sidecar-secret"),
+        "{body}"
+    );
+    assert_eq!(
+        invoke(Some("sidecar-secret")).await.status(),
+        StatusCode::NO_CONTENT
+    );
+
+    // The binding's own output reaches its input, and the app sees the app token.
+    let calls = app.wait_for_calls(1).await;
+    let (_, headers, body) = &calls[0];
+    assert_eq!(body.as_slice(), br#""with token""#);
+    assert_eq!(headers["dapr-api-token"], "app-secret");
+    assert!(sidecar.terminate().await.success());
+}
+
+/// `--dapr-listen-addresses` chooses the interfaces; the API is not on the others.
+#[tokio::test]
+async fn the_api_listens_only_on_the_addresses_given() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args([
+            "run",
+            "--resources-path",
+            dir.path().to_str().expect("path"),
+        ])
+        .args(["--app-id", "shop", "--dapr-http-port", &port.to_string()])
+        .args(["--dapr-listen-addresses", "127.0.0.2,127.0.0.3"])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mqtt-binding run starts");
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    for address in ["127.0.0.2", "127.0.0.3"] {
+        while client
+            .get(format!("http://{address}:{port}/v1.0/healthz"))
+            .send()
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nothing served on {address}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let elsewhere = client
+        .get(format!("http://127.0.0.1:{port}/v1.0/healthz"))
+        .send()
+        .await;
+    assert!(elsewhere.is_err(), "served on 127.0.0.1 too: {elsewhere:?}");
+    let _ = child.kill().await;
+}
+
 #[tokio::test]
 async fn dapr_error_codes() {
     let broker = Mosquitto::start();

@@ -21,9 +21,20 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(port: u16) -> anyhow::Result<Self> {
+    /// `token` (daprd's `APP_API_TOKEN`) goes to the app in the `dapr-api-token` header of
+    /// every request, so that it can tell the sidecar from anyone else.
+    pub fn new(port: u16, token: Option<&str>) -> anyhow::Result<Self> {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = token {
+            let mut value = reqwest::header::HeaderValue::from_str(token).map_err(|_| {
+                anyhow::anyhow!("APP_API_TOKEN: expected a token usable as an HTTP header value")
+            })?;
+            value.set_sensitive(true);
+            headers.insert("dapr-api-token", value);
+        }
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .default_headers(headers)
             .build()?;
         Ok(Self { client, port })
     }

@@ -77,7 +77,45 @@ pub(crate) fn router(sidecar: Arc<Sidecar>) -> Router {
         .route("/v1.0/healthz/outbound", get(healthz_outbound))
         .route("/v1.0/metadata", get(metadata))
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            sidecar.clone(),
+            require_token,
+        ))
         .with_state(sidecar)
+}
+
+/// The health checks, which daprd answers without the API token. Matched on the exact
+/// path: daprd once matched `/healthz` anywhere in the URL, query included, and any request
+/// could slip through (GHSA-59m6-82qm-vqgj).
+const OPEN_PATHS: [&str; 2] = ["/v1.0/healthz", "/v1.0/healthz/outbound"];
+
+/// With `DAPR_API_TOKEN` set, refuses (401) every request but the health checks that does
+/// not carry it in `dapr-api-token`. Compared in constant time.
+async fn require_token(
+    State(sidecar): State<Arc<Sidecar>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use subtle::ConstantTimeEq as _;
+    let Some(token) = &sidecar.api_token else {
+        return next.run(request).await;
+    };
+    if OPEN_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get("dapr-api-token")
+        .map(|value| value.as_bytes())
+        .unwrap_or_default();
+    if bool::from(given.ct_eq(token.as_bytes())) {
+        return next.run(request).await;
+    }
+    error(
+        StatusCode::UNAUTHORIZED,
+        "ERR_UNAUTHORIZED",
+        "invalid api token: the dapr-api-token header is missing or wrong".into(),
+    )
 }
 
 fn error(status: StatusCode, code: &str, message: String) -> Response {

@@ -28,13 +28,35 @@ use state::Sidecar;
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// What `mqtt-binding run` is given.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct SidecarOptions {
     pub resources_path: PathBuf,
     pub app_id: String,
     pub app_port: Option<u16>,
     pub http_port: u16,
+    /// Where Dapr's API listens (daprd's `--dapr-listen-addresses`).
+    pub listen_addresses: Vec<std::net::IpAddr>,
+    /// daprd's `DAPR_API_TOKEN`: every API request but the health checks must carry it in
+    /// the `dapr-api-token` header.
+    pub api_token: Option<String>,
+    /// daprd's `APP_API_TOKEN`: sent to the app in the `dapr-api-token` header.
+    pub app_api_token: Option<String>,
     pub runtime: RuntimeOptions,
+}
+
+impl std::fmt::Debug for SidecarOptions {
+    /// The tokens are secrets: only whether they are set is shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SidecarOptions")
+            .field("resources_path", &self.resources_path)
+            .field("app_id", &self.app_id)
+            .field("app_port", &self.app_port)
+            .field("http_port", &self.http_port)
+            .field("listen_addresses", &self.listen_addresses)
+            .field("api_token", &self.api_token.is_some())
+            .field("app_api_token", &self.app_api_token.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Runs the sidecar until `shutdown` completes, then stops accepting requests, lets input
@@ -55,16 +77,23 @@ pub async fn run(
             component.name
         );
     }
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", options.http_port))
-        .await
-        .with_context(|| {
-            format!(
-                "listening on 127.0.0.1:{} (--dapr-http-port)",
-                options.http_port
-            )
-        })?;
+    let mut listeners = Vec::new();
+    for address in &options.listen_addresses {
+        let listener = tokio::net::TcpListener::bind((*address, options.http_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "listening on {address}:{} (--dapr-listen-addresses, --dapr-http-port)",
+                    options.http_port
+                )
+            })?;
+        listeners.push(listener);
+    }
     let runtime = Runtime::new(options.runtime.clone())?;
-    let app = options.app_port.map(App::new).transpose()?;
+    let app = options
+        .app_port
+        .map(|port| App::new(port, options.app_api_token.as_deref()))
+        .transpose()?;
 
     let plans = loaded
         .bindings
@@ -85,19 +114,32 @@ pub async fn run(
         failed: loaded.failed,
         skipped: loaded.skipped,
         body_budget: tokio::sync::Semaphore::new(http::BODY_BUDGET),
+        api_token: options.api_token.clone(),
     });
     tracing::info!(
         port = options.http_port,
+        addresses = ?options.listen_addresses,
         bindings = sidecar.bindings.len(),
+        api_token = sidecar.api_token.is_some(),
         "mqtt-binding sidecar listening"
     );
 
     let stop_http = CancellationToken::new();
-    let server = tokio::spawn(http::serve(
-        listener,
-        http::router(sidecar.clone()),
-        stop_http.clone(),
-    ));
+    let mut servers = tokio::task::JoinSet::new();
+    for listener in listeners {
+        servers.spawn(http::serve(
+            listener,
+            http::router(sidecar.clone()),
+            stop_http.clone(),
+        ));
+    }
+    let server = async move {
+        while let Some(served) = servers.join_next().await {
+            served?;
+        }
+        Ok::<(), tokio::task::JoinError>(())
+    };
+    let server = tokio::spawn(server);
     let failure = tokio::select! {
         () = shutdown => None,
         failure = supervisor.failure() => Some(failure),
@@ -106,8 +148,8 @@ pub async fn run(
     stop_http.cancel();
     supervisor.shutdown(SHUTDOWN_DEADLINE).await;
     match tokio::time::timeout(SHUTDOWN_DEADLINE, server).await {
-        Ok(Ok(())) => {}
-        Ok(Err(join)) => return Err(join).context("the HTTP server task failed"),
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(join)) | Err(join)) => return Err(join).context("the HTTP server task failed"),
         Err(_) => tracing::warn!("HTTP requests still in flight at the deadline were dropped"),
     }
     match failure {

@@ -22,4 +22,6 @@ pub(crate) struct Sidecar {
     /// Request body bytes held by invokes in progress, one permit per byte (see
     /// `http::BODY_BUDGET`).
     pub body_budget: tokio::sync::Semaphore,
+    /// `DAPR_API_TOKEN`, if set (see `http::require_token`).
+    pub api_token: Option<String>,
 }

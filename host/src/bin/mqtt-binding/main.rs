@@ -85,6 +85,15 @@ struct RunArgs {
     /// The port of Dapr's HTTP API.
     #[arg(long, value_name = "PORT", default_value_t = 3500)]
     dapr_http_port: u16,
+    /// Where Dapr's HTTP API listens: IP addresses, comma separated. Loopback by default,
+    /// so that only this machine can reach it; set DAPR_API_TOKEN before widening it.
+    #[arg(
+        long,
+        value_name = "ADDRESSES",
+        default_value = "127.0.0.1",
+        value_delimiter = ','
+    )]
+    dapr_listen_addresses: Vec<std::net::IpAddr>,
     /// How to talk to the app; only http.
     #[arg(long, value_name = "PROTOCOL", default_value = "http")]
     app_protocol: String,
@@ -252,6 +261,15 @@ async fn run_sidecar(options: RuntimeOptions, args: RunArgs) -> anyhow::Result<(
         app_id: args.app_id,
         app_port: args.app_port,
         http_port: args.dapr_http_port,
+        listen_addresses: args.dapr_listen_addresses,
+        // As daprd: tokens come from the environment, never from the command line (where
+        // any user could read them in the process list). Empty means unset.
+        api_token: std::env::var("DAPR_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
+        app_api_token: std::env::var("APP_API_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty()),
         runtime: options,
     };
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
