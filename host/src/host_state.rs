@@ -11,6 +11,7 @@ use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::broker::{BrokerSettings, Connection};
+use crate::broker_policy::AllowedBroker;
 use crate::handler::EventHandler;
 
 /// What a binding's stores share: its name, its application, its shutdown signal, and its
@@ -20,6 +21,8 @@ pub(crate) struct BindingHost {
     pub handler: Option<Arc<dyn EventHandler>>,
     pub shutdown: CancellationToken,
     pub settings: BrokerSettings,
+    /// Where the component may connect (`None`: anywhere).
+    pub allowed_brokers: Option<Vec<AllowedBroker>>,
     /// One connection per binding serves both directions (the client ID is used exactly,
     /// with no per-direction suffix). The first instance to connect opens it; the binding's other
     /// instances join it.

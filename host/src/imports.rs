@@ -7,6 +7,7 @@ use std::time::Duration;
 use wasmtime::component::Resource;
 
 use crate::broker::{ConnectOptions, Connection, PublishRequest};
+use crate::broker_policy;
 use crate::error::BrokerError;
 use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, logging, types};
 use crate::handler::Event;
@@ -88,6 +89,18 @@ impl broker::HostConnection for HostView<'_> {
         &mut self,
         options: broker::ConnectOptions,
     ) -> wasmtime::Result<Result<Resource<Connection>, broker::Error>> {
+        // The operator's policy comes before anything touches the network.
+        if let Err(reason) = broker_policy::check(
+            self.host.allowed_brokers.as_deref(),
+            &options.host,
+            options.port,
+        ) {
+            tracing::error!(binding = %self.host.name, "{reason}");
+            return Ok(Err(broker::Error::InvalidOption(broker::InvalidOption {
+                field: "host".into(),
+                reason,
+            })));
+        }
         let options = ConnectOptions {
             tls: matches!(options.transport, broker::Transport::Tls),
             host: options.host,

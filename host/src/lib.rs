@@ -27,6 +27,7 @@ mod binding;
 #[cfg(test)]
 mod binding_tests;
 mod broker;
+mod broker_policy;
 #[cfg(feature = "sidecar")]
 pub mod component_file;
 mod error;
@@ -45,6 +46,7 @@ mod tls;
 
 pub use binding::{Binding, BindingOptions, InvokeRequest, InvokeResponse};
 pub use broker::{BrokerSettings, LinkStatus};
+pub use broker_policy::AllowedBroker;
 pub use error::{BindingError, BrokerError};
 pub use handler::{Delivery, Event, EventHandler};
 pub use runtime::Runtime;

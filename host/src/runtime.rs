@@ -76,6 +76,7 @@ impl Runtime {
             handler: options.handler,
             shutdown: CancellationToken::new(),
             settings: self.instances.options().broker.clone(),
+            allowed_brokers: self.instances.options().allowed_brokers.clone(),
             connection: tokio::sync::Mutex::new(None),
         });
         Binding::start(

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::broker::BrokerSettings;
+use crate::broker_policy::AllowedBroker;
 
 /// Which component to run.
 #[derive(Debug, Clone, Default)]
@@ -34,6 +35,9 @@ pub struct RuntimeOptions {
     /// An output instance whose linear memory grew beyond this is dropped after its call
     /// instead of going back to the pool (wasm memory never shrinks).
     pub pooled_instance_max_memory: usize,
+    /// The brokers a component may connect to (`--allow-broker`); `None`, the default, allows
+    /// any, as Dapr does. A connection elsewhere fails at `init` and nothing is sent to it.
+    pub allowed_brokers: Option<Vec<AllowedBroker>>,
 }
 
 impl Default for RuntimeOptions {
@@ -46,6 +50,7 @@ impl Default for RuntimeOptions {
             max_output_instances: 64,
             max_in_flight_bytes: 64 * 1024 * 1024,
             pooled_instance_max_memory: 8 * 1024 * 1024,
+            allowed_brokers: None,
         }
     }
 }

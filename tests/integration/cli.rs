@@ -99,6 +99,65 @@ async fn invoke_publishes_over_tcp_to_mosquitto_sub() {
     assert_eq!(received(sub).await, "hello from the cli\n");
 }
 
+/// `--allow-broker`: a broker outside the list is refused before anything is sent to it,
+/// with an error naming the address and the policy; one inside it works.
+#[tokio::test]
+async fn allow_broker_limits_where_the_component_may_connect() {
+    let broker = Mosquitto::start();
+    let topic = format!("policy/{}", unique());
+    let file = component_file(
+        broker.dir.path(),
+        "orders",
+        &[("url", &broker.url()), ("topic", &topic), ("qos", "1")],
+    );
+    let path = file.to_str().expect("utf-8 path");
+    let connects_before = broker.log_count("New connection from");
+    let refused = run(&[
+        "invoke",
+        "--component",
+        path,
+        "--data",
+        "x",
+        "--allow-broker",
+        "mqtt.example.com",
+        "--allow-broker",
+        "*.internal:1883",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "metadata field \"url\": broker 127.0.0.1:{} is not allowed by this host's policy (--allow-broker: mqtt.example.com, *.internal:1883); nothing was sent to it",
+            broker.port
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        broker.log_count("New connection from"),
+        connects_before,
+        "the refused invoke reached the broker"
+    );
+
+    let sub = mosquitto_sub(&broker, &["-p", &broker.port.to_string()], &topic).await;
+    let allowed = run(&[
+        "invoke",
+        "--component",
+        path,
+        "--data",
+        "allowed",
+        "--allow-broker",
+        &format!("127.0.0.1:{}", broker.port),
+    ])
+    .await;
+    assert!(
+        allowed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&allowed.stderr)
+    );
+    assert_eq!(received(sub).await, "allowed\n");
+}
+
 #[tokio::test]
 async fn invoke_publishes_over_mutual_tls_with_request_topic() {
     let broker = Mosquitto::start();

@@ -34,6 +34,11 @@ struct Global {
     /// Compile the component every time instead of caching compiled code.
     #[arg(long, global = true)]
     no_cache: bool,
+    /// Allow the component to connect to this broker only (repeatable): HOST, HOST:PORT,
+    /// *.DOMAIN[:PORT] or [IPV6]:PORT, matched against the host as the metadata names it.
+    /// Without it, any broker is allowed, as in Dapr.
+    #[arg(long = "allow-broker", global = true, value_name = "HOST[:PORT]")]
+    allow_broker: Vec<mqtt_binding::AllowedBroker>,
 }
 
 #[derive(Subcommand)]
@@ -189,6 +194,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } else {
             mqtt_binding::default_cache_dir()
         },
+        allowed_brokers: (!cli.global.allow_broker.is_empty()).then_some(cli.global.allow_broker),
         ..RuntimeOptions::default()
     };
     match cli.command {
