@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
+use rustls::client::ResolvesClientCert;
 use rustls::crypto::ring;
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -26,7 +28,8 @@ pub fn client_config(material: &TlsMaterial<'_>) -> Result<Arc<ClientConfig>, Br
         Some(pem) => custom_roots(pem)?,
         None => system_roots()?,
     };
-    let builder = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+    let provider = Arc::new(ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| BrokerError::Other(format!("tls setup: {e}")))?
         .with_root_certificates(roots);
@@ -36,19 +39,16 @@ pub fn client_config(material: &TlsMaterial<'_>) -> Result<Arc<ClientConfig>, Br
             let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).map_err(|_| {
                 BrokerError::invalid(Field::ClientKey, "no PEM private key could be read")
             })?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| match e {
-                    rustls::Error::InconsistentKeys(_) => BrokerError::invalid(
-                        Field::ClientCert,
-                        "the certificate does not match the private key in client-key",
-                    ),
-                    // rustls' text for an unusable key does not include the key.
-                    other => BrokerError::invalid(
-                        Field::ClientKey,
-                        format!("the private key cannot be used: {other}"),
-                    ),
-                })?
+            // rustls' text for an unusable key does not include the key.
+            let signing_key = provider.key_provider.load_private_key(key).map_err(|e| {
+                BrokerError::invalid(
+                    Field::ClientKey,
+                    format!("the private key cannot be used: {e}"),
+                )
+            })?;
+            check_key_matches(&chain[0], signing_key.as_ref())?;
+            let certified = Arc::new(CertifiedKey::new(chain, signing_key));
+            builder.with_client_cert_resolver(Arc::new(FixedClientCert(certified)))
         }
         (None, None) => builder.with_no_client_auth(),
         (Some(_), None) => {
@@ -65,6 +65,55 @@ pub fn client_config(material: &TlsMaterial<'_>) -> Result<Arc<ClientConfig>, Br
         }
     };
     Ok(Arc::new(config))
+}
+
+/// The client certificate and key, offered whenever the server asks.
+///
+/// Not rustls' `with_client_auth_cert`: it checks the pair by parsing the certificate with
+/// webpki, which refuses X.509 version 1 certificates. `openssl x509 -req` without
+/// extensions makes exactly those (mosquitto's own TLS guide does it that way), and brokers
+/// accept them, so the pair is checked here instead (see [`check_key_matches`]).
+#[derive(Debug)]
+struct FixedClientCert(Arc<CertifiedKey>);
+
+impl ResolvesClientCert for FixedClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The certificate's public key must be the key's, as rustls would check: the
+/// SubjectPublicKeyInfo of the leaf against the one the key derives, byte for byte. The
+/// certificate is read with x509-parser, which takes version 1 certificates.
+fn check_key_matches(
+    leaf: &CertificateDer<'_>,
+    key: &dyn rustls::sign::SigningKey,
+) -> Result<(), BrokerError> {
+    let (_, certificate) = x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| {
+        BrokerError::invalid(
+            Field::ClientCert,
+            format!("the certificate cannot be read: {e}"),
+        )
+    })?;
+    let Some(public) = key.public_key() else {
+        // The provider cannot tell; the handshake will.
+        return Ok(());
+    };
+    if public.as_ref() != certificate.tbs_certificate.subject_pki.raw {
+        return Err(BrokerError::invalid(
+            Field::ClientCert,
+            "the certificate does not match the private key in client-key",
+        ));
+    }
+    Ok(())
 }
 
 fn certificates(field: Field, pem: &str) -> Result<Vec<CertificateDer<'static>>, BrokerError> {

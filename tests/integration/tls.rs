@@ -103,3 +103,260 @@ async fn broker_requiring_a_client_certificate_refuses_a_client_without_one() {
         other => panic!("expected a TLS error, got {other:?}"),
     }
 }
+
+/// A PKI made as operators make one, with the `openssl` command line: a root CA, an
+/// intermediate CA, a server certificate for 127.0.0.1, and client certificates signed the
+/// way mosquitto's TLS guide does it (`openssl x509 -req` without extensions, which makes
+/// X.509 version 1 certificates with OpenSSL 3).
+struct OpensslPki {
+    dir: tempfile::TempDir,
+}
+
+/// How a client key is written.
+#[derive(Clone, Copy)]
+enum ClientKey {
+    /// `-----BEGIN RSA PRIVATE KEY-----`
+    RsaPkcs1,
+    /// `-----BEGIN PRIVATE KEY-----`
+    RsaPkcs8,
+    /// `-----BEGIN EC PRIVATE KEY-----`
+    EcSec1,
+}
+
+impl OpensslPki {
+    fn make() -> Self {
+        let pki = Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        };
+        pki.openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=openssl test root",
+        ]);
+        pki.write(
+            "ca.ext",
+            "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
+        );
+        pki.openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "intermediate.key",
+            "-out",
+            "intermediate.csr",
+            "-subj",
+            "/CN=openssl test intermediate",
+        ]);
+        pki.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "intermediate.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "intermediate.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ca.ext",
+        ]);
+        pki.write("server.ext", "subjectAltName=IP:127.0.0.1\n");
+        pki.openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        pki.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        pki
+    }
+
+    /// A client key and a version 1 certificate for it, signed by the root or by the
+    /// intermediate (then the chain is leaf and intermediate): (certificate chain, key) PEM.
+    fn client(&self, name: &str, key: ClientKey, by_intermediate: bool) -> (String, String) {
+        let key_file = format!("{name}.key");
+        match key {
+            ClientKey::RsaPkcs1 => {
+                self.openssl(&["genrsa", "-traditional", "-out", &key_file, "2048"])
+            }
+            ClientKey::RsaPkcs8 => self.openssl(&[
+                "genpkey",
+                "-algorithm",
+                "RSA",
+                "-pkeyopt",
+                "rsa_keygen_bits:2048",
+                "-out",
+                &key_file,
+            ]),
+            ClientKey::EcSec1 => self.openssl(&[
+                "ecparam",
+                "-name",
+                "prime256v1",
+                "-genkey",
+                "-noout",
+                "-out",
+                &key_file,
+            ]),
+        }
+        let (csr, cert) = (format!("{name}.csr"), format!("{name}.pem"));
+        self.openssl(&[
+            "req",
+            "-new",
+            "-key",
+            &key_file,
+            "-out",
+            &csr,
+            "-subj",
+            &format!("/CN={name}"),
+        ]);
+        let (ca, ca_key) = if by_intermediate {
+            ("intermediate.pem", "intermediate.key")
+        } else {
+            ("ca.pem", "ca.key")
+        };
+        self.openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            ca,
+            "-CAkey",
+            ca_key,
+            "-CAcreateserial",
+            "-out",
+            &cert,
+            "-days",
+            "2",
+        ]);
+        let text = std::process::Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(self.path(&cert))
+            .output()
+            .expect("openssl runs");
+        assert!(
+            String::from_utf8_lossy(&text.stdout).contains("Version: 1 (0x0)"),
+            "openssl made a version 1 certificate, as mosquitto's guide does"
+        );
+        let mut chain = self.read(&cert);
+        if by_intermediate {
+            chain.push_str(&self.read("intermediate.pem"));
+        }
+        (chain, self.read(&key_file))
+    }
+
+    fn openssl(&self, args: &[&str]) {
+        let output = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(self.dir.path())
+            .output()
+            .expect("openssl runs (apt-get install openssl)");
+        assert!(
+            output.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        std::fs::write(self.path(name), text).expect("write");
+    }
+
+    fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.path(name)).expect("read")
+    }
+
+    /// A mosquitto listener for `require_certificate` with this PKI, as configuration lines.
+    fn listener(&self, port: u16) -> String {
+        format!(
+            "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+            self.path("ca.pem").display(),
+            self.path("server.pem").display(),
+            self.path("server.key").display(),
+        )
+    }
+}
+
+/// Client certificates made with `openssl x509 -req` (version 1), with RSA keys in PKCS#1
+/// and PKCS#8 and an EC key in SEC1, signed by the root or through an intermediate CA: the
+/// binding connects with each and publishes.
+#[tokio::test]
+async fn client_certificates_made_by_the_openssl_command_line_are_accepted() {
+    let pki = OpensslPki::make();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let broker = Mosquitto::start_with(crate::support::BrokerConfig {
+        extra: pki.listener(port),
+        ..Default::default()
+    });
+    let topic = format!("openssl/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let ca = pki.read("ca.pem");
+    let cases = [
+        ("rsa-pkcs1", ClientKey::RsaPkcs1, false),
+        ("rsa-pkcs8", ClientKey::RsaPkcs8, false),
+        ("ec-sec1-via-intermediate", ClientKey::EcSec1, true),
+    ];
+    for (name, key, by_intermediate) in cases {
+        let (chain, key) = pki.client(name, key, by_intermediate);
+        let mut binding = binding(&[
+            ("url", &format!("ssl://127.0.0.1:{port}")),
+            ("topic", &topic),
+            ("qos", "1"),
+            ("caCert", &ca),
+            ("clientCert", &chain),
+            ("clientKey", &key),
+        ])
+        .await
+        .unwrap_or_else(|e| panic!("{name}: init over mutual TLS: {e:#}"));
+        create(&mut binding, name.as_bytes(), &[])
+            .await
+            .unwrap_or_else(|e| panic!("{name}: create: {e:#}"));
+        assert_eq!(&subscriber.next().await.payload[..], name.as_bytes());
+        binding.close().await;
+    }
+}
