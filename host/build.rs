@@ -9,6 +9,8 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 const GUEST: &str = "mqtt-binding-guest";
+/// The hostile component of the sandbox tests, built beside it so that tests can load it.
+const HOSTILE: &str = "mqtt-binding-hostile";
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
@@ -25,6 +27,8 @@ fn main() {
     for watched in [
         "../guest/src",
         "../guest/Cargo.toml",
+        "../tests/guests/hostile/src",
+        "../tests/guests/hostile/Cargo.toml",
         "../wit",
         "../Cargo.lock",
     ] {
@@ -40,6 +44,8 @@ fn main() {
             "--release",
             "--package",
             GUEST,
+            "--package",
+            HOSTILE,
             "--target",
             TARGET,
             "--target-dir",
@@ -78,4 +84,15 @@ fn main() {
         .map(|b| format!("{b:02x}"))
         .collect();
     println!("cargo:rustc-env=GUEST_WASM_SHA256={digest}");
+
+    let hostile = out_dir.join("mqtt_binding_hostile.wasm");
+    std::fs::copy(
+        target_dir
+            .join(TARGET)
+            .join("release")
+            .join("mqtt_binding_hostile.wasm"),
+        &hostile,
+    )
+    .expect("copying the hostile test component into OUT_DIR");
+    println!("cargo:rustc-env=HOSTILE_GUEST_WASM={}", hostile.display());
 }

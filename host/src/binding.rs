@@ -93,7 +93,8 @@ impl Binding {
         // The first instance validates the metadata and opens the connection; the others
         // are made on demand and join it.
         let mut first = runtime.instance(host.clone()).await?;
-        first.init(&app_id, &metadata, true).await?;
+        let initialised = first.init(&app_id, &metadata, true).await;
+        first.explained(initialised)?;
         let permits = tokio::sync::Semaphore::new(runtime.max_output_instances());
         let bytes = tokio::sync::Semaphore::new(byte_budget(runtime.options()));
         Ok(Self {
@@ -127,7 +128,8 @@ impl Binding {
             Some(instance) => instance,
             None => {
                 let mut instance = self.runtime.instance(self.host.clone()).await?;
-                instance.init(&self.app_id, &self.metadata, false).await?;
+                let initialised = instance.init(&self.app_id, &self.metadata, false).await;
+                instance.explained(initialised)?;
                 instance
             }
         };
@@ -203,7 +205,8 @@ impl Binding {
     /// [`EventHandler`] until [`Binding::shutdown`] (or [`Binding::close`]) is called.
     pub async fn read(&self) -> Result<(), BindingError> {
         let mut input = self.runtime.instance(self.host.clone()).await?;
-        input.init(&self.app_id, &self.metadata, false).await?;
+        let initialised = input.init(&self.app_id, &self.metadata, false).await;
+        input.explained(initialised)?;
         let Instance { store, exports } = &mut input;
         let outcome = exports
             .mqtt_binding_binding_binding()

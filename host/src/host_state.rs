@@ -95,13 +95,74 @@ pub(crate) struct HostState {
     pub table: ResourceTable,
     pub limits: Limits,
     pub host: Arc<BindingHost>,
+    /// Host calls made by the instance so far (see `cpu`).
+    pub calls: u64,
+    pub cpu: CpuWatch,
+}
+
+/// Watches the component's computing between host calls, one epoch tick at a time (the
+/// runtime's ticker advances the epoch every [`TICK`]). Ticks only reach the store while the
+/// component runs, so waiting inside a host call never counts.
+#[derive(Debug)]
+pub(crate) struct CpuWatch {
+    budget: std::time::Duration,
+    budget_ticks: u64,
+    calls_seen: u64,
+    busy_ticks: u64,
+}
+
+/// How often the component yields to the rest of the process, and the resolution of the
+/// CPU budget.
+pub(crate) const TICK: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The component computed longer than its budget without calling the host.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the component computed for more than {} ms without calling the host (RuntimeOptions::cpu_budget); it was stopped",
+    budget.as_millis()
+)]
+pub(crate) struct CpuBudgetExceeded {
+    budget: std::time::Duration,
+}
+
+impl CpuWatch {
+    fn new(budget: std::time::Duration) -> Self {
+        Self {
+            budget,
+            budget_ticks: budget.as_millis().div_ceil(TICK.as_millis()).max(1) as u64,
+            calls_seen: 0,
+            busy_ticks: 0,
+        }
+    }
+}
+
+impl HostState {
+    /// One epoch tick while the component runs: yield, or stop it if it has computed past its
+    /// budget since its last host call.
+    pub fn tick(&mut self) -> wasmtime::Result<wasmtime::UpdateDeadline> {
+        let cpu = &mut self.cpu;
+        if cpu.calls_seen != self.calls {
+            cpu.calls_seen = self.calls;
+            cpu.busy_ticks = 0;
+        } else {
+            cpu.busy_ticks += 1;
+        }
+        if cpu.busy_ticks >= cpu.budget_ticks {
+            return Err(CpuBudgetExceeded { budget: cpu.budget }.into());
+        }
+        Ok(wasmtime::UpdateDeadline::Yield(1))
+    }
 }
 
 impl HostState {
     /// A store's data for an instance of `host`'s binding, with at most `max_memory_bytes`
     /// of linear memory. The guest gets no sockets, no files, no environment: its only
     /// network is the broker connection import. stderr is kept so a guest panic is visible.
-    pub fn new(host: Arc<BindingHost>, max_memory_bytes: usize) -> Self {
+    pub fn new(
+        host: Arc<BindingHost>,
+        max_memory_bytes: usize,
+        cpu_budget: std::time::Duration,
+    ) -> Self {
         let wasi = WasiCtxBuilder::new()
             .inherit_stderr()
             .allow_tcp(false)
@@ -121,6 +182,8 @@ impl HostState {
             table: ResourceTable::new(),
             limits,
             host,
+            calls: 0,
+            cpu: CpuWatch::new(cpu_budget),
         }
     }
 }
@@ -141,7 +204,10 @@ pub(crate) struct HostView<'a> {
 }
 
 impl HostView<'_> {
+    /// The view for one host call; counting the calls here counts every import (see
+    /// [`CpuWatch`]).
     pub fn of(state: &mut HostState) -> HostView<'_> {
+        state.calls += 1;
         HostView {
             host: &state.host,
             table: &mut state.table,

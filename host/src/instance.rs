@@ -9,7 +9,7 @@ use wasmtime::{Engine, Store};
 use crate::error::BindingError;
 use crate::generated::exports::mqtt_binding::binding::binding as wit;
 use crate::generated::{MqttBinding, MqttBindingPre};
-use crate::host_state::{BindingHost, HostState};
+use crate::host_state::{BindingHost, CpuBudgetExceeded, HostState, TICK};
 use crate::imports::from_wit;
 use crate::runtime_options::RuntimeOptions;
 
@@ -18,6 +18,43 @@ pub(crate) struct Instances {
     engine: Engine,
     pre: MqttBindingPre<HostState>,
     options: RuntimeOptions,
+    _ticker: Ticker,
+}
+
+/// Advances the engine's epoch every [`TICK`] on a thread of its own, for as long as the
+/// instances exist: the clock the components' CPU budget is counted in.
+struct Ticker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("mqtt-binding-epoch".into())
+            .spawn(move || {
+                while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        if thread.is_none() {
+            tracing::error!("cannot start the epoch thread; components are not interrupted");
+        }
+        Self { stop, thread }
+    }
+}
+
+impl Drop for Ticker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Instances {
@@ -27,6 +64,7 @@ impl Instances {
         options: RuntimeOptions,
     ) -> Self {
         Self {
+            _ticker: Ticker::start(engine.clone()),
             engine,
             pre,
             options,
@@ -43,9 +81,13 @@ impl Instances {
 
     /// A fresh instance of the component for `host`'s binding, not yet initialised.
     pub(crate) async fn instance(&self, host: Arc<BindingHost>) -> Result<Instance, BindingError> {
-        let state = HostState::new(host, self.options.max_memory_bytes);
+        let state = HostState::new(host, self.options.max_memory_bytes, self.options.cpu_budget);
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
+        // Every epoch tick while the component runs: yield to the other tasks, or stop a
+        // component that computes past its budget without calling the host.
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|mut context| context.data_mut().tick());
         let exports = self
             .pre
             .instantiate_async(&mut store)
@@ -65,6 +107,11 @@ impl Instance {
     /// A component failure in words a person can act on: running out of memory names the
     /// limit, instead of the trap and wasm backtrace it comes out as.
     pub(crate) fn explained<T>(&self, outcome: Result<T, BindingError>) -> Result<T, BindingError> {
+        if let Err(BindingError::Component(error)) = &outcome
+            && let Some(cpu) = error.downcast_ref::<CpuBudgetExceeded>()
+        {
+            return Err(BindingError::Component(anyhow::anyhow!("{cpu}")));
+        }
         let limits = &self.store.data().limits;
         match (outcome, limits.refused_bytes) {
             (Err(BindingError::Component(_)), Some(asked)) => {

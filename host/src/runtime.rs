@@ -40,7 +40,12 @@ impl std::fmt::Debug for Runtime {
 impl Runtime {
     /// Loads and links the component, from the cache of compiled code when it can.
     pub fn new(options: RuntimeOptions) -> anyhow::Result<Self> {
-        let engine = Engine::new(&Config::new())?;
+        let mut config = Config::new();
+        // Guest code checks the epoch at function entries and loop heads: how a component
+        // that computes without calling the host is made to yield, and stopped (see
+        // `instance::Ticker` and `host_state::CpuWatch`).
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
         let component = match &options.component {
             ComponentSource::Embedded => load(
                 &engine,

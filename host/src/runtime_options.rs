@@ -38,6 +38,10 @@ pub struct RuntimeOptions {
     /// The brokers a component may connect to (`--allow-broker`); `None`, the default, allows
     /// any, as Dapr does. A connection elsewhere fails at `init` and nothing is sent to it.
     pub allowed_brokers: Option<Vec<AllowedBroker>>,
+    /// How long the component may compute without calling the host before it is stopped
+    /// (time spent waiting inside host calls does not count). Meanwhile it yields to the
+    /// rest of the process every few milliseconds.
+    pub cpu_budget: std::time::Duration,
 }
 
 impl Default for RuntimeOptions {
@@ -51,6 +55,7 @@ impl Default for RuntimeOptions {
             max_in_flight_bytes: 64 * 1024 * 1024,
             pooled_instance_max_memory: 8 * 1024 * 1024,
             allowed_brokers: None,
+            cpu_budget: std::time::Duration::from_secs(1),
         }
     }
 }

@@ -6,6 +6,7 @@ mod metadata;
 mod proxy;
 mod publish;
 mod reconnect;
+mod sandbox;
 mod sidecar;
 mod subscribe;
 mod support;

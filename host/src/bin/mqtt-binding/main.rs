@@ -39,6 +39,10 @@ struct Global {
     /// Without it, any broker is allowed, as in Dapr.
     #[arg(long = "allow-broker", global = true, value_name = "HOST[:PORT]")]
     allow_broker: Vec<mqtt_binding::AllowedBroker>,
+    /// How long the component may compute without calling the host before it is stopped
+    /// (waiting inside host calls does not count), e.g. 1s or 500ms.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
+    cpu_budget: std::time::Duration,
 }
 
 #[derive(Subcommand)]
@@ -195,6 +199,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             mqtt_binding::default_cache_dir()
         },
         allowed_brokers: (!cli.global.allow_broker.is_empty()).then_some(cli.global.allow_broker),
+        cpu_budget: cli.global.cpu_budget,
         ..RuntimeOptions::default()
     };
     match cli.command {

@@ -1,0 +1,123 @@
+//! A hostile component for the sandbox tests: it exports the binding's world and, asked
+//! through metadata, misbehaves. Otherwise it is a bare binding: `init` connects to the
+//! `url` (`tcp://host:port`), `invoke` publishes the data to `topic` at QoS 1.
+//!
+//! Misbehaviours: component metadata `misbehave: spin-init` spins in `init`; request metadata
+//! `misbehave: spin` spins in that `invoke`.
+//!
+//! It is a component only: on other targets (a workspace build) it compiles to nothing.
+
+#![cfg(target_arch = "wasm32")]
+
+use std::cell::RefCell;
+
+#[expect(
+    unsafe_code,
+    reason = "wit-bindgen's generated ABI glue is unsafe by nature"
+)]
+mod bindings {
+    wit_bindgen::generate!({
+        path: "../../../wit",
+        world: "mqtt-binding",
+    });
+
+    use super::Hostile;
+    export!(Hostile with_types_in crate::bindings);
+}
+
+use bindings::exports::mqtt_binding::binding::binding::{
+    Error, Guest, InvokeRequest, InvokeResponse,
+};
+use bindings::mqtt_binding::binding::broker::{ConnectOptions, Connection, Transport};
+use bindings::mqtt_binding::binding::types::Qos;
+
+struct Bound {
+    connection: Connection,
+    topic: String,
+}
+
+thread_local! {
+    static BOUND: RefCell<Option<Bound>> = const { RefCell::new(None) };
+}
+
+struct Hostile;
+
+fn value<'a>(metadata: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    metadata
+        .iter()
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.as_str())
+}
+
+/// Computes forever without calling the host.
+fn spin() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+impl Guest for Hostile {
+    fn init(app_id: String, metadata: Vec<(String, String)>, first: bool) -> Result<(), Error> {
+        if value(&metadata, "misbehave") == Some("spin-init") {
+            spin();
+        }
+        let url = value(&metadata, "url").unwrap_or_default();
+        let address = url.strip_prefix("tcp://").unwrap_or(url);
+        let (host, port) = address
+            .rsplit_once(':')
+            .ok_or_else(|| Error::InvalidMetadata("url: expected tcp://host:port".into()))?;
+        let port = port
+            .parse()
+            .map_err(|_| Error::InvalidMetadata("url: bad port".into()))?;
+        let connection = if first {
+            Connection::connect(&ConnectOptions {
+                transport: Transport::Tcp,
+                host: host.to_string(),
+                port,
+                client_id: app_id,
+                username: None,
+                password: None,
+                clean_session: true,
+                keep_alive_secs: 30,
+                ca_cert: None,
+                client_cert: None,
+                client_key: None,
+                connect_timeout_ms: 10_000,
+            })
+        } else {
+            Connection::join()
+        }
+        .map_err(Error::Broker)?;
+        let topic = value(&metadata, "topic").unwrap_or("hostile").to_string();
+        BOUND.with_borrow_mut(|bound| *bound = Some(Bound { connection, topic }));
+        Ok(())
+    }
+
+    fn operations() -> Vec<String> {
+        vec!["create".into()]
+    }
+
+    fn invoke(request: InvokeRequest) -> Result<InvokeResponse, Error> {
+        if value(&request.metadata, "misbehave") == Some("spin") {
+            spin();
+        }
+        BOUND.with_borrow(|bound| {
+            let bound = bound.as_ref().ok_or(Error::NotInitialized)?;
+            bound
+                .connection
+                .publish(&bound.topic, &request.data, Qos::AtLeastOnce, false, 10_000)
+                .map_err(Error::Broker)?;
+            Ok(InvokeResponse {
+                data: None,
+                metadata: Vec::new(),
+            })
+        })
+    }
+
+    fn read() -> Result<(), Error> {
+        Err(Error::InvalidRequest(
+            "this component has no input side".into(),
+        ))
+    }
+}

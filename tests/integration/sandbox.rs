@@ -1,0 +1,141 @@
+//! The sandbox: a hostile component (`tests/guests/hostile`, loaded from its `.wasm` as a
+//! user's `--wasm` would be) that computes without calling the host is made to yield and is
+//! stopped after its CPU budget, with an error that says so; the host stays responsive and
+//! the next call gets a fresh instance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mqtt_binding::{
+    BindingError, BindingOptions, ComponentSource, InvokeRequest, Runtime, RuntimeOptions,
+};
+
+use crate::support::{Mosquitto, Subscriber, WAIT, metadata, unique};
+
+const HOSTILE: &str = env!("HOSTILE_GUEST_WASM");
+
+fn hostile_runtime(cpu_budget: Duration) -> Runtime {
+    Runtime::new(RuntimeOptions {
+        component: ComponentSource::File(HOSTILE.into()),
+        cpu_budget,
+        ..RuntimeOptions::default()
+    })
+    .expect("the hostile component loads")
+}
+
+async fn hostile_binding(
+    runtime: &Runtime,
+    pairs: &[(&str, &str)],
+) -> Result<mqtt_binding::Binding, BindingError> {
+    let options = BindingOptions {
+        name: "hostile".into(),
+        app_id: format!("hostile-{}", unique()),
+        metadata: metadata(pairs),
+        handler: None,
+    };
+    tokio::time::timeout(WAIT, runtime.binding(options))
+        .await
+        .expect("binding creation did not hang")
+}
+
+fn request(data: &str, misbehave: Option<&str>) -> InvokeRequest {
+    InvokeRequest {
+        operation: "create".into(),
+        data: data.as_bytes().to_vec(),
+        metadata: misbehave
+            .map(|how| vec![("misbehave".to_string(), how.to_string())])
+            .unwrap_or_default(),
+    }
+}
+
+#[tokio::test]
+async fn a_component_spinning_in_invoke_is_stopped_and_the_next_invoke_is_served() {
+    let broker = Mosquitto::start();
+    let topic = format!("spin/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let runtime = hostile_runtime(Duration::from_millis(300));
+    let binding = hostile_binding(&runtime, &[("url", &broker.url()), ("topic", &topic)])
+        .await
+        .expect("init");
+    let spun = tokio::time::timeout(WAIT, binding.invoke(request("never", Some("spin"))))
+        .await
+        .expect("the spinning invoke was stopped");
+    match spun {
+        Err(BindingError::Component(error)) => {
+            let text = format!("{error:#}");
+            assert_eq!(
+                text,
+                "the component computed for more than 300 ms without calling the host (RuntimeOptions::cpu_budget); it was stopped"
+            );
+        }
+        other => panic!("expected the component to be stopped, got {other:?}"),
+    }
+    tokio::time::timeout(WAIT, binding.invoke(request("after", None)))
+        .await
+        .expect("no hang")
+        .expect("a fresh instance serves the next invoke");
+    assert_eq!(&subscriber.next().await.payload[..], b"after");
+    binding.close().await;
+}
+
+/// On one thread (the test's current-thread runtime, as the CLI and the sidecar run), an
+/// invoke on a second binding completes while the first binding's component spins.
+#[tokio::test]
+async fn a_spinning_component_does_not_stall_the_process() {
+    let broker = Mosquitto::start();
+    let topic = format!("spin-other/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let runtime = hostile_runtime(Duration::from_secs(5));
+    let spinner = Arc::new(
+        hostile_binding(&runtime, &[("url", &broker.url()), ("topic", &topic)])
+            .await
+            .expect("init"),
+    );
+    let healthy = hostile_binding(&runtime, &[("url", &broker.url()), ("topic", &topic)])
+        .await
+        .expect("init");
+    let spinning = {
+        let spinner = spinner.clone();
+        tokio::spawn(async move { spinner.invoke(request("never", Some("spin"))).await })
+    };
+    // Let the spinner start computing.
+    tokio::task::yield_now().await;
+    tokio::time::timeout(WAIT, healthy.invoke(request("meanwhile", None)))
+        .await
+        .expect("the other binding was served while the first one spun")
+        .expect("invoke on the healthy binding");
+    assert_eq!(&subscriber.next().await.payload[..], b"meanwhile");
+    assert!(
+        !spinning.is_finished(),
+        "the spinner should still be computing (its budget is 5 s)"
+    );
+    let stopped = tokio::time::timeout(WAIT, spinning)
+        .await
+        .expect("the spinner was stopped")
+        .expect("task");
+    assert!(
+        matches!(stopped, Err(BindingError::Component(_))),
+        "{stopped:?}"
+    );
+    healthy.close().await;
+    spinner.close().await;
+}
+
+#[tokio::test]
+async fn a_component_spinning_in_init_fails_to_start_with_the_reason() {
+    let runtime = hostile_runtime(Duration::from_millis(200));
+    match hostile_binding(
+        &runtime,
+        &[("url", "tcp://127.0.0.1:1"), ("misbehave", "spin-init")],
+    )
+    .await
+    {
+        Err(BindingError::Component(error)) => {
+            assert!(
+                format!("{error:#}").starts_with("the component computed for more than 200 ms"),
+                "{error:#}"
+            )
+        }
+        other => panic!("expected the component to be stopped, got {other:?}"),
+    }
+}
