@@ -12,6 +12,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::broker::{BrokerSettings, Connection};
 use crate::broker_policy::AllowedBroker;
+use crate::guest_log::LogLimiter;
 use crate::handler::EventHandler;
 
 /// What a binding's stores share: its name, its application, its shutdown signal, and its
@@ -23,6 +24,9 @@ pub(crate) struct BindingHost {
     pub settings: BrokerSettings,
     /// Where the component may connect (`None`: anywhere).
     pub allowed_brokers: Option<Vec<AllowedBroker>>,
+    /// The rate limit on the component's log lines, shared by the binding's instances.
+    pub log_limiter: std::sync::Mutex<LogLimiter>,
+    pub max_log_line_bytes: usize,
     /// One connection per binding serves both directions (the client ID is used exactly,
     /// with no per-direction suffix). The first instance to connect opens it; the binding's other
     /// instances join it.
@@ -162,6 +166,7 @@ impl HostState {
         host: Arc<BindingHost>,
         max_memory_bytes: usize,
         cpu_budget: std::time::Duration,
+        max_handles: usize,
     ) -> Self {
         let wasi = WasiCtxBuilder::new()
             .inherit_stderr()
@@ -177,9 +182,11 @@ impl HostState {
             max_memory_bytes,
             refused_bytes: None,
         };
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(max_handles);
         Self {
             wasi,
-            table: ResourceTable::new(),
+            table,
             limits,
             host,
             calls: 0,

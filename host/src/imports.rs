@@ -10,6 +10,7 @@ use crate::broker::{ConnectOptions, Connection, PublishRequest};
 use crate::broker_policy;
 use crate::error::BrokerError;
 use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, logging, types};
+use crate::guest_log::{Admit, clipped};
 use crate::handler::Event;
 use crate::host_state::HostView;
 use crate::payload::Payload;
@@ -261,6 +262,23 @@ impl delivery::Host for HostView<'_> {
 impl logging::Host for HostView<'_> {
     async fn log(&mut self, level: logging::Level, message: String) -> wasmtime::Result<()> {
         let binding = &self.host.name;
+        let admitted = self
+            .host
+            .log_limiter
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .admit(std::time::Instant::now());
+        let Admit::Write { dropped } = admitted else {
+            return Ok(());
+        };
+        if dropped > 0 {
+            tracing::warn!(
+                binding,
+                dropped,
+                "{dropped} log lines of the component were dropped: it logged faster than RuntimeOptions::max_log_lines_per_second allows"
+            );
+        }
+        let message = clipped(&message, self.host.max_log_line_bytes);
         match level {
             logging::Level::Trace => tracing::trace!(binding, "{message}"),
             logging::Level::Debug => tracing::debug!(binding, "{message}"),

@@ -81,7 +81,12 @@ impl Instances {
 
     /// A fresh instance of the component for `host`'s binding, not yet initialised.
     pub(crate) async fn instance(&self, host: Arc<BindingHost>) -> Result<Instance, BindingError> {
-        let state = HostState::new(host, self.options.max_memory_bytes, self.options.cpu_budget);
+        let state = HostState::new(
+            host,
+            self.options.max_memory_bytes,
+            self.options.cpu_budget,
+            self.options.max_handles,
+        );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         // Every epoch tick while the component runs: yield to the other tasks, or stop a
@@ -107,10 +112,16 @@ impl Instance {
     /// A component failure in words a person can act on: running out of memory names the
     /// limit, instead of the trap and wasm backtrace it comes out as.
     pub(crate) fn explained<T>(&self, outcome: Result<T, BindingError>) -> Result<T, BindingError> {
-        if let Err(BindingError::Component(error)) = &outcome
-            && let Some(cpu) = error.downcast_ref::<CpuBudgetExceeded>()
-        {
-            return Err(BindingError::Component(anyhow::anyhow!("{cpu}")));
+        if let Err(BindingError::Component(error)) = &outcome {
+            if let Some(cpu) = error.downcast_ref::<CpuBudgetExceeded>() {
+                return Err(BindingError::Component(anyhow::anyhow!("{cpu}")));
+            }
+            if let Some(wasmtime::component::ResourceTableError::Full) = error.downcast_ref() {
+                return Err(BindingError::Component(anyhow::anyhow!(
+                    "the component held more than {} handles at once (RuntimeOptions::max_handles); it was stopped",
+                    self.store.data().table.max_capacity()
+                )));
+            }
         }
         let limits = &self.store.data().limits;
         match (outcome, limits.refused_bytes) {

@@ -32,6 +32,7 @@ mod broker_policy;
 pub mod component_file;
 mod error;
 mod generated;
+mod guest_log;
 mod handler;
 mod host_state;
 mod imports;

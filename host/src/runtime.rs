@@ -82,6 +82,11 @@ impl Runtime {
             shutdown: CancellationToken::new(),
             settings: self.instances.options().broker.clone(),
             allowed_brokers: self.instances.options().allowed_brokers.clone(),
+            log_limiter: std::sync::Mutex::new(crate::guest_log::LogLimiter::new(
+                self.instances.options().max_log_lines_per_second,
+                std::time::Instant::now(),
+            )),
+            max_log_line_bytes: self.instances.options().max_log_line_bytes,
             connection: tokio::sync::Mutex::new(None),
         });
         Binding::start(

@@ -42,6 +42,14 @@ pub struct RuntimeOptions {
     /// (time spent waiting inside host calls does not count). Meanwhile it yields to the
     /// rest of the process every few milliseconds.
     pub cpu_budget: std::time::Duration,
+    /// Most handles (connections, payloads) one instance may hold at once; past it, the call
+    /// fails and the instance is thrown away.
+    pub max_handles: usize,
+    /// Log lines a binding's component may write per second (bursts of a second's worth);
+    /// more are dropped, and the host says how many.
+    pub max_log_lines_per_second: u32,
+    /// Longest log line of the component, in bytes; longer ones are cut.
+    pub max_log_line_bytes: usize,
 }
 
 impl Default for RuntimeOptions {
@@ -56,6 +64,9 @@ impl Default for RuntimeOptions {
             pooled_instance_max_memory: 8 * 1024 * 1024,
             allowed_brokers: None,
             cpu_budget: std::time::Duration::from_secs(1),
+            max_handles: 1024,
+            max_log_lines_per_second: 100,
+            max_log_line_bytes: 4096,
         }
     }
 }

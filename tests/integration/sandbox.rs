@@ -139,3 +139,92 @@ async fn a_component_spinning_in_init_fails_to_start_with_the_reason() {
         other => panic!("expected the component to be stopped, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_component_taking_handles_without_end_is_stopped_at_the_limit() {
+    let broker = Mosquitto::start();
+    let topic = format!("handles/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let runtime = hostile_runtime(Duration::from_secs(1));
+    let binding = hostile_binding(&runtime, &[("url", &broker.url()), ("topic", &topic)])
+        .await
+        .expect("init");
+    let outcome = tokio::time::timeout(WAIT, binding.invoke(request("never", Some("handles"))))
+        .await
+        .expect("stopped in time");
+    match outcome {
+        Err(BindingError::Component(error)) => assert_eq!(
+            format!("{error:#}"),
+            "the component held more than 1024 handles at once (RuntimeOptions::max_handles); it was stopped"
+        ),
+        other => panic!("expected the component to be stopped, got {other:?}"),
+    }
+    tokio::time::timeout(WAIT, binding.invoke(request("after", None)))
+        .await
+        .expect("no hang")
+        .expect("a fresh instance serves the next invoke");
+    assert_eq!(&subscriber.next().await.payload[..], b"after");
+    binding.close().await;
+}
+
+/// Collects what the host logs on this thread.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One line of 10 MB and 100,000 more: the host cuts the long line to 4 KiB, writes about
+/// a second's worth of the rest (100 lines), and says how many it dropped.
+#[tokio::test]
+async fn a_component_flooding_the_log_is_rate_limited_and_its_long_lines_cut() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .finish();
+    let _logging = tracing::subscriber::set_default(subscriber);
+
+    let broker = Mosquitto::start();
+    let topic = format!("flood/{}", unique());
+    let runtime = hostile_runtime(Duration::from_secs(5));
+    let binding = hostile_binding(&runtime, &[("url", &broker.url()), ("topic", &topic)])
+        .await
+        .expect("init");
+    tokio::time::timeout(WAIT, binding.invoke(request("flooded", Some("flood"))))
+        .await
+        .expect("no hang")
+        .expect("the flood is throttled, not fatal");
+    binding.close().await;
+
+    let log = String::from_utf8(captured.0.lock().expect("log").clone()).expect("utf-8");
+    let flood_lines = log.lines().filter(|line| line.contains(" flood ")).count();
+    assert!(
+        (1..=200).contains(&flood_lines),
+        "{flood_lines} flood lines were written"
+    );
+    assert!(
+        log.contains("log lines of the component were dropped"),
+        "no drop notice"
+    );
+    assert!(
+        log.contains("flood over"),
+        "the line after the pause was written"
+    );
+    let longest = log.lines().map(str::len).max().unwrap_or_default();
+    assert!(longest < 8 * 1024, "a line of {longest} bytes was written");
+    assert!(
+        log.contains("(10481664 bytes cut)"),
+        "the 10 MB line was not cut to 4 KiB"
+    );
+}

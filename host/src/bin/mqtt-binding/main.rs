@@ -43,6 +43,15 @@ struct Global {
     /// (waiting inside host calls does not count), e.g. 1s or 500ms.
     #[arg(long, global = true, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
     cpu_budget: std::time::Duration,
+    /// Most linear memory one instance of the component may use, in MiB.
+    #[arg(long, global = true, value_name = "MIB", default_value_t = 256)]
+    max_memory_mib: usize,
+    /// Most handles (connections, payloads) one instance may hold at once.
+    #[arg(long, global = true, value_name = "N", default_value_t = 1024)]
+    max_handles: usize,
+    /// Log lines a binding's component may write per second; more are dropped and counted.
+    #[arg(long, global = true, value_name = "N", default_value_t = 100)]
+    max_log_lines_per_second: u32,
 }
 
 #[derive(Subcommand)]
@@ -200,6 +209,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         allowed_brokers: (!cli.global.allow_broker.is_empty()).then_some(cli.global.allow_broker),
         cpu_budget: cli.global.cpu_budget,
+        max_memory_bytes: cli.global.max_memory_mib.saturating_mul(1024 * 1024),
+        max_handles: cli.global.max_handles,
+        max_log_lines_per_second: cli.global.max_log_lines_per_second,
         ..RuntimeOptions::default()
     };
     match cli.command {

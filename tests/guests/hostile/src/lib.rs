@@ -3,7 +3,9 @@
 //! `url` (`tcp://host:port`), `invoke` publishes the data to `topic` at QoS 1.
 //!
 //! Misbehaviours: component metadata `misbehave: spin-init` spins in `init`; request metadata
-//! `misbehave: spin` spins in that `invoke`.
+//! `misbehave` makes that `invoke` spin (`spin`), take connection handles without end
+//! (`handles`), or flood the log (`flood`: one line of 10 MB and 100,000 more, then a pause and
+//! one more line) before publishing.
 //!
 //! It is a component only: on other targets (a workspace build) it compiles to nothing.
 
@@ -29,6 +31,8 @@ use bindings::exports::mqtt_binding::binding::binding::{
     Error, Guest, InvokeRequest, InvokeResponse,
 };
 use bindings::mqtt_binding::binding::broker::{ConnectOptions, Connection, Transport};
+use bindings::mqtt_binding::binding::lifecycle;
+use bindings::mqtt_binding::binding::logging::{self, Level};
 use bindings::mqtt_binding::binding::types::Qos;
 
 struct Bound {
@@ -99,8 +103,21 @@ impl Guest for Hostile {
     }
 
     fn invoke(request: InvokeRequest) -> Result<InvokeResponse, Error> {
-        if value(&request.metadata, "misbehave") == Some("spin") {
-            spin();
+        match value(&request.metadata, "misbehave") {
+            Some("spin") => spin(),
+            Some("handles") => loop {
+                // Each join is a new handle; forgetting it keeps it in the host's table.
+                std::mem::forget(Connection::join().map_err(Error::Broker)?);
+            },
+            Some("flood") => {
+                logging::log(Level::Info, &"y".repeat(10 << 20));
+                for n in 0..100_000 {
+                    logging::log(Level::Info, &format!("flood {n}"));
+                }
+                lifecycle::sleep(1_100);
+                logging::log(Level::Info, "flood over");
+            }
+            _ => {}
         }
         BOUND.with_borrow(|bound| {
             let bound = bound.as_ref().ok_or(Error::NotInitialized)?;
