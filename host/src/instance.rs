@@ -116,6 +116,11 @@ impl Instance {
             if let Some(cpu) = error.downcast_ref::<CpuBudgetExceeded>() {
                 return Err(BindingError::Component(anyhow::anyhow!("{cpu}")));
             }
+            if let Some(wasmtime::Trap::StackOverflow) = error.downcast_ref() {
+                return Err(BindingError::Component(anyhow::anyhow!(
+                    "the component exhausted its call stack (unbounded recursion?); it was stopped"
+                )));
+            }
             if let Some(wasmtime::component::ResourceTableError::Full) = error.downcast_ref() {
                 return Err(BindingError::Component(anyhow::anyhow!(
                     "the component held more than {} handles at once (RuntimeOptions::max_handles); it was stopped",
@@ -130,6 +135,16 @@ impl Instance {
                     "the component ran out of memory: it asked for {asked} bytes of linear memory, over its limit of {} bytes (RuntimeOptions::max_memory_bytes)",
                     limits.max_memory_bytes
                 )))
+            }
+            // Any other trap (a panic in the component is one): say which, without the wasm
+            // backtrace, which tells an operator nothing.
+            (Err(BindingError::Component(error)), None) => {
+                match error.downcast_ref::<wasmtime::Trap>() {
+                    Some(trap) => Err(BindingError::Component(anyhow::anyhow!(
+                        "the component trapped ({trap}); it was thrown away"
+                    ))),
+                    None => Err(BindingError::Component(error)),
+                }
             }
             (outcome, _) => outcome,
         }

@@ -228,3 +228,53 @@ async fn a_component_flooding_the_log_is_rate_limited_and_its_long_lines_cut() {
         "the 10 MB line was not cut to 4 KiB"
     );
 }
+
+/// Allocating, recursing and panicking without end: each call fails with an error that
+/// says what happened, without a wasm backtrace, and the next invoke is served.
+#[tokio::test]
+async fn allocating_recursing_or_panicking_fails_the_call_and_the_next_is_served() {
+    let broker = Mosquitto::start();
+    let topic = format!("abuse/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let runtime = Runtime::new(RuntimeOptions {
+        component: ComponentSource::File(HOSTILE.into()),
+        max_memory_bytes: 32 * 1024 * 1024,
+        ..RuntimeOptions::default()
+    })
+    .expect("the hostile component loads");
+    let binding = hostile_binding(&runtime, &[("url", &broker.url()), ("topic", &topic)])
+        .await
+        .expect("init");
+    for (misbehaviour, expected) in [
+        ("allocate", "the component ran out of memory"),
+        ("recurse", "the component exhausted its call stack"),
+        (
+            "panic",
+            "the component trapped (wasm trap: wasm `unreachable` instruction executed)",
+        ),
+    ] {
+        let outcome =
+            tokio::time::timeout(WAIT, binding.invoke(request("never", Some(misbehaviour))))
+                .await
+                .expect("no hang");
+        match outcome {
+            Err(BindingError::Component(error)) => {
+                let text = format!("{error:#}");
+                assert!(
+                    text.starts_with(expected) && !text.contains("backtrace"),
+                    "{misbehaviour}: {text}"
+                );
+            }
+            other => panic!("{misbehaviour}: expected a component error, got {other:?}"),
+        }
+        tokio::time::timeout(WAIT, binding.invoke(request(misbehaviour, None)))
+            .await
+            .expect("no hang")
+            .unwrap_or_else(|e| panic!("after {misbehaviour}: {e:#}"));
+        assert_eq!(
+            &subscriber.next().await.payload[..],
+            misbehaviour.as_bytes()
+        );
+    }
+    binding.close().await;
+}

@@ -4,7 +4,8 @@
 //!
 //! Misbehaviours: component metadata `misbehave: spin-init` spins in `init`; request metadata
 //! `misbehave` makes that `invoke` spin (`spin`), take connection handles without end
-//! (`handles`), or flood the log (`flood`: one line of 10 MB and 100,000 more, then a pause and
+//! (`handles`), allocate without end (`allocate`), recurse without end (`recurse`),
+//! panic (`panic`), or flood the log (`flood`: one line of 10 MB and 100,000 more, then a pause and
 //! one more line) before publishing.
 //!
 //! It is a component only: on other targets (a workspace build) it compiles to nothing.
@@ -51,6 +52,11 @@ fn value<'a>(metadata: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .iter()
         .find(|(key, _)| key == name)
         .map(|(_, value)| value.as_str())
+}
+
+/// Recurses without end (the result is never reached).
+fn recurse(depth: u64) -> u64 {
+    std::hint::black_box(recurse(std::hint::black_box(depth + 1))) + 1
 }
 
 /// Computes forever without calling the host.
@@ -109,6 +115,17 @@ impl Guest for Hostile {
                 // Each join is a new handle; forgetting it keeps it in the host's table.
                 std::mem::forget(Connection::join().map_err(Error::Broker)?);
             },
+            Some("allocate") => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            Some("recurse") => {
+                std::hint::black_box(recurse(0));
+            }
+            Some("panic") => panic!("the hostile component panics on request"),
             Some("flood") => {
                 logging::log(Level::Info, &"y".repeat(10 << 20));
                 for n in 0..100_000 {
