@@ -232,6 +232,18 @@ impl Binding {
         connection.map(|connection| connection.status())
     }
 
+    /// How many of the binding's instances were thrown away after a trap, and how many of
+    /// those were stopped for computing past their CPU budget.
+    pub fn faults(&self) -> (u64, u64) {
+        let faults = &self.host.faults;
+        (
+            faults.traps.load(std::sync::atomic::Ordering::Relaxed),
+            faults
+                .interruptions
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+
     /// Asks the binding to stop: `read` returns once the message in hand is settled
     /// (acknowledged, or left unacknowledged if its delivery had not succeeded), retry waits
     /// end, and new calls fail with `closed`.

@@ -31,6 +31,9 @@ pub(crate) struct BindingHost {
     /// with no per-direction suffix). The first instance to connect opens it; the binding's other
     /// instances join it.
     pub connection: tokio::sync::Mutex<Option<Connection>>,
+    /// Instances of this binding thrown away after a trap, and (among them) those stopped
+    /// for computing past their CPU budget.
+    pub faults: Faults,
 }
 
 /// The store's resource limits, recording how large the instance's memory has grown (an
@@ -91,6 +94,13 @@ impl wasmtime::ResourceLimiter for Limits {
     fn memories(&self) -> usize {
         self.inner.memories()
     }
+}
+
+/// Counts of a binding's instances that failed, for `/v1.0/metadata`.
+#[derive(Debug, Default)]
+pub(crate) struct Faults {
+    pub traps: std::sync::atomic::AtomicU64,
+    pub interruptions: std::sync::atomic::AtomicU64,
 }
 
 /// The data of one wasmtime `Store`.

@@ -113,7 +113,14 @@ impl Instance {
     /// limit, instead of the trap and wasm backtrace it comes out as.
     pub(crate) fn explained<T>(&self, outcome: Result<T, BindingError>) -> Result<T, BindingError> {
         if let Err(BindingError::Component(error)) = &outcome {
+            let faults = &self.store.data().host.faults;
+            faults
+                .traps
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Some(cpu) = error.downcast_ref::<CpuBudgetExceeded>() {
+                faults
+                    .interruptions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 return Err(BindingError::Component(anyhow::anyhow!("{cpu}")));
             }
             if let Some(wasmtime::Trap::StackOverflow) = error.downcast_ref() {

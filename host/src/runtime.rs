@@ -87,6 +87,7 @@ impl Runtime {
                 std::time::Instant::now(),
             )),
             max_log_line_bytes: self.instances.options().max_log_line_bytes,
+            faults: Default::default(),
             connection: tokio::sync::Mutex::new(None),
         });
         Binding::start(

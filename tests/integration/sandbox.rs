@@ -278,3 +278,99 @@ async fn allocating_recursing_or_panicking_fails_the_call_and_the_next_is_served
     }
     binding.close().await;
 }
+
+/// In `mqtt-binding run --wasm hostile.wasm`: one binding's component spins in `read`
+/// again and again (stopped after 300 ms each time, restarted by the supervisor). Meanwhile
+/// the sidecar answers its health check and an invoke on the other binding, and
+/// `/v1.0/metadata` counts the interruptions.
+#[tokio::test]
+async fn a_sidecar_stays_responsive_while_one_binding_spins_in_read() {
+    use crate::sidecar::{Sidecar, binding_yaml};
+    use reqwest::StatusCode;
+
+    let broker = Mosquitto::start();
+    let topic = format!("sidecar-spin/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("spinner.yaml"),
+        binding_yaml(
+            "spinner",
+            &[
+                ("url", &broker.url()),
+                ("topic", "unused"),
+                ("consumerID", &format!("spinner-{}", unique())),
+                ("direction", "input"),
+                ("misbehave", "spin-read"),
+            ],
+            None,
+        ),
+    )
+    .expect("write");
+    std::fs::write(
+        dir.path().join("healthy.yaml"),
+        binding_yaml(
+            "healthy",
+            &[
+                ("url", &broker.url()),
+                ("topic", &topic),
+                ("consumerID", &format!("healthy-{}", unique())),
+                ("direction", "output"),
+            ],
+            None,
+        ),
+    )
+    .expect("write");
+    // Any listener will do: the spinner's input side starts once the app port accepts.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("app port");
+    let app_port = app.local_addr().expect("address").port();
+    let sidecar = Sidecar::start_with_args(
+        dir.path(),
+        Some(app_port),
+        &[],
+        &["--wasm", HOSTILE, "--cpu-budget", "300ms"],
+    )
+    .await;
+
+    // Wait until the spinner has been stopped at least twice: it spins, and is restarted.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let metadata: serde_json::Value = sidecar
+            .client
+            .get(sidecar.url("/v1.0/metadata"))
+            .send()
+            .await
+            .expect("metadata answers while the spinner spins")
+            .json()
+            .await
+            .expect("JSON");
+        let faults = metadata["extended"]["binding.spinner.faults"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        if faults.contains("of them stopped for CPU")
+            && !faults.contains(", 0 of them")
+            && !faults.contains(", 1 of them")
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "faults: {faults:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = sidecar
+        .client
+        .get(sidecar.url("/v1.0/healthz"))
+        .send()
+        .await
+        .expect("healthz answers");
+    assert_eq!(health.status(), StatusCode::NO_CONTENT);
+    let (status, body) = sidecar
+        .post("healthy", r#"{"operation": "create", "data": "served"}"#)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(&subscriber.next().await.payload[..], br#""served""#);
+    drop(app);
+    assert!(sidecar.terminate().await.success());
+}

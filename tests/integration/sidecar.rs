@@ -66,8 +66,19 @@ pub(crate) struct Sidecar {
 
 impl Sidecar {
     pub(crate) async fn start(dir: &Path, app_port: Option<u16>, env: &[(&str, &str)]) -> Self {
+        Self::start_with_args(dir, app_port, env, &[]).await
+    }
+
+    /// Like [`Sidecar::start`], with more arguments for `mqtt-binding` (before `run`).
+    pub(crate) async fn start_with_args(
+        dir: &Path,
+        app_port: Option<u16>,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
         let http = free_port();
         let mut command = Command::new(BIN);
+        command.args(args);
         command
             .args([
                 "run",

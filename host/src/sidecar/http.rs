@@ -359,6 +359,13 @@ async fn metadata(State(sidecar): State<Arc<Sidecar>>) -> Response {
             BindingState::Failed(why) => format!("failed: {why}"),
         };
         extended.insert(format!("binding.{name}"), state.into());
+        if let Some(BindingState::Up(binding)) = sidecar.supervisor.state(&name) {
+            let (traps, interruptions) = binding.faults();
+            extended.insert(
+                format!("binding.{name}.faults"),
+                format!("{traps} instances thrown away after a trap, {interruptions} of them stopped for CPU").into(),
+            );
+        }
     }
     for (component, why) in &sidecar.failed {
         extended.insert(

@@ -2,7 +2,8 @@
 //! through metadata, misbehaves. Otherwise it is a bare binding: `init` connects to the
 //! `url` (`tcp://host:port`), `invoke` publishes the data to `topic` at QoS 1.
 //!
-//! Misbehaviours: component metadata `misbehave: spin-init` spins in `init`; request metadata
+//! Misbehaviours: component metadata `misbehave: spin-init` spins in `init`, and
+//! `misbehave: spin-read` in `read`; request metadata
 //! `misbehave` makes that `invoke` spin (`spin`), take connection handles without end
 //! (`handles`), allocate without end (`allocate`), recurse without end (`recurse`),
 //! panic (`panic`), or flood the log (`flood`: one line of 10 MB and 100,000 more, then a pause and
@@ -39,6 +40,7 @@ use bindings::mqtt_binding::binding::types::Qos;
 struct Bound {
     connection: Connection,
     topic: String,
+    spin_in_read: bool,
 }
 
 thread_local! {
@@ -100,7 +102,14 @@ impl Guest for Hostile {
         }
         .map_err(Error::Broker)?;
         let topic = value(&metadata, "topic").unwrap_or("hostile").to_string();
-        BOUND.with_borrow_mut(|bound| *bound = Some(Bound { connection, topic }));
+        let spin_in_read = value(&metadata, "misbehave") == Some("spin-read");
+        BOUND.with_borrow_mut(|bound| {
+            *bound = Some(Bound {
+                connection,
+                topic,
+                spin_in_read,
+            })
+        });
         Ok(())
     }
 
@@ -150,6 +159,9 @@ impl Guest for Hostile {
     }
 
     fn read() -> Result<(), Error> {
+        if BOUND.with_borrow(|bound| bound.as_ref().is_some_and(|bound| bound.spin_in_read)) {
+            spin();
+        }
         Err(Error::InvalidRequest(
             "this component has no input side".into(),
         ))
