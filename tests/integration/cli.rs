@@ -9,7 +9,11 @@ use crate::support::{Mosquitto, Subscriber, WAIT, unique};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
 
-fn component_file(dir: &Path, name: &str, metadata: &[(&str, &str)]) -> std::path::PathBuf {
+pub(crate) fn component_file(
+    dir: &Path,
+    name: &str,
+    metadata: &[(&str, &str)],
+) -> std::path::PathBuf {
     let mut yaml = format!(
         "apiVersion: dapr.io/v1alpha1\nkind: Component\nmetadata:\n  name: {name}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n"
     );
@@ -25,7 +29,7 @@ fn component_file(dir: &Path, name: &str, metadata: &[(&str, &str)]) -> std::pat
     path
 }
 
-async fn run(args: &[&str]) -> Output {
+pub(crate) async fn run(args: &[&str]) -> Output {
     let child = Command::new(BIN)
         .args(args)
         .stdin(Stdio::null())

@@ -374,3 +374,36 @@ async fn a_sidecar_stays_responsive_while_one_binding_spins_in_read() {
     drop(app);
     assert!(sidecar.terminate().await.success());
 }
+
+/// `mqtt-binding --wasm hostile.wasm invoke` with a request that spins: exit 1 with the
+/// reason on stderr, in one line, without a wasm backtrace.
+#[tokio::test]
+async fn the_cli_exits_1_with_the_reason_when_the_component_spins() {
+    let broker = Mosquitto::start();
+    let file = crate::cli::component_file(
+        broker.dir.path(),
+        "hostile",
+        &[("url", &broker.url()), ("topic", "t")],
+    );
+    let output = crate::cli::run(&[
+        "--wasm",
+        HOSTILE,
+        "--cpu-budget",
+        "200ms",
+        "invoke",
+        "--component",
+        file.to_str().expect("utf-8 path"),
+        "--data",
+        "x",
+        "--metadata",
+        "misbehave=spin",
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the component computed for more than 200 ms without calling the host")
+            && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+}
