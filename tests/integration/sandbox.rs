@@ -407,3 +407,43 @@ async fn the_cli_exits_1_with_the_reason_when_the_component_spins() {
         "{stderr}"
     );
 }
+
+/// A component that dies with a message in hand has not acknowledged it: the broker keeps
+/// it for the persistent session, and the real binding gets it on the next connection.
+#[tokio::test]
+async fn a_message_in_hand_when_the_component_dies_is_redelivered() {
+    use crate::subscribe::PersistentSession;
+    use crate::support::{Reader, Recorder, publish_all};
+
+    let broker = Mosquitto::start();
+    let session = PersistentSession::create(&broker, "in-hand").await;
+    publish_all(
+        broker.port,
+        &session.topic,
+        rumqttc::QoS::AtLeastOnce,
+        &[b"precious".to_vec()],
+    )
+    .await;
+
+    let runtime = hostile_runtime(Duration::from_secs(1));
+    let mut pairs = session.metadata();
+    pairs.push(("misbehave", "trap-with-message"));
+    let hostile = hostile_binding(&runtime, &pairs).await.expect("init");
+    let read = tokio::time::timeout(WAIT, hostile.read())
+        .await
+        .expect("read ended");
+    match read {
+        Err(BindingError::Component(error)) => assert!(
+            format!("{error:#}").starts_with("the component trapped"),
+            "{error:#}"
+        ),
+        other => panic!("expected the component to die, got {other:?}"),
+    }
+    hostile.close().await;
+
+    let (recorder, mut accepted) = Recorder::failing(0);
+    let reader = Reader::start(&session.metadata(), recorder).await;
+    let event = accepted.next().await;
+    assert_eq!(event.data, b"precious");
+    reader.stop().await.expect("read ends cleanly");
+}

@@ -8,13 +8,13 @@ use crate::support::{Mosquitto, Reader, Recorder, Subscriber, WAIT, meta, publis
 
 /// A QoS 1 binding session the broker keeps (fixed consumerID, cleanSession false) on a
 /// fresh topic, created by reading once and stopping: what is published next is queued.
-struct PersistentSession {
-    topic: String,
+pub(crate) struct PersistentSession {
+    pub(crate) topic: String,
     pairs: Vec<(&'static str, String)>,
 }
 
 impl PersistentSession {
-    async fn create(broker: &Mosquitto, prefix: &str) -> Self {
+    pub(crate) async fn create(broker: &Mosquitto, prefix: &str) -> Self {
         let topic = format!("{prefix}/{}", unique());
         let pairs = vec![
             ("url", broker.url()),
@@ -33,7 +33,7 @@ impl PersistentSession {
         session
     }
 
-    fn metadata(&self) -> Vec<(&str, &str)> {
+    pub(crate) fn metadata(&self) -> Vec<(&str, &str)> {
         self.pairs.iter().map(|(k, v)| (*k, v.as_str())).collect()
     }
 }

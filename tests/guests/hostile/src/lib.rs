@@ -3,7 +3,8 @@
 //! `url` (`tcp://host:port`), `invoke` publishes the data to `topic` at QoS 1.
 //!
 //! Misbehaviours: component metadata `misbehave: spin-init` spins in `init`, and
-//! `misbehave: spin-read` in `read`; request metadata
+//! `misbehave: spin-read` in `read`, and `misbehave: trap-with-message` takes a message in
+//! `read` and traps before acknowledging it; request metadata
 //! `misbehave` makes that `invoke` spin (`spin`), take connection handles without end
 //! (`handles`), allocate without end (`allocate`), recurse without end (`recurse`),
 //! panic (`panic`), or flood the log (`flood`: one line of 10 MB and 100,000 more, then a pause and
@@ -40,7 +41,7 @@ use bindings::mqtt_binding::binding::types::Qos;
 struct Bound {
     connection: Connection,
     topic: String,
-    spin_in_read: bool,
+    misbehave: Option<String>,
 }
 
 thread_local! {
@@ -87,10 +88,10 @@ impl Guest for Hostile {
                 transport: Transport::Tcp,
                 host: host.to_string(),
                 port,
-                client_id: app_id,
+                client_id: value(&metadata, "consumerID").map_or(app_id, str::to_string),
                 username: None,
                 password: None,
-                clean_session: true,
+                clean_session: value(&metadata, "cleanSession") != Some("false"),
                 keep_alive_secs: 30,
                 ca_cert: None,
                 client_cert: None,
@@ -102,12 +103,12 @@ impl Guest for Hostile {
         }
         .map_err(Error::Broker)?;
         let topic = value(&metadata, "topic").unwrap_or("hostile").to_string();
-        let spin_in_read = value(&metadata, "misbehave") == Some("spin-read");
+        let misbehave = value(&metadata, "misbehave").map(str::to_string);
         BOUND.with_borrow_mut(|bound| {
             *bound = Some(Bound {
                 connection,
                 topic,
-                spin_in_read,
+                misbehave,
             })
         });
         Ok(())
@@ -159,9 +160,27 @@ impl Guest for Hostile {
     }
 
     fn read() -> Result<(), Error> {
-        if BOUND.with_borrow(|bound| bound.as_ref().is_some_and(|bound| bound.spin_in_read)) {
-            spin();
-        }
+        BOUND.with_borrow(|bound| {
+            let Some(bound) = bound.as_ref() else {
+                return Err(Error::NotInitialized);
+            };
+            match bound.misbehave.as_deref() {
+                Some("spin-read") => spin(),
+                Some("trap-with-message") => {
+                    // Take a message (a persistent session's queued one arrives unasked),
+                    // then die before acknowledging it.
+                    let messages = bound
+                        .connection
+                        .next_messages(1, 10_000)
+                        .map_err(Error::Broker)?;
+                    if !messages.is_empty() {
+                        panic!("the hostile component dies with a message in hand");
+                    }
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        })?;
         Err(Error::InvalidRequest(
             "this component has no input side".into(),
         ))
