@@ -3,8 +3,6 @@
 //! lines is `imports`'s.
 
 use std::borrow::Cow;
-#[cfg(test)]
-use std::time::Duration;
 use std::time::Instant;
 
 /// A token bucket: `rate` lines a second on average, bursts of up to `burst`.
@@ -72,17 +70,18 @@ pub(crate) fn clipped(line: &str, max: usize) -> Cow<'_, str> {
     ))
 }
 
-/// How long a burst takes to come back, for tests.
-#[cfg(test)]
-fn refill(per_second: u32) -> Duration {
-    Duration::from_secs_f64(
-        LogLimiter::new(per_second, Instant::now()).burst / f64::from(per_second),
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// How long a whole burst takes to come back.
+    fn refill(per_second: u32) -> Duration {
+        Duration::from_secs_f64(
+            LogLimiter::new(per_second, Instant::now()).burst / f64::from(per_second),
+        )
+    }
 
     #[test]
     fn a_burst_passes_then_lines_are_dropped_and_counted() {

@@ -110,31 +110,10 @@ async fn secrets_never_appear_in_errors() {
     }
 }
 
-/// Collects what the host logs on this thread (tokio tests run their tasks on it).
-#[derive(Clone, Default)]
-struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn a_metadata_warning_is_logged_once_whatever_the_instances() {
     let broker = crate::support::Mosquitto::start();
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    let _logging = tracing::subscriber::set_default(subscriber);
+    let (captured, _logging) = crate::support::Captured::logs(tracing::Level::DEBUG);
 
     let ca = crate::support::Authority::new("unused CA").pem();
     let binding = std::sync::Arc::new(
@@ -166,7 +145,7 @@ async fn a_metadata_warning_is_logged_once_whatever_the_instances() {
     }
     binding.close().await;
 
-    let log = String::from_utf8(captured.0.lock().expect("log buffer").clone()).expect("utf-8");
+    let log = captured.text();
     assert!(
         log.contains("joining the binding's connection"),
         "more than one instance ran `init`:\n{log}"

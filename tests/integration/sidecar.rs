@@ -129,20 +129,25 @@ impl Sidecar {
 
     /// Waits until `/v1.0/healthz` answers 204.
     pub(crate) async fn healthy(&self) {
+        self.wait_for_no_content("/v1.0/healthz").await;
+    }
+
+    /// Waits until `GET path` answers 204, failing the test after [`WAIT`].
+    pub(crate) async fn wait_for_no_content(&self, path: &str) {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let response = self
                 .client
-                .get(self.url("/v1.0/healthz"))
+                .get(self.url(path))
                 .send()
                 .await
-                .expect("healthz answers");
+                .expect("the sidecar answers");
             if response.status() == StatusCode::NO_CONTENT {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "never healthy: {}",
+                "{path} never answered 204: {}",
                 response.text().await.unwrap_or_default()
             );
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -537,24 +542,7 @@ async fn a_missing_secret_fails_only_its_component() {
     );
 
     // The good binding serves once it has connected.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let outbound = sidecar
-            .client
-            .get(sidecar.url("/v1.0/healthz/outbound"))
-            .send()
-            .await
-            .expect("answer");
-        if outbound.status() == StatusCode::NO_CONTENT {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the good binding never served: {}",
-            outbound.text().await.unwrap_or_default()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    sidecar.wait_for_no_content("/v1.0/healthz/outbound").await;
     assert_eq!(
         sidecar
             .post("good", r#"{"data": "still here", "operation": "create"}"#)

@@ -627,6 +627,40 @@ pub async fn publish_all(port: u16, topic: &str, qos: QoS, payloads: &[Vec<u8>])
     let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
 }
 
+/// Collects what the host logs on this thread (tokio tests run their tasks on it).
+#[derive(Clone, Default)]
+pub struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Captured {
+    /// Captures the host's logs at `level` and above until the guard drops.
+    pub fn logs(level: tracing::Level) -> (Self, tracing::subscriber::DefaultGuard) {
+        let captured = Self::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_max_level(level)
+            .with_ansi(false)
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
+    /// Everything logged so far.
+    pub fn text(&self) -> String {
+        String::from_utf8(self.0.lock().expect("log buffer").clone()).expect("utf-8 logs")
+    }
+}
+
+impl std::io::Write for Captured {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The value of a metadata entry of an event.
 pub fn meta<'a>(event: &'a BindingEvent, name: &str) -> &'a str {
     event

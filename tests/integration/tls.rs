@@ -147,66 +147,62 @@ impl OpensslPki {
             "ca.ext",
             "basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n",
         );
-        pki.openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "intermediate.key",
-            "-out",
-            "intermediate.csr",
-            "-subj",
+        pki.rsa_key("intermediate.key");
+        pki.sign(
+            "intermediate",
             "/CN=openssl test intermediate",
-        ]);
-        pki.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "intermediate.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "intermediate.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ca.ext",
-        ]);
+            "ca",
+            Some("ca.ext"),
+        );
         pki.write("server.ext", "subjectAltName=IP:127.0.0.1\n");
-        pki.openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
+        pki.rsa_key("server.key");
+        pki.sign("server", "/CN=127.0.0.1", "ca", Some("server.ext"));
+        pki
+    }
+
+    /// A 2048-bit RSA key in PKCS#8 PEM (`-----BEGIN PRIVATE KEY-----`).
+    fn rsa_key(&self, file: &str) {
+        self.openssl(&[
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
             "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
+            file,
         ]);
-        pki.openssl(&[
+    }
+
+    /// Makes `NAME.pem` for the key `NAME.key`, with `subject`, signed by the CA `ISSUER`
+    /// (`ISSUER.pem`, `ISSUER.key`); without `extensions`, as mosquitto's TLS guide does it,
+    /// which makes an X.509 version 1 certificate.
+    fn sign(&self, name: &str, subject: &str, issuer: &str, extensions: Option<&str>) {
+        let (key, csr, cert) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let (ca, ca_key) = (format!("{issuer}.pem"), format!("{issuer}.key"));
+        self.openssl(&["req", "-new", "-key", &key, "-out", &csr, "-subj", subject]);
+        let mut args = vec![
             "x509",
             "-req",
             "-in",
-            "server.csr",
+            &csr,
             "-CA",
-            "ca.pem",
+            &ca,
             "-CAkey",
-            "ca.key",
+            &ca_key,
             "-CAcreateserial",
             "-out",
-            "server.pem",
+            &cert,
             "-days",
             "2",
-            "-extfile",
-            "server.ext",
-        ]);
-        pki
+        ];
+        if let Some(extensions) = extensions {
+            args.extend(["-extfile", extensions]);
+        }
+        self.openssl(&args);
     }
 
     /// A client key and a version 1 certificate for it, signed by the root or by the
@@ -217,15 +213,7 @@ impl OpensslPki {
             ClientKey::RsaPkcs1 => {
                 self.openssl(&["genrsa", "-traditional", "-out", &key_file, "2048"])
             }
-            ClientKey::RsaPkcs8 => self.openssl(&[
-                "genpkey",
-                "-algorithm",
-                "RSA",
-                "-pkeyopt",
-                "rsa_keygen_bits:2048",
-                "-out",
-                &key_file,
-            ]),
+            ClientKey::RsaPkcs8 => self.rsa_key(&key_file),
             ClientKey::EcSec1 => self.openssl(&[
                 "ecparam",
                 "-name",
@@ -236,37 +224,13 @@ impl OpensslPki {
                 &key_file,
             ]),
         }
-        let (csr, cert) = (format!("{name}.csr"), format!("{name}.pem"));
-        self.openssl(&[
-            "req",
-            "-new",
-            "-key",
-            &key_file,
-            "-out",
-            &csr,
-            "-subj",
-            &format!("/CN={name}"),
-        ]);
-        let (ca, ca_key) = if by_intermediate {
-            ("intermediate.pem", "intermediate.key")
+        let issuer = if by_intermediate {
+            "intermediate"
         } else {
-            ("ca.pem", "ca.key")
+            "ca"
         };
-        self.openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            ca,
-            "-CAkey",
-            ca_key,
-            "-CAcreateserial",
-            "-out",
-            &cert,
-            "-days",
-            "2",
-        ]);
+        self.sign(name, &format!("/CN={name}"), issuer, None);
+        let cert = format!("{name}.pem");
         let text = std::process::Command::new("openssl")
             .args(["x509", "-noout", "-text", "-in"])
             .arg(self.path(&cert))

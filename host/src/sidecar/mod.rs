@@ -125,21 +125,11 @@ pub async fn run(
     );
 
     let stop_http = CancellationToken::new();
+    let router = http::router(sidecar.clone());
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
-        servers.spawn(http::serve(
-            listener,
-            http::router(sidecar.clone()),
-            stop_http.clone(),
-        ));
+        servers.spawn(http::serve(listener, router.clone(), stop_http.clone()));
     }
-    let server = async move {
-        while let Some(served) = servers.join_next().await {
-            served?;
-        }
-        Ok::<(), tokio::task::JoinError>(())
-    };
-    let server = tokio::spawn(server);
     let failure = tokio::select! {
         () = shutdown => None,
         failure = supervisor.failure() => Some(failure),
@@ -147,9 +137,16 @@ pub async fn run(
     tracing::info!("shutting down");
     stop_http.cancel();
     supervisor.shutdown(SHUTDOWN_DEADLINE).await;
-    match tokio::time::timeout(SHUTDOWN_DEADLINE, server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(join)) | Err(join)) => return Err(join).context("the HTTP server task failed"),
+    let served = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
+        while let Some(served) = servers.join_next().await {
+            served?;
+        }
+        Ok::<(), tokio::task::JoinError>(())
+    })
+    .await;
+    match served {
+        Ok(Ok(())) => {}
+        Ok(Err(join)) => return Err(join).context("the HTTP server task failed"),
         Err(_) => tracing::warn!("HTTP requests still in flight at the deadline were dropped"),
     }
     match failure {
