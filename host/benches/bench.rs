@@ -4,7 +4,7 @@
 //! `cargo bench -p mqtt-binding --bench bench` runs it in full and writes the table into
 //! `docs/BENCHMARKS.md` (between its table markers; the text around them is kept).
 //! `cargo bench -p mqtt-binding --bench bench -- output input` runs only those groups
-//! (`output`, `latency`, `input`, `start`, `memory`) and writes nothing.
+//! (`output`, `latency`, `input`, `sandbox`, `start`, `memory`) and writes nothing.
 //! `cargo test -p mqtt-binding --bench bench` (no `--bench` argument) runs every figure once
 //! with a few hundred messages, so that the code cannot rot.
 //!
@@ -41,7 +41,8 @@ const IN_FLIGHT: usize = 64;
 
 struct Settings {
     full: bool,
-    /// Figure groups to run (`output`, `latency`, `input`, `start`, `memory`); all if empty.
+    /// Figure groups to run (`output`, `latency`, `input`, `sandbox`, `start`, `memory`);
+    /// all if empty.
     only: Vec<String>,
     runs: usize,
     messages: usize,
@@ -127,6 +128,9 @@ async fn measure(settings: &Settings) -> Vec<Row> {
     if settings.wants("input") {
         rows.extend(input_rows(settings, &broker).await);
     }
+    if settings.wants("sandbox") {
+        rows.extend(sandbox_rows(settings, &broker).await);
+    }
     if settings.wants("start") {
         rows.extend(start_rows(settings, &broker).await);
     }
@@ -167,7 +171,7 @@ async fn output_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
         };
         let mut cpu = cpu_row(&row.figure, "rumqttc");
         for _ in 0..settings.runs {
-            let binding = output_rate(broker, qos, size, messages).await;
+            let binding = output_rate(runtime(), broker, qos, size, messages).await;
             let reference = rumqttc_output_rate(broker, qos, size, messages).await;
             row.binding.push(binding.rate);
             versus_pub.binding.push(binding.rate);
@@ -256,7 +260,7 @@ async fn input_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
         };
         let mut cpu = cpu_row(&row.figure, "raw rumqttc subscriber");
         for _ in 0..settings.runs {
-            let binding = binding_rate(broker, qos, n).await;
+            let binding = binding_rate(runtime(), broker, qos, n).await;
             let reference = raw_rate(broker, qos, n).await;
             row.binding.push(binding.rate);
             row.reference.push(reference.rate);
@@ -267,6 +271,68 @@ async fn input_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
         rows.push(cpu);
     }
     rows
+}
+
+/// What the sandbox costs: the output and input figures with the protections that cost
+/// anything per call (the CPU budget's epoch checks, compiled into the component, and the
+/// handle and log limits) against the same runtime without them, runs interleaved.
+async fn sandbox_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
+    let protected = runtime();
+    let unprotected = unprotected_runtime();
+    let n = settings.messages;
+    let mut rows = Vec::new();
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let mut output = Row {
+            figure: format!(
+                "output QoS {}, 100 B, {IN_FLIGHT} in flight, sandbox on",
+                qos as u8
+            ),
+            unit: "msg/s",
+            binding: Vec::new(),
+            reference_name: "sandbox off".into(),
+            reference: Vec::new(),
+            higher_is_better: true,
+        };
+        let mut input = Row {
+            figure: format!("input QoS {}, 100 B, sandbox on", qos as u8),
+            unit: "msg/s",
+            binding: Vec::new(),
+            reference_name: "sandbox off".into(),
+            reference: Vec::new(),
+            higher_is_better: true,
+        };
+        for _ in 0..settings.runs {
+            output
+                .binding
+                .push(output_rate(protected, broker, qos, 100, n).await.rate);
+            output
+                .reference
+                .push(output_rate(&unprotected, broker, qos, 100, n).await.rate);
+            input
+                .binding
+                .push(binding_rate(protected, broker, qos, n).await.rate);
+            input
+                .reference
+                .push(binding_rate(&unprotected, broker, qos, n).await.rate);
+        }
+        rows.push(output);
+        rows.push(input);
+    }
+    rows
+}
+
+/// The default runtime without the per-call protections: no CPU budget (so no epoch checks
+/// in the compiled component and no ticker), and handle and log limits that never bind.
+/// Memory is limited as before the sandbox work, and stays so.
+fn unprotected_runtime() -> Runtime {
+    Runtime::new(RuntimeOptions {
+        cpu_budget: None,
+        max_handles: usize::MAX,
+        max_log_lines_per_second: u32::MAX,
+        max_log_line_bytes: usize::MAX,
+        ..RuntimeOptions::default()
+    })
+    .expect("runtime")
 }
 
 /// One timed throughput run.
@@ -651,7 +717,7 @@ fn metadata(pairs: &[(&str, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn output_binding(broker: &Mosquitto, qos: QoS) -> Arc<Binding> {
+async fn output_binding(runtime: &Runtime, broker: &Mosquitto, qos: QoS) -> Arc<Binding> {
     let options = BindingOptions {
         name: "bench".into(),
         app_id: format!("bench-out-{}", unique()),
@@ -662,13 +728,19 @@ async fn output_binding(broker: &Mosquitto, qos: QoS) -> Arc<Binding> {
         ]),
         handler: None,
     };
-    Arc::new(runtime().binding(options).await.expect("binding"))
+    Arc::new(runtime.binding(options).await.expect("binding"))
 }
 
 /// Many invokes in flight through one binding, once the connection is open and every
 /// instance of the output pool is made (steady state; cold start is a figure of its own).
-async fn output_rate(broker: &Mosquitto, qos: QoS, size: usize, messages: usize) -> Run {
-    let binding = output_binding(broker, qos).await;
+async fn output_rate(
+    runtime: &Runtime,
+    broker: &Mosquitto,
+    qos: QoS,
+    size: usize,
+    messages: usize,
+) -> Run {
+    let binding = output_binding(runtime, broker, qos).await;
     invoke_in_parallel(&binding, 1, size).await;
     let timer = Timer::start();
     invoke_in_parallel(&binding, messages / IN_FLIGHT, size).await;
@@ -790,7 +862,7 @@ async fn mosquitto_pub_rate(broker: &Mosquitto, qos: QoS, size: usize, messages:
 }
 
 async fn invoke_latencies(broker: &Mosquitto, samples: usize) -> Vec<Duration> {
-    let binding = output_binding(broker, QoS::AtLeastOnce).await;
+    let binding = output_binding(runtime(), broker, QoS::AtLeastOnce).await;
     let mut latencies = Vec::with_capacity(samples);
     for _ in 0..samples {
         let request = InvokeRequest {
@@ -961,7 +1033,7 @@ impl EventHandler for Count {
     }
 }
 
-async fn binding_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> Run {
+async fn binding_rate(runtime: &Runtime, broker: &Mosquitto, qos: QoS, messages: usize) -> Run {
     let client_id = format!("bench-binding-{}", unique());
     let topic = preload(broker, qos, messages, &client_id).await;
     let count = Arc::new(Count {
@@ -986,7 +1058,6 @@ async fn binding_rate(broker: &Mosquitto, qos: QoS, messages: usize) -> Run {
             .collect(),
         handler: Some(count.clone()),
     };
-    let runtime = runtime();
     let timer = Timer::start();
     let binding = runtime.binding(options).await.expect("binding");
     let reading = binding.read();

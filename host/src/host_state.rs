@@ -143,7 +143,9 @@ impl CpuWatch {
     fn new(budget: std::time::Duration) -> Self {
         Self {
             budget,
-            budget_ticks: budget.as_millis().div_ceil(TICK.as_millis()).max(1) as u64,
+            budget_ticks: u64::try_from(budget.as_millis().div_ceil(TICK.as_millis()))
+                .unwrap_or(u64::MAX)
+                .max(1),
             calls_seen: 0,
             busy_ticks: 0,
         }
@@ -202,6 +204,15 @@ impl HostState {
             calls: 0,
             cpu: CpuWatch::new(cpu_budget),
         }
+    }
+}
+
+impl HostState {
+    /// The binding, for a host call made outside the generated bindings (`guest_log`),
+    /// counted as [`HostView::of`] counts the others.
+    pub fn host_call(&mut self) -> Arc<BindingHost> {
+        self.calls += 1;
+        self.host.clone()
     }
 }
 

@@ -1,6 +1,6 @@
-//! The host's side of the component's imports (`types`, `broker`, `delivery`, `logging`,
-//! `lifecycle`), implemented on [`HostView`], and the one mapping between host errors and
-//! the WIT's `broker.error`.
+//! The host's side of the component's imports (`types`, `broker`, `delivery`, `lifecycle`;
+//! `logging` is `guest_log`'s), implemented on [`HostView`], and the one mapping between
+//! host errors and the WIT's `broker.error`.
 
 use std::time::Duration;
 
@@ -9,8 +9,7 @@ use wasmtime::component::Resource;
 use crate::broker::{ConnectOptions, Connection, PublishRequest};
 use crate::broker_policy;
 use crate::error::BrokerError;
-use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, logging, types};
-use crate::guest_log::{Admit, clipped};
+use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, types};
 use crate::handler::Event;
 use crate::host_state::HostView;
 use crate::payload::Payload;
@@ -256,37 +255,6 @@ impl delivery::Host for HostView<'_> {
             outcome = handler.deliver(event) => outcome.map_err(delivery::DeliveryError::Failed),
             () = self.host.shutdown.cancelled() => Err(delivery::DeliveryError::Stopped),
         })
-    }
-}
-
-impl logging::Host for HostView<'_> {
-    async fn log(&mut self, level: logging::Level, message: String) -> wasmtime::Result<()> {
-        let binding = &self.host.name;
-        let admitted = self
-            .host
-            .log_limiter
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .admit(std::time::Instant::now());
-        let Admit::Write { dropped } = admitted else {
-            return Ok(());
-        };
-        if dropped > 0 {
-            tracing::warn!(
-                binding,
-                dropped,
-                "{dropped} log lines of the component were dropped: it logged faster than RuntimeOptions::max_log_lines_per_second allows"
-            );
-        }
-        let message = clipped(&message, self.host.max_log_line_bytes);
-        match level {
-            logging::Level::Trace => tracing::trace!(binding, "{message}"),
-            logging::Level::Debug => tracing::debug!(binding, "{message}"),
-            logging::Level::Info => tracing::info!(binding, "{message}"),
-            logging::Level::Warn => tracing::warn!(binding, "{message}"),
-            logging::Level::Error => tracing::error!(binding, "{message}"),
-        }
-        Ok(())
     }
 }
 

@@ -18,7 +18,8 @@ pub(crate) struct Instances {
     engine: Engine,
     pre: MqttBindingPre<HostState>,
     options: RuntimeOptions,
-    _ticker: Ticker,
+    /// Running while components have a CPU budget.
+    _ticker: Option<Ticker>,
 }
 
 /// Advances the engine's epoch every [`TICK`] on a thread of its own, for as long as the
@@ -64,7 +65,7 @@ impl Instances {
         options: RuntimeOptions,
     ) -> Self {
         Self {
-            _ticker: Ticker::start(engine.clone()),
+            _ticker: options.cpu_budget.map(|_| Ticker::start(engine.clone())),
             engine,
             pre,
             options,
@@ -84,15 +85,17 @@ impl Instances {
         let state = HostState::new(
             host,
             self.options.max_memory_bytes,
-            self.options.cpu_budget,
+            self.options.cpu_budget.unwrap_or(std::time::Duration::MAX),
             self.options.max_handles,
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        // Every epoch tick while the component runs: yield to the other tasks, or stop a
-        // component that computes past its budget without calling the host.
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|mut context| context.data_mut().tick());
+        if self.options.cpu_budget.is_some() {
+            // Every epoch tick while the component runs: yield to the other tasks, or stop a
+            // component that computes past its budget without calling the host.
+            store.set_epoch_deadline(1);
+            store.epoch_deadline_callback(|mut context| context.data_mut().tick());
+        }
         let exports = self
             .pre
             .instantiate_async(&mut store)

@@ -14,7 +14,8 @@ use wasmtime::{Config, Engine};
 
 use crate::binding::{Binding, BindingOptions};
 use crate::error::BindingError;
-use crate::generated::{MqttBinding, MqttBindingPre};
+use crate::generated::MqttBindingPre;
+use crate::guest_log;
 use crate::host_state::{BindingHost, HasHostView, HostState, HostView};
 use crate::instance::Instances;
 use crate::runtime_options::{ComponentSource, RuntimeOptions};
@@ -43,8 +44,9 @@ impl Runtime {
         let mut config = Config::new();
         // Guest code checks the epoch at function entries and loop heads: how a component
         // that computes without calling the host is made to yield, and stopped (see
-        // `instance::Ticker` and `host_state::CpuWatch`).
-        config.epoch_interruption(true);
+        // `instance::Ticker` and `host_state::CpuWatch`). Without a budget the checks are
+        // not compiled in at all.
+        config.epoch_interruption(options.cpu_budget.is_some());
         let engine = Engine::new(&config)?;
         let component = match &options.component {
             ComponentSource::Embedded => load(
@@ -64,7 +66,7 @@ impl Runtime {
         };
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-        MqttBinding::add_to_linker::<HostState, HasHostView>(&mut linker, HostView::of)?;
+        add_imports(&mut linker)?;
         let pre = MqttBindingPre::new(linker.instantiate_pre(&component)?)
             .map_err(anyhow::Error::from)
             .context("the component does not export the mqtt-binding world")?;
@@ -98,6 +100,17 @@ impl Runtime {
         )
         .await
     }
+}
+
+/// Every import of the world. Each interface is added on its own because `logging` is not
+/// the generated one: see [`guest_log::add_to_linker`].
+fn add_imports(linker: &mut Linker<HostState>) -> anyhow::Result<()> {
+    use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, types};
+    types::add_to_linker::<HostState, HasHostView>(linker, HostView::of)?;
+    broker::add_to_linker::<HostState, HasHostView>(linker, HostView::of)?;
+    delivery::add_to_linker::<HostState, HasHostView>(linker, HostView::of)?;
+    lifecycle::add_to_linker::<HostState, HasHostView>(linker, HostView::of)?;
+    guest_log::add_to_linker(linker)
 }
 
 /// Loads compiled code from the cache, or compiles and stores it. The key covers the

@@ -40,8 +40,10 @@ pub struct RuntimeOptions {
     pub allowed_brokers: Option<Vec<AllowedBroker>>,
     /// How long the component may compute without calling the host before it is stopped
     /// (time spent waiting inside host calls does not count). Meanwhile it yields to the
-    /// rest of the process every few milliseconds.
-    pub cpu_budget: std::time::Duration,
+    /// rest of the process every few milliseconds. `None` compiles the component without
+    /// these checks: a component that loops then holds its thread for as long as it likes,
+    /// so use it only for a component you trust, and only if you measured a gain.
+    pub cpu_budget: Option<std::time::Duration>,
     /// Most handles (connections, payloads) one instance may hold at once; past it, the call
     /// fails and the instance is thrown away.
     pub max_handles: usize,
@@ -63,7 +65,7 @@ impl Default for RuntimeOptions {
             max_in_flight_bytes: 64 * 1024 * 1024,
             pooled_instance_max_memory: 8 * 1024 * 1024,
             allowed_brokers: None,
-            cpu_budget: std::time::Duration::from_secs(1),
+            cpu_budget: Some(std::time::Duration::from_secs(1)),
             max_handles: 1024,
             max_log_lines_per_second: 100,
             max_log_line_bytes: 4096,

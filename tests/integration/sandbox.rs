@@ -17,7 +17,7 @@ const HOSTILE: &str = env!("HOSTILE_GUEST_WASM");
 fn hostile_runtime(cpu_budget: Duration) -> Runtime {
     Runtime::new(RuntimeOptions {
         component: ComponentSource::File(HOSTILE.into()),
-        cpu_budget,
+        cpu_budget: Some(cpu_budget),
         ..RuntimeOptions::default()
     })
     .expect("the hostile component loads")
@@ -165,7 +165,7 @@ async fn a_component_taking_handles_without_end_is_stopped_at_the_limit() {
     binding.close().await;
 }
 
-/// One line of 10 MB and 100,000 more: the host cuts the long line to 4 KiB, writes about
+/// One line of 100 MB and 100,000 more: the host cuts the long line to 4 KiB, writes about
 /// a second's worth of the rest (100 lines), and says how many it dropped.
 #[tokio::test]
 async fn a_component_flooding_the_log_is_rate_limited_and_its_long_lines_cut() {
@@ -200,8 +200,37 @@ async fn a_component_flooding_the_log_is_rate_limited_and_its_long_lines_cut() {
     let longest = log.lines().map(str::len).max().unwrap_or_default();
     assert!(longest < 8 * 1024, "a line of {longest} bytes was written");
     assert!(
-        log.contains("(10481664 bytes cut)"),
-        "the 10 MB line was not cut to 4 KiB"
+        log.contains("(104853504 bytes cut)"),
+        "the 100 MB line was not cut to 4 KiB"
+    );
+}
+
+/// The 100 MB line is read where it lies, in the component's memory: the host does not copy
+/// it. Peak resident memory of the whole `invoke` process stays well below the two copies
+/// that lifting it into a host string would make (the component's own 100 MB is counted).
+#[tokio::test]
+async fn a_100_mb_log_line_is_not_copied_into_the_host() {
+    let broker = Mosquitto::start();
+    let file = crate::cli::component_file(
+        broker.dir.path(),
+        "hostile",
+        &[("url", &broker.url()), ("topic", "t")],
+    );
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-binding"))
+        .args(["--wasm", HOSTILE, "invoke", "--component"])
+        .arg(&file)
+        .args(["--data", "x", "--metadata", "misbehave=flood"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("mqtt-binding runs");
+    let (status, peak) = exit_and_peak_memory(child).await;
+    assert_eq!(status, 0, "exit status");
+    let peak_mib = peak / (1024 * 1024);
+    assert!(
+        peak_mib < 170,
+        "peak resident memory {peak_mib} MiB: the line was copied"
     );
 }
 
@@ -372,6 +401,45 @@ async fn the_cli_exits_1_with_the_reason_when_the_component_spins() {
     );
 }
 
+/// `--cpu-budget` takes a duration or `off`. `off` runs the component without the checks
+/// (an invoke goes through); zero is refused with the way out.
+#[tokio::test]
+async fn the_cpu_budget_can_be_off_but_not_zero() {
+    let broker = Mosquitto::start();
+    let topic = format!("budget/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let file = crate::cli::component_file(
+        broker.dir.path(),
+        "budget",
+        &[("url", &broker.url()), ("topic", &topic)],
+    );
+    let file = file.to_str().expect("utf-8 path");
+    let invoke = async |budget| {
+        crate::cli::run(&[
+            "--cpu-budget",
+            budget,
+            "invoke",
+            "--component",
+            file,
+            "--data",
+            "unbudgeted",
+        ])
+        .await
+    };
+
+    let output = invoke("off").await;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(&subscriber.next().await.payload[..], b"unbudgeted");
+
+    let output = invoke("0s").await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("a budget of zero would stop every call; say `off` for none"),
+        "{stderr}"
+    );
+}
+
 /// A component that dies with a message in hand has not acknowledged it: the broker keeps
 /// it for the persistent session, and the real binding gets it on the next connection.
 #[tokio::test]
@@ -410,4 +478,29 @@ async fn a_message_in_hand_when_the_component_dies_is_redelivered() {
     let event = accepted.next().await;
     assert_eq!(event.data, b"precious");
     reader.stop().await.expect("read ends cleanly");
+}
+
+/// The exit status of a child and its peak resident memory in bytes (`wait4`'s usage), or
+/// a panic after [`WAIT`], with the child killed.
+#[expect(unsafe_code, reason = "wait4 and kill, which std does not offer with usage")]
+async fn exit_and_peak_memory(child: std::process::Child) -> (i32, u64) {
+    let pid = i32::try_from(child.id()).expect("pid");
+    let waited = tokio::task::spawn_blocking(move || {
+        let mut status = 0;
+        // SAFETY: a plain C struct, all zeroes is a valid value.
+        let mut usage = unsafe { std::mem::zeroed::<libc::rusage>() };
+        // SAFETY: wait4 writes only into the two locals it is given.
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+        let peak_kib = u64::try_from(usage.ru_maxrss).expect("ru_maxrss");
+        (libc::WEXITSTATUS(status), peak_kib * 1024)
+    });
+    match tokio::time::timeout(WAIT, waited).await {
+        Ok(done) => done.expect("waiting for the child"),
+        Err(_) => {
+            // SAFETY: the child is ours and not yet reaped, so the pid is still its own.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("mqtt-binding did not exit within {WAIT:?}");
+        }
+    }
 }

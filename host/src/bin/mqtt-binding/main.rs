@@ -40,9 +40,11 @@ struct Global {
     #[arg(long = "allow-broker", global = true, value_name = "HOST[:PORT]")]
     allow_broker: Vec<mqtt_binding::AllowedBroker>,
     /// How long the component may compute without calling the host before it is stopped
-    /// (waiting inside host calls does not count), e.g. 1s or 500ms.
-    #[arg(long, global = true, value_name = "DURATION", default_value = "1s", value_parser = humantime::parse_duration)]
-    cpu_budget: std::time::Duration,
+    /// (waiting inside host calls does not count), e.g. 1s or 500ms; `off` for none (then
+    /// a component that loops holds the process: only for a component you trust).
+    // The full path keeps clap from treating the flag as optional: `off` is the `None`.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "1s", value_parser = cpu_budget)]
+    cpu_budget: ::std::option::Option<std::time::Duration>,
     /// Most linear memory one instance of the component may use, in MiB.
     #[arg(long, global = true, value_name = "MIB", default_value_t = 256)]
     max_memory_mib: usize,
@@ -194,6 +196,18 @@ fn raise_descriptor_limit() {
 fn fail(error: &anyhow::Error) -> ExitCode {
     eprintln!("mqtt-binding: {error:#}");
     ExitCode::FAILURE
+}
+
+/// `--cpu-budget`: a duration, or `off`.
+fn cpu_budget(value: &str) -> Result<Option<std::time::Duration>, String> {
+    if value == "off" {
+        return Ok(None);
+    }
+    match humantime::parse_duration(value) {
+        Ok(budget) if !budget.is_zero() => Ok(Some(budget)),
+        Ok(_) => Err("a budget of zero would stop every call; say `off` for none".into()),
+        Err(error) => Err(format!("{error}; expected a duration such as 1s or 500ms, or `off`")),
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -7,8 +7,8 @@
 //! `read` and traps before acknowledging it; request metadata
 //! `misbehave` makes that `invoke` spin (`spin`), take connection handles without end
 //! (`handles`), allocate without end (`allocate`), recurse without end (`recurse`),
-//! panic (`panic`), or flood the log (`flood`: one line of 10 MB and 100,000 more, then a pause and
-//! one more line) before publishing.
+//! panic (`panic`), or flood the log (`flood`: one line of 100 MB and 100,000 more, then a
+//! pause and one more line) before publishing.
 //!
 //! It is a component only: on other targets (a workspace build) it compiles to nothing.
 
@@ -137,7 +137,7 @@ impl Guest for Hostile {
             }
             Some("panic") => panic!("the hostile component panics on request"),
             Some("flood") => {
-                logging::log(Level::Info, &"y".repeat(10 << 20));
+                logging::log(Level::Info, &"y".repeat(100 << 20));
                 for n in 0..100_000 {
                     logging::log(Level::Info, &format!("flood {n}"));
                 }
