@@ -1,6 +1,8 @@
 //! Builds the guest component for wasm32-wasip2 so the host can embed the component it was
 //! built with. The guest gets its own target directory: the outer cargo holds the lock on
-//! ours, and host flags must not leak into a wasm build.
+//! ours, and host flags must not leak into a wasm build. With the `pluggable` feature, also
+//! compiles the project's `.proto` files (protox, no `protoc`) into Rust and into the
+//! encoded descriptor set the reflection service serves.
 
 use std::env;
 use std::path::PathBuf;
@@ -95,4 +97,26 @@ fn main() {
     )
     .expect("copying the hostile test component into OUT_DIR");
     println!("cargo:rustc-env=HOSTILE_GUEST_WASM={}", hostile.display());
+
+    #[cfg(feature = "pluggable")]
+    compile_protos(&out_dir);
+}
+
+/// Dapr's pluggable-component binding services, from `proto/` (our own wire-compatible
+/// copies of Dapr's definitions).
+#[cfg(feature = "pluggable")]
+fn compile_protos(out_dir: &std::path::Path) {
+    use prost::Message as _;
+
+    println!("cargo:rerun-if-changed=proto");
+    let files = protox::compile(["dapr/proto/components/v1/bindings.proto"], ["proto"])
+        .unwrap_or_else(|error| panic!("compiling proto/: {error}"));
+    std::fs::write(
+        out_dir.join("components_descriptor.bin"),
+        files.encode_to_vec(),
+    )
+    .expect("writing the descriptor set into OUT_DIR");
+    tonic_prost_build::configure()
+        .compile_fds(files)
+        .unwrap_or_else(|error| panic!("generating code from proto/: {error}"));
 }

@@ -38,6 +38,8 @@ mod host_state;
 mod imports;
 mod instance;
 mod payload;
+#[cfg(feature = "pluggable")]
+pub mod pluggable;
 mod runtime;
 mod runtime_options;
 #[cfg(feature = "sidecar")]

@@ -17,7 +17,7 @@ use crate::error::BindingError;
 use crate::generated::MqttBindingPre;
 use crate::guest_log;
 use crate::host_state::{BindingHost, HasHostView, HostState, HostView};
-use crate::instance::Instances;
+use crate::instance::{Instance, Instances, component_error};
 use crate::runtime_options::{ComponentSource, RuntimeOptions};
 
 /// The component this host was built with (see `build.rs`).
@@ -78,9 +78,36 @@ impl Runtime {
     /// Creates a binding: an instance of the component initialised with the metadata,
     /// which validates it and connects to the broker.
     pub async fn binding(&self, options: BindingOptions) -> Result<Binding, BindingError> {
-        let host = Arc::new(BindingHost {
-            name: options.name,
-            handler: options.handler,
+        let host = self.host(options.name, options.handler);
+        Binding::start(
+            self.instances.clone(),
+            host,
+            options.app_id,
+            options.metadata,
+        )
+        .await
+    }
+
+    /// The output operations the component supports, asked of an instance that is not
+    /// initialised (no metadata, no connection): what a binding of it would answer.
+    pub async fn operations(&self) -> Result<Vec<String>, BindingError> {
+        let host = self.host("operations".into(), None);
+        let mut instance = self.instances.instance(host).await?;
+        let Instance { store, exports } = &mut instance;
+        let outcome = exports
+            .mqtt_binding_binding_binding()
+            .call_operations(store)
+            .await
+            .map_err(component_error);
+        instance.explained(outcome)
+    }
+
+    /// What a binding's instances share with the host: its name, handler, settings and
+    /// limits.
+    fn host(&self, name: String, handler: Option<Arc<dyn crate::EventHandler>>) -> Arc<BindingHost> {
+        Arc::new(BindingHost {
+            name,
+            handler,
             shutdown: CancellationToken::new(),
             settings: self.instances.options().broker.clone(),
             allowed_brokers: self.instances.options().allowed_brokers.clone(),
@@ -91,14 +118,7 @@ impl Runtime {
             max_log_line_bytes: self.instances.options().max_log_line_bytes,
             faults: Default::default(),
             connection: tokio::sync::Mutex::new(None),
-        });
-        Binding::start(
-            self.instances.clone(),
-            host,
-            options.app_id,
-            options.metadata,
-        )
-        .await
+        })
     }
 }
 

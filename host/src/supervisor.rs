@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::binding::{Binding, BindingOptions};
+use crate::error::BindingError;
 use crate::error::one_line;
 use crate::runtime::Runtime;
 
@@ -47,9 +48,14 @@ impl std::fmt::Debug for Plan {
 /// Where a binding is in its life.
 #[derive(Clone)]
 pub enum BindingState {
+    /// Before the first attempt to start it has ended.
     Starting,
     Up(Arc<Binding>),
-    Failed(String),
+    /// The last attempt failed for a reason that may go away (the broker is unreachable);
+    /// it is tried again with backoff.
+    Retrying(String),
+    /// It cannot start, and is not tried again (bad metadata, TLS, credentials).
+    Failed(Arc<BindingError>),
 }
 
 impl std::fmt::Debug for BindingState {
@@ -57,7 +63,8 @@ impl std::fmt::Debug for BindingState {
         match self {
             BindingState::Starting => f.write_str("Starting"),
             BindingState::Up(_) => f.write_str("Up"),
-            BindingState::Failed(why) => f.debug_tuple("Failed").field(why).finish(),
+            BindingState::Retrying(why) => f.debug_tuple("Retrying").field(why).finish(),
+            BindingState::Failed(why) => f.debug_tuple("Failed").field(&one_line(&**why)).finish(),
         }
     }
 }
@@ -65,6 +72,8 @@ impl std::fmt::Debug for BindingState {
 /// A running set of bindings.
 pub struct Supervisor {
     states: BTreeMap<String, RwLock<BindingState>>,
+    /// Bumped whenever a state changes.
+    changed: tokio::sync::watch::Sender<()>,
     stop: CancellationToken,
     tasks: Mutex<tokio::task::JoinSet<()>>,
     failures: tokio::sync::Mutex<mpsc::UnboundedReceiver<String>>,
@@ -92,6 +101,7 @@ impl Supervisor {
                     )
                 })
                 .collect(),
+            changed: tokio::sync::watch::Sender::new(()),
             stop: CancellationToken::new(),
             tasks: Mutex::new(tokio::task::JoinSet::new()),
             failures: tokio::sync::Mutex::new(failures),
@@ -120,6 +130,21 @@ impl Supervisor {
             .keys()
             .filter_map(|name| Some((name.clone(), self.state(name)?)))
             .collect()
+    }
+
+    /// Waits until the first attempt to start the binding called `name` has ended, and
+    /// returns its state then (never [`BindingState::Starting`]); `None` if it is not one of
+    /// this supervisor's.
+    pub async fn settled(&self, name: &str) -> Option<BindingState> {
+        let mut changed = self.changed.subscribe();
+        loop {
+            match self.state(name)? {
+                BindingState::Starting => {}
+                settled => return Some(settled),
+            }
+            // The sender lives as long as `self`.
+            let _ = changed.changed().await;
+        }
     }
 
     /// Waits for a binding that cannot start and does not ignore errors; returns why.
@@ -161,6 +186,7 @@ impl Supervisor {
             *slot
                 .write()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()) = state;
+            self.changed.send_replace(());
         }
     }
 }
@@ -188,8 +214,8 @@ async fn supervise(
             Err(error) => error,
         };
         let message = one_line(&error);
-        supervisor.set(&name, BindingState::Failed(message.clone()));
         if !error.is_retryable() {
+            supervisor.set(&name, BindingState::Failed(Arc::new(error)));
             tracing::error!(binding = %name, "cannot start: {message}");
             if !plan.ignore_errors {
                 let _ = failed.send(format!(
@@ -198,6 +224,7 @@ async fn supervise(
             }
             return;
         }
+        supervisor.set(&name, BindingState::Retrying(message.clone()));
         let wait = backoff.next_wait();
         tracing::warn!(binding = %name, retry_in = ?wait, "cannot start yet: {message}");
         tokio::select! {
@@ -296,7 +323,7 @@ mod tests {
             let state =
                 wait_for_state(&supervisor, name, |s| matches!(s, BindingState::Failed(_))).await;
             assert!(
-                matches!(&state, BindingState::Failed(why) if why.contains("expected 0, 1 or 2")),
+                matches!(&state, BindingState::Failed(why) if why.to_string().contains("expected 0, 1 or 2")),
                 "{state:?}"
             );
         }
@@ -318,12 +345,9 @@ mod tests {
             &runtime(),
             vec![plan("late", &[("url", &url), ("topic", "t")], false)],
         );
-        let state = wait_for_state(&supervisor, "late", |s| {
-            matches!(s, BindingState::Failed(_))
-        })
-        .await;
+        let state = supervisor.settled("late").await.expect("supervised");
         assert!(
-            matches!(&state, BindingState::Failed(why) if why.contains("broker unreachable")),
+            matches!(&state, BindingState::Retrying(why) if why.contains("broker unreachable")),
             "{state:?}"
         );
         let broker = FakeBroker::start_on(port).await;

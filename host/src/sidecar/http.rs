@@ -250,11 +250,18 @@ async fn invoke(
                 format!("binding {name:?} is starting"),
             );
         }
-        BindingState::Failed(why) => {
+        BindingState::Retrying(why) => {
             return error(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "ERR_INVOKE_OUTPUT_BINDING",
                 format!("binding {name:?} is not running: {why}"),
+            );
+        }
+        BindingState::Failed(why) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "ERR_INVOKE_OUTPUT_BINDING",
+                format!("binding {name:?} is not running: {}", one_line(&*why)),
             );
         }
     };
@@ -316,7 +323,10 @@ fn health(sidecar: &Sidecar, outbound_only: bool) -> Response {
             Some(BindingState::Starting) | None => {
                 problems.push(format!("{}: starting", spec.name))
             }
-            Some(BindingState::Failed(why)) => problems.push(format!("{}: {why}", spec.name)),
+            Some(BindingState::Retrying(why)) => problems.push(format!("{}: {why}", spec.name)),
+            Some(BindingState::Failed(why)) => {
+                problems.push(format!("{}: {}", spec.name, one_line(&*why)))
+            }
         }
     }
     if problems.is_empty() {
@@ -356,7 +366,8 @@ async fn metadata(State(sidecar): State<Arc<Sidecar>>) -> Response {
                 None => "up".to_string(),
             },
             BindingState::Starting => "starting".to_string(),
-            BindingState::Failed(why) => format!("failed: {why}"),
+            BindingState::Retrying(why) => format!("retrying: {why}"),
+            BindingState::Failed(why) => format!("failed: {}", one_line(&*why)),
         };
         extended.insert(format!("binding.{name}"), state.into());
         if let Some(BindingState::Up(binding)) = sidecar.supervisor.state(&name) {

@@ -64,6 +64,8 @@ enum Command {
     Read(read::ReadArgs),
     /// Run as a Dapr sidecar for the MQTT bindings of a resources folder (daprd's flags).
     Run(RunArgs),
+    /// Serve the binding to a daprd as a pluggable component, on a Unix socket.
+    Pluggable(PluggableArgs),
     /// Start an embedded broker, run the binding both ways and show what arrives.
     Demo,
 }
@@ -117,6 +119,23 @@ struct RunArgs {
     /// How to talk to the app; only http.
     #[arg(long, value_name = "PROTOCOL", default_value = "http")]
     app_protocol: String,
+}
+
+#[derive(Args)]
+struct PluggableArgs {
+    /// The folder daprd looks for sockets in [default: $DAPR_COMPONENTS_SOCKETS_FOLDER, else
+    /// /tmp/dapr-components-sockets].
+    #[arg(long, value_name = "DIR")]
+    socket_folder: Option<PathBuf>,
+    /// The socket is NAME.sock and the components' type bindings.NAME.
+    #[arg(long, value_name = "NAME", default_value = mqtt_binding::pluggable::DEFAULT_NAME)]
+    name: String,
+    /// The MQTT client ID of components without consumerID [default: the component's name].
+    #[arg(long, value_name = "ID")]
+    app_id: Option<String>,
+    /// How long a component instance lives on once daprd's connections to it are gone.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    release_after: std::time::Duration,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -232,6 +251,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Invoke(args) => invoke(options, args).await,
         Command::Read(args) => read::run(options, args).await,
         Command::Run(args) => run_sidecar(options, args).await,
+        Command::Pluggable(args) => run_pluggable(options, args).await,
         Command::Demo => demo::run(options).await,
     }
 }
@@ -309,15 +329,34 @@ async fn run_sidecar(options: RuntimeOptions, args: RunArgs) -> anyhow::Result<(
             .filter(|t| !t.is_empty()),
         runtime: options,
     };
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let stop = async move {
+    mqtt_binding::sidecar::run(sidecar, stop_signal()?).await
+}
+
+async fn run_pluggable(options: RuntimeOptions, args: PluggableArgs) -> anyhow::Result<()> {
+    raise_descriptor_limit();
+    let pluggable = mqtt_binding::pluggable::PluggableOptions {
+        socket_folder: args
+            .socket_folder
+            .unwrap_or_else(mqtt_binding::pluggable::default_socket_folder),
+        name: args.name,
+        app_id: args.app_id,
+        release_after: args.release_after,
+        runtime: options,
+    };
+    mqtt_binding::pluggable::run(pluggable, stop_signal()?).await
+}
+
+/// Completes on SIGINT or SIGTERM.
+fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
+    Ok(async move {
         tokio::select! {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-    };
-    mqtt_binding::sidecar::run(sidecar, stop).await
+    })
 }
 
 /// The one MQTT binding component in a file.
