@@ -3,6 +3,7 @@
 mod cli;
 mod connect;
 mod metadata;
+mod pluggable;
 mod proxy;
 mod publish;
 mod reconnect;

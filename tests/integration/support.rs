@@ -180,6 +180,8 @@ pub struct BrokerConfig {
     pub persistence: bool,
     /// More configuration lines.
     pub extra: String,
+    /// The plain listener's port; a free one if `None`.
+    pub port: Option<u16>,
 }
 
 /// A mosquitto process with a plain listener and a mutual-TLS listener on 127.0.0.1.
@@ -201,7 +203,7 @@ impl Mosquitto {
     pub fn start_with(config: BrokerConfig) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
         let certs = Certificates::generate(dir.path());
-        let (port, tls_port) = (free_port(), free_port());
+        let (port, tls_port) = (config.port.unwrap_or_else(free_port), free_port());
         let log = dir.path().join("mosquitto.log");
         let mut conf = String::new();
         // Started as root, mosquitto switches to user "mosquitto", which cannot read our
@@ -305,11 +307,17 @@ impl Mosquitto {
     /// Waits until the log contains `text`, failing the test after [`WAIT`]. Async: the
     /// binding's own tasks keep running on the test's runtime meanwhile.
     pub async fn wait_for_log(&self, text: &str) {
+        self.wait_for_log_count(text, 1).await;
+    }
+
+    /// Waits until the log contains `text` at least `count` times, failing the test after
+    /// [`WAIT`].
+    pub async fn wait_for_log_count(&self, text: &str, count: usize) {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while !self.log().contains(text) {
+        while self.log_count(text) < count {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "mosquitto's log never showed {text:?}; log:\n{}",
+                "mosquitto's log never showed {text:?} {count} times; log:\n{}",
                 self.log()
             );
             tokio::time::sleep(Duration::from_millis(10)).await;

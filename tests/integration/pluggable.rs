@@ -1,0 +1,555 @@
+//! `mqtt-binding pluggable` as a process, driven through its Unix socket by a stand-in for
+//! daprd (`tests/pluggable/daprd_standin.py`, Python grpcio with stubs generated from the
+//! project's `.proto` files) doing what daprd does, and checked by independent MQTT clients
+//! on a real broker.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use rumqttc::QoS;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::support::{BrokerConfig, Mosquitto, Subscriber, WAIT, publish_all, unique};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
+const STANDIN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../tests/pluggable/daprd_standin.py"
+);
+const PROTO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
+/// The socket's name in these tests: components of type `bindings.mqtt-test`.
+const NAME: &str = "mqtt-test";
+
+/// The Python with grpcio that `scripts/test` installs.
+fn python() -> PathBuf {
+    let python = std::env::var_os("MQTT_BINDING_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".cache/mqtt-binding/venv/bin/python"))
+        })
+        .expect("HOME or MQTT_BINDING_PYTHON is set");
+    assert!(
+        python.exists(),
+        "{} is missing: ./scripts/test installs Python with grpcio there (or set MQTT_BINDING_PYTHON)",
+        python.display()
+    );
+    python
+}
+
+/// A running `mqtt-binding pluggable`; killed on drop.
+struct Pluggable {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Pluggable {
+    /// Starts it on `folder/mqtt-test.sock` and waits until the socket accepts.
+    async fn start(folder: &Path, args: &[&str]) -> Self {
+        let log = folder.join(format!("pluggable-{}.log", unique()));
+        let child = Command::new(BIN)
+            .args(["--log-level", "info", "pluggable", "--name", NAME])
+            .arg("--socket-folder")
+            .arg(folder)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .kill_on_drop(true)
+            .spawn()
+            .expect("mqtt-binding pluggable starts");
+        let pluggable = Self {
+            child: Some(child),
+            socket: folder.join(format!("{NAME}.sock")),
+            log,
+        };
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::net::UnixStream::connect(&pluggable.socket)
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the socket never accepted; log:\n{}",
+                pluggable.log()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        pluggable
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, and the exit status (failing the test if it takes longer than WAIT).
+    async fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().expect("pid").to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
+        tokio::time::timeout(WAIT, child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .expect("status")
+    }
+}
+
+/// The daprd stand-in, one command at a time.
+struct Daprd {
+    _child: Child,
+    stdin: ChildStdin,
+    answers: Lines<BufReader<ChildStdout>>,
+}
+
+impl Daprd {
+    async fn start(socket: &Path) -> Self {
+        let mut child = Command::new(python())
+            .arg(STANDIN)
+            .arg(socket)
+            .arg(PROTO)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the daprd stand-in starts");
+        let stdin = child.stdin.take().expect("stdin");
+        let answers = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let mut daprd = Self {
+            _child: child,
+            stdin,
+            answers,
+        };
+        assert_eq!(daprd.answer().await, json!({"ready": true}));
+        daprd
+    }
+
+    async fn answer(&mut self) -> Value {
+        let line = tokio::time::timeout(WAIT * 2, self.answers.next_line())
+            .await
+            .expect("the stand-in answers")
+            .expect("reading the stand-in")
+            .expect("the stand-in is running");
+        serde_json::from_str(&line).expect("one JSON object per line")
+    }
+
+    async fn call(&mut self, command: Value) -> Value {
+        let mut line = command.to_string();
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("writing to the stand-in");
+        self.answer().await
+    }
+
+    async fn init(&mut self, side: &str, instance: &str, metadata: &[(&str, &str)]) -> Value {
+        let metadata: serde_json::Map<String, Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v)))
+            .collect();
+        self.call(json!({"cmd": "init", "side": side, "instance": instance, "metadata": metadata}))
+            .await
+    }
+
+    /// Init on both services, as daprd does for a component without `direction`.
+    async fn init_both(&mut self, instance: &str, metadata: &[(&str, &str)]) {
+        for side in ["input", "output"] {
+            assert_eq!(
+                self.init(side, instance, metadata).await,
+                json!({"ok": true}),
+                "{side} Init of {instance}"
+            );
+        }
+    }
+
+    async fn invoke(&mut self, instance: &str, data: &str) -> Value {
+        self.call(json!({"cmd": "invoke", "instance": instance, "data": data}))
+            .await
+    }
+
+    async fn open_read(&mut self, instance: &str, stream: &str) {
+        let answer = self
+            .call(json!({"cmd": "read_open", "instance": instance, "stream": stream}))
+            .await;
+        assert_eq!(answer, json!({"ok": true}));
+    }
+
+    /// The next event on `stream`, failing the test if none comes.
+    async fn event(&mut self, stream: &str) -> Value {
+        let answer = self
+            .call(json!({"cmd": "read_next", "stream": stream, "timeout": WAIT.as_secs()}))
+            .await;
+        assert!(answer.get("message_id").is_some(), "no event: {answer}");
+        answer
+    }
+
+    async fn ack(&mut self, stream: &str, event: &Value) {
+        let answer = self
+            .call(json!({"cmd": "ack", "stream": stream, "message_id": event["message_id"]}))
+            .await;
+        assert_eq!(answer, json!({"ok": true}));
+    }
+
+    async fn fail(&mut self, stream: &str, event: &Value, error: &str) {
+        let answer = self
+            .call(json!({"cmd": "ack", "stream": stream, "message_id": event["message_id"], "error": error}))
+            .await;
+        assert_eq!(answer, json!({"ok": true}));
+    }
+}
+
+/// A persistent session's metadata on `topic`, QoS 1.
+fn session(broker: &Mosquitto, topic: &str, client_id: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("url", broker.url()),
+        ("topic", topic.to_string()),
+        ("qos", "1".into()),
+        ("consumerID", client_id.to_string()),
+        ("cleanSession", "false".into()),
+    ]
+}
+
+fn pairs<'a>(metadata: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    metadata.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// Discovery as daprd does it, then two component instances on one socket, each with both
+/// services: invokes reach the broker on each one's topic, and events read from each come
+/// with their topic and are acknowledged in the other order than they were sent.
+#[tokio::test]
+async fn daprd_discovers_the_socket_and_two_instances_run_side_by_side() {
+    let broker = Mosquitto::start();
+    let folder = tempfile::tempdir().expect("temp dir");
+    let pluggable = Pluggable::start(folder.path(), &[]).await;
+    let mut daprd = Daprd::start(&pluggable.socket).await;
+
+    let discovered = daprd.call(json!({"cmd": "discover"})).await;
+    assert_eq!(
+        discovered,
+        json!({
+            "services": [
+                "dapr.proto.components.v1.InputBinding",
+                "dapr.proto.components.v1.OutputBinding",
+                "grpc.reflection.v1alpha.ServerReflection",
+            ],
+            "component_types": ["bindings.mqtt-test"],
+        })
+    );
+
+    let (orders, alerts) = (format!("orders/{}", unique()), format!("alerts/{}", unique()));
+    let mut subscriber = Subscriber::start(broker.port, &format!("{orders}/out")).await;
+    let mut alert_subscriber = Subscriber::start(broker.port, &format!("{alerts}/out")).await;
+    for (instance, topic) in [("orders", &orders), ("alerts", &alerts)] {
+        let metadata = [
+            ("url", broker.url()),
+            ("topic", format!("{topic}/in")),
+            ("consumerID", format!("{instance}-{}", unique())),
+        ];
+        daprd.init_both(instance, &pairs(&metadata)).await;
+        assert_eq!(
+            daprd
+                .call(json!({"cmd": "list_operations", "instance": instance}))
+                .await,
+            json!({"operations": ["create"]})
+        );
+        for side in ["input", "output"] {
+            assert_eq!(
+                daprd
+                    .call(json!({"cmd": "ping", "side": side, "instance": instance}))
+                    .await,
+                json!({"ok": true})
+            );
+        }
+    }
+    for (instance, topic) in [("orders", &orders), ("alerts", &alerts)] {
+        let answer = daprd
+            .call(json!({
+                "cmd": "invoke", "instance": instance, "data": format!("from {instance}"),
+                "metadata": {"topic": format!("{topic}/out")},
+            }))
+            .await;
+        assert_eq!(answer, json!({"data": "", "metadata": {}}));
+    }
+    assert_eq!(&subscriber.next().await.payload[..], b"from orders");
+    assert_eq!(&alert_subscriber.next().await.payload[..], b"from alerts");
+
+    daprd.open_read("orders", "orders").await;
+    daprd.open_read("alerts", "alerts").await;
+    broker
+        .wait_for_log(&format!("{orders}/in"))
+        .await;
+    broker
+        .wait_for_log(&format!("{alerts}/in"))
+        .await;
+    for (topic, n) in [(&orders, 0), (&alerts, 0), (&orders, 1), (&alerts, 1)] {
+        publish_all(
+            broker.port,
+            &format!("{topic}/in"),
+            QoS::AtLeastOnce,
+            &[format!("{topic} {n}").into_bytes()],
+        )
+        .await;
+    }
+    let order = daprd.event("orders").await;
+    let alert = daprd.event("alerts").await;
+    assert_eq!(order["data"], json!(format!("{orders} 0")));
+    assert_eq!(order["metadata"]["topic"], json!(format!("{orders}/in")));
+    assert_eq!(alert["data"], json!(format!("{alerts} 0")));
+    assert_ne!(order["message_id"], alert["message_id"]);
+    // An answer naming no event of the stream is ignored.
+    let stray = daprd
+        .call(json!({"cmd": "ack", "stream": "orders", "message_id": "not-an-event"}))
+        .await;
+    assert_eq!(stray, json!({"ok": true}));
+    daprd.ack("alerts", &alert).await;
+    daprd.ack("orders", &order).await;
+    assert_eq!(
+        daprd.event("alerts").await["data"],
+        json!(format!("{alerts} 1"))
+    );
+    assert_eq!(
+        daprd.event("orders").await["data"],
+        json!(format!("{orders} 1"))
+    );
+    assert!(pluggable.terminate().await.success());
+}
+
+/// Read keeps the binding's semantics through daprd's answers: an error answer is retried
+/// by the component's policy, a stream cancelled with an event in hand gives that event
+/// first to the next Read, and an event in hand at shutdown is left to the broker, which
+/// gives it to the next run. Nothing daprd accepted comes again.
+#[tokio::test]
+async fn read_acknowledges_only_what_daprd_accepted() {
+    let broker = Mosquitto::start_with(BrokerConfig {
+        persistence: true,
+        ..BrokerConfig::default()
+    });
+    let folder = tempfile::tempdir().expect("temp dir");
+    let topic = format!("events/{}", unique());
+    let mut metadata = session(&broker, &topic, &format!("reader-{}", unique()));
+    metadata.push(("backOffMaxRetries", "3".into()));
+    metadata.push(("backOffInterval", "50ms".into()));
+    let pluggable = Pluggable::start(folder.path(), &[]).await;
+    let mut daprd = Daprd::start(&pluggable.socket).await;
+    daprd.init_both("events", &pairs(&metadata)).await;
+    daprd.open_read("events", "first").await;
+    broker.wait_for_log(&topic).await;
+    let publish = async |payload: &str| {
+        publish_all(broker.port, &topic, QoS::AtLeastOnce, &[payload.as_bytes().to_vec()]).await
+    };
+
+    publish("m0").await;
+    let first = daprd.event("first").await;
+    assert_eq!(first["data"], json!("m0"));
+    daprd.fail("first", &first, "the app is not ready").await;
+    let retried = daprd.event("first").await;
+    assert_eq!(retried["data"], json!("m0"), "an error answer is retried");
+    assert_ne!(retried["message_id"], first["message_id"]);
+    daprd.ack("first", &retried).await;
+
+    publish("m1").await;
+    let in_hand = daprd.event("first").await;
+    assert_eq!(in_hand["data"], json!("m1"));
+    daprd
+        .call(json!({"cmd": "read_cancel", "stream": "first"}))
+        .await;
+    daprd.open_read("events", "second").await;
+    let again = daprd.event("second").await;
+    assert_eq!(
+        again["data"],
+        json!("m1"),
+        "the event in hand when the stream ended comes first on the next Read"
+    );
+    daprd.ack("second", &again).await;
+
+    publish("m2").await;
+    assert_eq!(daprd.event("second").await["data"], json!("m2"));
+    let status = pluggable.terminate().await;
+    assert!(status.success(), "{status}");
+    assert!(
+        !folder.path().join(format!("{NAME}.sock")).exists(),
+        "the socket is removed on exit"
+    );
+
+    let pluggable = Pluggable::start(folder.path(), &[]).await;
+    let mut daprd = Daprd::start(&pluggable.socket).await;
+    daprd.init_both("events", &pairs(&metadata)).await;
+    daprd.open_read("events", "after").await;
+    let redelivered = daprd.event("after").await;
+    assert_eq!(
+        redelivered["data"],
+        json!("m2"),
+        "the event in hand at shutdown was left to the broker"
+    );
+    daprd.ack("after", &redelivered).await;
+    publish("m3").await;
+    assert_eq!(
+        daprd.event("after").await["data"],
+        json!("m3"),
+        "nothing daprd accepted comes again"
+    );
+    assert!(pluggable.terminate().await.success());
+}
+
+/// Bad metadata fails Init with the field named; an unknown operation, or an instance
+/// daprd never initialised, fails the call with a status that says so.
+#[tokio::test]
+async fn bad_metadata_and_bad_requests_are_refused_with_the_reason() {
+    let broker = Mosquitto::start();
+    let folder = tempfile::tempdir().expect("temp dir");
+    let pluggable = Pluggable::start(folder.path(), &[]).await;
+    let mut daprd = Daprd::start(&pluggable.socket).await;
+    let url = broker.url();
+
+    let refused = daprd
+        .init("output", "bad", &[("url", &url), ("topic", "t"), ("qos", "7")])
+        .await;
+    assert_eq!(refused["code"], json!("INVALID_ARGUMENT"), "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(r#"metadata field "qos": expected 0, 1 or 2"#)),
+        "{refused}"
+    );
+
+    daprd
+        .init_both("good", &[("url", &url), ("topic", "t")])
+        .await;
+    let unknown = daprd
+        .call(json!({"cmd": "invoke", "instance": "good", "data": "x", "operation": "delete"}))
+        .await;
+    assert_eq!(unknown["code"], json!("INVALID_ARGUMENT"), "{unknown}");
+    assert!(
+        unknown["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(r#"operation "delete" is not supported"#)),
+        "{unknown}"
+    );
+    let never = daprd.invoke("never-initialised", "x").await;
+    assert_eq!(never["code"], json!("FAILED_PRECONDITION"), "{never}");
+    assert!(pluggable.terminate().await.success());
+}
+
+/// A stale socket file of a crashed run is replaced; a socket another live process serves
+/// is not taken over; the socket goes when the process exits.
+#[tokio::test]
+async fn the_socket_is_claimed_only_from_a_dead_process() {
+    let folder = tempfile::tempdir().expect("temp dir");
+    let path = folder.path().join(format!("{NAME}.sock"));
+    // What a killed process leaves: the file, with nobody accepting on it.
+    drop(std::os::unix::net::UnixListener::bind(&path).expect("bind"));
+    assert!(path.exists());
+
+    let pluggable = Pluggable::start(folder.path(), &[]).await;
+    let second = crate::cli::run(&[
+        "pluggable",
+        "--name",
+        NAME,
+        "--socket-folder",
+        folder.path().to_str().expect("utf-8"),
+    ])
+    .await;
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another process is serving") && stderr.contains(NAME),
+        "{stderr}"
+    );
+    assert!(
+        tokio::net::UnixStream::connect(&path).await.is_ok(),
+        "the first process still serves"
+    );
+    assert!(pluggable.terminate().await.success());
+    assert!(!path.exists(), "the socket is removed on exit");
+}
+
+/// A broker that is down does not fail Init: invokes fail as unavailable (not sent) until
+/// it comes up, and then succeed.
+#[tokio::test]
+async fn init_succeeds_while_the_broker_is_down() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let folder = tempfile::tempdir().expect("temp dir");
+    let pluggable = Pluggable::start(folder.path(), &[]).await;
+    let mut daprd = Daprd::start(&pluggable.socket).await;
+    let url = format!("tcp://127.0.0.1:{port}");
+    let topic = format!("late/{}", unique());
+    assert_eq!(
+        daprd
+            .init("output", "late", &[("url", &url), ("topic", &topic)])
+            .await,
+        json!({"ok": true})
+    );
+    let refused = daprd.invoke("late", "too early").await;
+    assert_eq!(refused["code"], json!("UNAVAILABLE"), "{refused}");
+
+    let broker = Mosquitto::start_with(BrokerConfig {
+        port: Some(port),
+        ..BrokerConfig::default()
+    });
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    // The instance reconnects with backoff (1 s, then 2 s...): invoke until it is up.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let answer = daprd.invoke("late", "in time").await;
+        if answer == json!({"data": "", "metadata": {}}) {
+            break;
+        }
+        assert_eq!(answer["code"], json!("UNAVAILABLE"), "{answer}");
+        assert!(tokio::time::Instant::now() < deadline, "never connected");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(&subscriber.next().await.payload[..], b"in time");
+    assert!(pluggable.terminate().await.success());
+}
+
+/// daprd restarted: an Init for a side that is already initialised replaces the instance,
+/// disconnecting the old one first (no takeover at the broker). When daprd's connections
+/// are gone the instance is released after the grace period, and a later call starts it
+/// again.
+#[tokio::test]
+async fn a_new_init_replaces_the_instance_and_a_released_one_comes_back() {
+    let broker = Mosquitto::start();
+    let folder = tempfile::tempdir().expect("temp dir");
+    let pluggable = Pluggable::start(folder.path(), &["--release-after", "500ms"]).await;
+    let client_id = format!("replaced-{}", unique());
+    let topic = format!("replaced/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let metadata = [
+        ("url", broker.url()),
+        ("topic", topic.clone()),
+        ("consumerID", client_id.clone()),
+    ];
+
+    let mut daprd = Daprd::start(&pluggable.socket).await;
+    daprd.init_both("orders", &pairs(&metadata)).await;
+    assert_eq!(daprd.invoke("orders", "one").await["data"], json!(""));
+    // daprd again, on new connections: Init replaces.
+    let mut restarted = Daprd::start(&pluggable.socket).await;
+    restarted.init_both("orders", &pairs(&metadata)).await;
+    assert_eq!(restarted.invoke("orders", "two").await["data"], json!(""));
+    assert_eq!(&subscriber.next().await.payload[..], b"one");
+    assert_eq!(&subscriber.next().await.payload[..], b"two");
+    assert_eq!(
+        broker.log_count("already connected, closing old connection"),
+        0,
+        "the old instance disconnected before the new one connected:\n{}",
+        broker.log()
+    );
+
+    let disconnected = format!("Client {client_id} disconnected");
+    assert_eq!(broker.log_count(&disconnected), 1, "the replaced instance");
+    drop(daprd);
+    drop(restarted);
+    broker.wait_for_log_count(&disconnected, 2).await;
+    let mut later = Daprd::start(&pluggable.socket).await;
+    assert_eq!(later.invoke("orders", "three").await["data"], json!(""));
+    assert_eq!(&subscriber.next().await.payload[..], b"three");
+    assert!(pluggable.log().contains("releasing the instance"));
+    assert!(pluggable.terminate().await.success());
+}
