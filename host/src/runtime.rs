@@ -104,7 +104,11 @@ impl Runtime {
 
     /// What a binding's instances share with the host: its name, handler, settings and
     /// limits.
-    fn host(&self, name: String, handler: Option<Arc<dyn crate::EventHandler>>) -> Arc<BindingHost> {
+    fn host(
+        &self,
+        name: String,
+        handler: Option<Arc<dyn crate::EventHandler>>,
+    ) -> Arc<BindingHost> {
         Arc::new(BindingHost {
             name,
             handler,

@@ -239,7 +239,10 @@ async fn daprd_discovers_the_socket_and_two_instances_run_side_by_side() {
         })
     );
 
-    let (orders, alerts) = (format!("orders/{}", unique()), format!("alerts/{}", unique()));
+    let (orders, alerts) = (
+        format!("orders/{}", unique()),
+        format!("alerts/{}", unique()),
+    );
     let mut subscriber = Subscriber::start(broker.port, &format!("{orders}/out")).await;
     let mut alert_subscriber = Subscriber::start(broker.port, &format!("{alerts}/out")).await;
     for (instance, topic) in [("orders", &orders), ("alerts", &alerts)] {
@@ -278,12 +281,8 @@ async fn daprd_discovers_the_socket_and_two_instances_run_side_by_side() {
 
     daprd.open_read("orders", "orders").await;
     daprd.open_read("alerts", "alerts").await;
-    broker
-        .wait_for_log(&format!("{orders}/in"))
-        .await;
-    broker
-        .wait_for_log(&format!("{alerts}/in"))
-        .await;
+    broker.wait_for_log(&format!("{orders}/in")).await;
+    broker.wait_for_log(&format!("{alerts}/in")).await;
     for (topic, n) in [(&orders, 0), (&alerts, 0), (&orders, 1), (&alerts, 1)] {
         publish_all(
             broker.port,
@@ -338,7 +337,13 @@ async fn read_acknowledges_only_what_daprd_accepted() {
     daprd.open_read("events", "first").await;
     broker.wait_for_log(&topic).await;
     let publish = async |payload: &str| {
-        publish_all(broker.port, &topic, QoS::AtLeastOnce, &[payload.as_bytes().to_vec()]).await
+        publish_all(
+            broker.port,
+            &topic,
+            QoS::AtLeastOnce,
+            &[payload.as_bytes().to_vec()],
+        )
+        .await
     };
 
     publish("m0").await;
@@ -405,7 +410,11 @@ async fn bad_metadata_and_bad_requests_are_refused_with_the_reason() {
     let url = broker.url();
 
     let refused = daprd
-        .init("output", "bad", &[("url", &url), ("topic", "t"), ("qos", "7")])
+        .init(
+            "output",
+            "bad",
+            &[("url", &url), ("topic", "t"), ("qos", "7")],
+        )
         .await;
     assert_eq!(refused["code"], json!("INVALID_ARGUMENT"), "{refused}");
     assert!(
@@ -551,5 +560,66 @@ async fn a_new_init_replaces_the_instance_and_a_released_one_comes_back() {
     assert_eq!(later.invoke("orders", "three").await["data"], json!(""));
     assert_eq!(&subscriber.next().await.payload[..], b"three");
     assert!(pluggable.log().contains("releasing the instance"));
+    assert!(pluggable.terminate().await.success());
+}
+
+/// One instance whose component spins in `read` (the hostile test component, loaded with
+/// `--wasm`) is stopped again and again for CPU, while another instance on the same socket
+/// is served.
+#[tokio::test]
+async fn a_misbehaving_instance_does_not_stall_the_others() {
+    let broker = Mosquitto::start();
+    let folder = tempfile::tempdir().expect("temp dir");
+    let pluggable = Pluggable::start(
+        folder.path(),
+        &[
+            "--wasm",
+            env!("HOSTILE_GUEST_WASM"),
+            "--cpu-budget",
+            "200ms",
+        ],
+    )
+    .await;
+    let mut daprd = Daprd::start(&pluggable.socket).await;
+    let url = broker.url();
+    let topic = format!("calm/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    daprd
+        .init_both(
+            "spinner",
+            &[
+                ("url", &url),
+                ("topic", "spin"),
+                ("misbehave", "spin-read"),
+                ("consumerID", &unique()),
+            ],
+        )
+        .await;
+    daprd
+        .init_both(
+            "calm",
+            &[("url", &url), ("topic", &topic), ("consumerID", &unique())],
+        )
+        .await;
+    daprd.open_read("spinner", "spinner").await;
+    // Invokes on the calm instance go on while the spinner spins, is stopped, and spins
+    // again after its backoff.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut n = 0;
+    while pluggable.log().matches("without calling the host").count() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the spinner was never stopped twice:\n{}",
+            pluggable.log()
+        );
+        let answer = daprd.invoke("calm", &format!("calm {n}")).await;
+        assert_eq!(answer, json!({"data": "", "metadata": {}}));
+        assert_eq!(
+            subscriber.next().await.payload,
+            format!("calm {n}").into_bytes()
+        );
+        n += 1;
+    }
+    assert!(n > 0, "no invoke ran while the spinner spun");
     assert!(pluggable.terminate().await.success());
 }

@@ -482,7 +482,10 @@ async fn a_message_in_hand_when_the_component_dies_is_redelivered() {
 
 /// The exit status of a child and its peak resident memory in bytes (`wait4`'s usage), or
 /// a panic after [`WAIT`], with the child killed.
-#[expect(unsafe_code, reason = "wait4 and kill, which std does not offer with usage")]
+#[expect(
+    unsafe_code,
+    reason = "wait4 and kill, which std does not offer with usage"
+)]
 async fn exit_and_peak_memory(child: std::process::Child) -> (i32, u64) {
     let pid = i32::try_from(child.id()).expect("pid");
     let waited = tokio::task::spawn_blocking(move || {

@@ -92,8 +92,11 @@ impl Instances {
         connection: Option<ConnectionId>,
     ) -> Result<(), tonic::Status> {
         self.refuse_when_stopping()?;
-        let metadata: Vec<(String, String)> =
-            metadata.into_iter().collect::<BTreeMap<_, _>>().into_iter().collect();
+        let metadata: Vec<(String, String)> = metadata
+            .into_iter()
+            .collect::<BTreeMap<_, _>>()
+            .into_iter()
+            .collect();
         let slot = self.slot(name);
         slot.connected(connection);
         let mut state = slot.state.lock().await;
@@ -121,7 +124,9 @@ impl Instances {
                 tracing::warn!(instance = %name, "Init: cannot connect yet, retrying in the background: {why}");
             }
             Ok(_) => {}
-            Err(_) => tracing::warn!(instance = %name, "Init: still connecting after {INIT_WAIT:?}; continuing in the background"),
+            Err(_) => {
+                tracing::warn!(instance = %name, "Init: still connecting after {INIT_WAIT:?}; continuing in the background")
+            }
         }
         *state = SlotState {
             running: Some(instance),
@@ -354,7 +359,8 @@ fn not_initialised(name: &str) -> tonic::Status {
 fn init_status(error: &BindingError) -> tonic::Status {
     let message = one_line(error);
     match error {
-        BindingError::InvalidMetadata(_) | BindingError::Broker(BrokerError::InvalidOption { .. }) => {
+        BindingError::InvalidMetadata(_)
+        | BindingError::Broker(BrokerError::InvalidOption { .. }) => {
             tonic::Status::invalid_argument(message)
         }
         BindingError::Broker(BrokerError::NotAuthorized(_)) => {

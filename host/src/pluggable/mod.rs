@@ -57,7 +57,10 @@ pub fn default_socket_folder() -> PathBuf {
 /// Serves until `shutdown` completes, then refuses new calls, stops every instance (a
 /// message in hand is left for the broker), ends the streams, removes the socket and
 /// returns.
-pub async fn run(options: PluggableOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    options: PluggableOptions,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     check_name(&options.name)?;
     let path = options.socket_folder.join(format!("{}.sock", options.name));
     let runtime = Runtime::new(options.runtime.clone())?;

@@ -82,15 +82,13 @@ impl Reader {
                 }
             }
             stream.end();
-            reader
-                .current
-                .send_if_modified(|current| match current {
-                    Some(open) if Arc::ptr_eq(open, &stream) => {
-                        *current = None;
-                        true
-                    }
-                    _ => false,
-                });
+            reader.current.send_if_modified(|current| match current {
+                Some(open) if Arc::ptr_eq(open, &stream) => {
+                    *current = None;
+                    true
+                }
+                _ => false,
+            });
         });
         ReceiverStream::new(receiver)
     }

@@ -49,9 +49,8 @@ impl SocketFile {
                 ),
                 Err(_) => {
                     tracing::info!(socket = %path.display(), "removing the stale socket of an earlier run");
-                    std::fs::remove_file(path).with_context(|| {
-                        format!("removing the stale socket {}", path.display())
-                    })?;
+                    std::fs::remove_file(path)
+                        .with_context(|| format!("removing the stale socket {}", path.display()))?;
                 }
             },
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -59,8 +58,8 @@ impl SocketFile {
                 return Err(error).with_context(|| format!("checking {}", path.display()));
             }
         }
-        let listener = UnixListener::bind(path)
-            .with_context(|| format!("listening on {}", path.display()))?;
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
         let bound = std::fs::metadata(path)?;
         let file = Self {
             path: path.to_path_buf(),

@@ -225,7 +225,9 @@ fn cpu_budget(value: &str) -> Result<Option<std::time::Duration>, String> {
     match humantime::parse_duration(value) {
         Ok(budget) if !budget.is_zero() => Ok(Some(budget)),
         Ok(_) => Err("a budget of zero would stop every call; say `off` for none".into()),
-        Err(error) => Err(format!("{error}; expected a duration such as 1s or 500ms, or `off`")),
+        Err(error) => Err(format!(
+            "{error}; expected a duration such as 1s or 500ms, or `off`"
+        )),
     }
 }
 
