@@ -1,0 +1,375 @@
+//! The `faces` group: the binding as users call it, through a face in its own process.
+//! `mqtt-binding pluggable` through its Unix socket (a tonic client, as daprd would call it:
+//! one connection, calls multiplexed) against `mqtt-binding run` over HTTP, in the same run
+//! on the same broker: output (`Invoke` against `POST /v1.0/bindings/NAME`) and input
+//! (`Read` answered at once against an HTTP app answering 200 at once).
+//!
+//! Input rates are timed from the first event to the last, so that neither face's start
+//! (process, component, subscription) is in its figure.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mqtt_binding::pluggable::proto::input_binding_client::InputBindingClient;
+use mqtt_binding::pluggable::proto::output_binding_client::OutputBindingClient;
+use mqtt_binding::pluggable::proto::{
+    InputBindingInitRequest, InvokeRequest, MetadataRequest, OutputBindingInitRequest,
+    ReadRequest,
+};
+use rumqttc::QoS;
+use tokio::process::{Child, Command};
+
+use super::{IN_FLIGHT, Row, Settings, preload};
+use crate::support::{Mosquitto, unique};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
+const INSTANCE: &str = "bench";
+
+pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
+    let n = settings.messages;
+    let mut output = Row {
+        figure: format!("output through the pluggable socket (Invoke), QoS 1, 100 B, {IN_FLIGHT} in flight"),
+        unit: "msg/s",
+        binding: Vec::new(),
+        reference_name: "`mqtt-binding run`, POST /v1.0/bindings".into(),
+        reference: Vec::new(),
+        higher_is_better: true,
+    };
+    let mut input = Row {
+        figure: "input through the pluggable socket (Read, answered at once), QoS 1, 100 B".into(),
+        unit: "msg/s",
+        binding: Vec::new(),
+        reference_name: "`mqtt-binding run`, app answering 200 at once".into(),
+        reference: Vec::new(),
+        higher_is_better: true,
+    };
+    for _ in 0..settings.runs {
+        output.binding.push(socket_output(broker, n).await);
+        output.reference.push(http_output(broker, n).await);
+        input.binding.push(socket_input(broker, n).await);
+        input.reference.push(http_input(broker, n).await);
+    }
+    vec![output, input]
+}
+
+/// A face's process; killed when dropped.
+struct Process {
+    child: Child,
+    /// Its files (component file, socket), removed with it.
+    _folder: tempfile::TempDir,
+}
+
+impl Process {
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+fn spawn(args: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("mqtt-binding starts")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port()
+}
+
+/// Retries `attempt` until it succeeds, for a process that is starting.
+async fn until_ready<T, E: std::fmt::Debug>(
+    what: &str,
+    mut attempt: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(error) => assert!(Instant::now() < deadline, "{what}: {error:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+// ---- the pluggable socket ----
+
+async fn pluggable() -> (Process, tonic::transport::Channel) {
+    let folder = tempfile::tempdir().expect("dir");
+    let child = spawn(&[
+        "pluggable",
+        "--name",
+        "bench",
+        "--socket-folder",
+        folder.path().to_str().expect("path"),
+    ]);
+    let socket = folder.path().join("bench.sock");
+    let channel = until_ready("the socket", async || connect(&socket).await).await;
+    (
+        Process {
+            child,
+            _folder: folder,
+        },
+        channel,
+    )
+}
+
+/// One HTTP/2 connection to the socket, as daprd has one per component.
+async fn connect(socket: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    let socket = PathBuf::from(socket);
+    tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+}
+
+fn addressed<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("x-component-instance", INSTANCE.parse().expect("ascii"));
+    request
+}
+
+fn init_metadata(pairs: &[(&str, String)]) -> Option<MetadataRequest> {
+    Some(MetadataRequest {
+        properties: pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    })
+}
+
+async fn socket_output(broker: &Mosquitto, messages: usize) -> f64 {
+    let (process, channel) = pluggable().await;
+    let mut client = OutputBindingClient::new(channel);
+    let metadata = init_metadata(&[
+        ("url", broker.url()),
+        ("topic", format!("bench/faces/{}", unique())),
+        ("qos", "1".into()),
+    ]);
+    client
+        .init(addressed(OutputBindingInitRequest { metadata }))
+        .await
+        .expect("Init");
+    let invoke_all = async |count: usize| {
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..IN_FLIGHT {
+            let mut client = client.clone();
+            workers.spawn(async move {
+                for _ in 0..count {
+                    let request = InvokeRequest {
+                        data: vec![b'x'; 100],
+                        metadata: Default::default(),
+                        operation: "create".into(),
+                    };
+                    client.invoke(addressed(request)).await.expect("Invoke");
+                }
+            });
+        }
+        while workers.join_next().await.is_some() {}
+    };
+    invoke_all(1).await;
+    let started = Instant::now();
+    invoke_all(messages / IN_FLIGHT).await;
+    let rate = ((messages / IN_FLIGHT) * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64();
+    process.stop().await;
+    rate
+}
+
+async fn socket_input(broker: &Mosquitto, messages: usize) -> f64 {
+    let client_id = format!("bench-faces-{}", unique());
+    let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
+    let (process, channel) = pluggable().await;
+    let mut client = InputBindingClient::new(channel);
+    let metadata = init_metadata(&[
+        ("url", broker.url()),
+        ("topic", topic),
+        ("qos", "1".into()),
+        ("consumerID", client_id),
+        ("cleanSession", "false".into()),
+    ]);
+    client
+        .init(addressed(InputBindingInitRequest { metadata }))
+        .await
+        .expect("Init");
+    let (answers, outgoing) = tokio::sync::mpsc::unbounded_channel();
+    let mut events = client
+        .read(addressed(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(outgoing),
+        ))
+        .await
+        .expect("Read")
+        .into_inner();
+    let mut first = None;
+    for _ in 0..messages {
+        let event = events
+            .message()
+            .await
+            .expect("the stream stays up")
+            .expect("an event");
+        first.get_or_insert_with(Instant::now);
+        answers
+            .send(ReadRequest {
+                response_data: Vec::new(),
+                message_id: event.message_id,
+                response_error: None,
+            })
+            .expect("answering");
+    }
+    let elapsed = first.expect("events came").elapsed();
+    process.stop().await;
+    (messages - 1) as f64 / elapsed.as_secs_f64()
+}
+
+// ---- the HTTP sidecar ----
+
+/// `mqtt-binding run` with one binding `bench` of `metadata`, healthy.
+async fn sidecar(metadata: &[(&str, String)], app_port: Option<u16>) -> (Process, u16) {
+    let folder = tempfile::tempdir().expect("dir");
+    let mut yaml = String::from(
+        "kind: Component\nmetadata: {name: bench}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n",
+    );
+    for (name, value) in metadata {
+        yaml.push_str(&format!("  - {{name: {name}, value: \"{value}\"}}\n"));
+    }
+    std::fs::write(folder.path().join("bench.yaml"), yaml).expect("component file");
+    let port = free_port();
+    let port_text = port.to_string();
+    let app_text = app_port.map(|p| p.to_string());
+    let mut args = vec![
+        "run",
+        "--resources-path",
+        folder.path().to_str().expect("path"),
+        "--app-id",
+        "bench",
+        "--dapr-http-port",
+        &port_text,
+    ];
+    if let Some(app) = &app_text {
+        args.extend(["--app-port", app]);
+    }
+    let child = spawn(&args);
+    let client = reqwest::Client::new();
+    let health = format!("http://127.0.0.1:{port}/v1.0/healthz");
+    until_ready("the sidecar's health", async || {
+        match client.get(&health).send().await {
+            Ok(answer) if answer.status() == reqwest::StatusCode::NO_CONTENT => Ok(()),
+            Ok(answer) => Err(format!("{}", answer.status())),
+            Err(error) => Err(error.to_string()),
+        }
+    })
+    .await;
+    (
+        Process {
+            child,
+            _folder: folder,
+        },
+        port,
+    )
+}
+
+async fn http_output(broker: &Mosquitto, messages: usize) -> f64 {
+    let (process, port) = sidecar(
+        &[
+            ("url", broker.url()),
+            ("topic", format!("bench/faces/{}", unique())),
+            ("qos", "1".into()),
+        ],
+        None,
+    )
+    .await;
+    let client = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{port}/v1.0/bindings/bench");
+    let invoke_all = async |count: usize| {
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..IN_FLIGHT {
+            let (client, url) = (client.clone(), url.clone());
+            workers.spawn(async move {
+                for _ in 0..count {
+                    let answer = client
+                        .post(&url)
+                        .body(format!(r#"{{"data": "{}", "operation": "create"}}"#, "x".repeat(98)))
+                        .send()
+                        .await
+                        .expect("invoke answered");
+                    assert_eq!(answer.status(), reqwest::StatusCode::NO_CONTENT);
+                }
+            });
+        }
+        while workers.join_next().await.is_some() {}
+    };
+    invoke_all(1).await;
+    let started = Instant::now();
+    invoke_all(messages / IN_FLIGHT).await;
+    let rate = ((messages / IN_FLIGHT) * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64();
+    process.stop().await;
+    rate
+}
+
+/// The times the app got each event.
+#[derive(Clone, Default)]
+struct Arrivals(Arc<Mutex<Vec<Instant>>>, Arc<tokio::sync::Notify>, usize);
+
+async fn http_input(broker: &Mosquitto, messages: usize) -> f64 {
+    let client_id = format!("bench-faces-{}", unique());
+    let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
+    let arrivals = Arrivals(Arc::default(), Arc::default(), messages);
+    let app = axum::Router::new()
+        .route(
+            "/bench",
+            axum::routing::post(
+                |axum::extract::State(arrivals): axum::extract::State<Arrivals>| async move {
+                    let mut times = arrivals.0.lock().expect("lock");
+                    times.push(Instant::now());
+                    if times.len() == arrivals.2 {
+                        arrivals.1.notify_one();
+                    }
+                    axum::http::StatusCode::OK
+                },
+            )
+            .options(|| async { axum::http::StatusCode::OK }),
+        )
+        .with_state(arrivals.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("app port");
+    let app_port = listener.local_addr().expect("address").port();
+    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let (process, _) = sidecar(
+        &[
+            ("url", broker.url()),
+            ("topic", topic),
+            ("qos", "1".into()),
+            ("consumerID", client_id),
+            ("cleanSession", "false".into()),
+        ],
+        Some(app_port),
+    )
+    .await;
+    tokio::time::timeout(Duration::from_secs(300), arrivals.1.notified())
+        .await
+        .expect("every event reached the app");
+    let times = arrivals.0.lock().expect("lock").clone();
+    process.stop().await;
+    serving.abort();
+    (messages - 1) as f64 / times[times.len() - 1].duration_since(times[0]).as_secs_f64()
+}
