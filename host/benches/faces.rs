@@ -7,6 +7,7 @@
 //! Input rates are timed from the first event to the last, so that neither face's start
 //! (process, component, subscription) is in its figure.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,8 +15,7 @@ use std::time::{Duration, Instant};
 use mqtt_binding::pluggable::proto::input_binding_client::InputBindingClient;
 use mqtt_binding::pluggable::proto::output_binding_client::OutputBindingClient;
 use mqtt_binding::pluggable::proto::{
-    InputBindingInitRequest, InvokeRequest, MetadataRequest, OutputBindingInitRequest,
-    ReadRequest,
+    InputBindingInitRequest, InvokeRequest, MetadataRequest, OutputBindingInitRequest, ReadRequest,
 };
 use rumqttc::QoS;
 use tokio::process::{Child, Command};
@@ -29,7 +29,9 @@ const INSTANCE: &str = "bench";
 pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
     let n = settings.messages;
     let mut output = Row {
-        figure: format!("output through the pluggable socket (Invoke), QoS 1, 100 B, {IN_FLIGHT} in flight"),
+        figure: format!(
+            "output through the pluggable socket (Invoke), QoS 1, 100 B, {IN_FLIGHT} in flight"
+        ),
         unit: "msg/s",
         binding: Vec::new(),
         reference_name: "`mqtt-binding run`, POST /v1.0/bindings".into(),
@@ -87,6 +89,30 @@ fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port()
+}
+
+/// Invokes per second with [`IN_FLIGHT`] workers each calling `invoke` in a row, once every
+/// worker has made one call (steady state).
+async fn steady_rate<F>(messages: usize, invoke: impl Fn() -> F + Clone + Send + 'static) -> f64
+where
+    F: Future<Output = ()> + Send,
+{
+    let in_parallel = async |count: usize| {
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..IN_FLIGHT {
+            let invoke = invoke.clone();
+            workers.spawn(async move {
+                for _ in 0..count {
+                    invoke().await;
+                }
+            });
+        }
+        while workers.join_next().await.is_some() {}
+    };
+    in_parallel(1).await;
+    let started = Instant::now();
+    in_parallel(messages / IN_FLIGHT).await;
+    ((messages / IN_FLIGHT) * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64()
 }
 
 /// Retries `attempt` until it succeeds, for a process that is starting.
@@ -170,27 +196,18 @@ async fn socket_output(broker: &Mosquitto, messages: usize) -> f64 {
         .init(addressed(OutputBindingInitRequest { metadata }))
         .await
         .expect("Init");
-    let invoke_all = async |count: usize| {
-        let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..IN_FLIGHT {
-            let mut client = client.clone();
-            workers.spawn(async move {
-                for _ in 0..count {
-                    let request = InvokeRequest {
-                        data: vec![b'x'; 100],
-                        metadata: Default::default(),
-                        operation: "create".into(),
-                    };
-                    client.invoke(addressed(request)).await.expect("Invoke");
-                }
-            });
+    let rate = steady_rate(messages, move || {
+        let mut client = client.clone();
+        async move {
+            let request = InvokeRequest {
+                data: vec![b'x'; 100],
+                metadata: Default::default(),
+                operation: "create".into(),
+            };
+            client.invoke(addressed(request)).await.expect("Invoke");
         }
-        while workers.join_next().await.is_some() {}
-    };
-    invoke_all(1).await;
-    let started = Instant::now();
-    invoke_all(messages / IN_FLIGHT).await;
-    let rate = ((messages / IN_FLIGHT) * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64();
+    })
+    .await;
     process.stop().await;
     rate
 }
@@ -299,28 +316,15 @@ async fn http_output(broker: &Mosquitto, messages: usize) -> f64 {
     .await;
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/v1.0/bindings/bench");
-    let invoke_all = async |count: usize| {
-        let mut workers = tokio::task::JoinSet::new();
-        for _ in 0..IN_FLIGHT {
-            let (client, url) = (client.clone(), url.clone());
-            workers.spawn(async move {
-                for _ in 0..count {
-                    let answer = client
-                        .post(&url)
-                        .body(format!(r#"{{"data": "{}", "operation": "create"}}"#, "x".repeat(98)))
-                        .send()
-                        .await
-                        .expect("invoke answered");
-                    assert_eq!(answer.status(), reqwest::StatusCode::NO_CONTENT);
-                }
-            });
+    let body = format!(r#"{{"data": "{}", "operation": "create"}}"#, "x".repeat(98));
+    let rate = steady_rate(messages, move || {
+        let request = client.post(&url).body(body.clone());
+        async move {
+            let answer = request.send().await.expect("invoke answered");
+            assert_eq!(answer.status(), reqwest::StatusCode::NO_CONTENT);
         }
-        while workers.join_next().await.is_some() {}
-    };
-    invoke_all(1).await;
-    let started = Instant::now();
-    invoke_all(messages / IN_FLIGHT).await;
-    let rate = ((messages / IN_FLIGHT) * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64();
+    })
+    .await;
     process.stop().await;
     rate
 }
@@ -371,5 +375,8 @@ async fn http_input(broker: &Mosquitto, messages: usize) -> f64 {
     let times = arrivals.0.lock().expect("lock").clone();
     process.stop().await;
     serving.abort();
-    (messages - 1) as f64 / times[times.len() - 1].duration_since(times[0]).as_secs_f64()
+    (messages - 1) as f64
+        / times[times.len() - 1]
+            .duration_since(times[0])
+            .as_secs_f64()
 }

@@ -167,13 +167,7 @@ impl Sidecar {
 
     /// SIGTERM, and the exit status (failing the test if it takes longer than WAIT).
     pub(crate) async fn terminate(mut self) -> std::process::ExitStatus {
-        let mut child = self.child.take().expect("running");
-        let pid = child.id().expect("pid").to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
-        tokio::time::timeout(WAIT, child.wait())
-            .await
-            .expect("exits after SIGTERM")
-            .expect("status")
+        crate::support::terminate(self.child.take().expect("running")).await
     }
 }
 

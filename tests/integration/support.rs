@@ -31,6 +31,20 @@ pub fn runtime() -> &'static Runtime {
     })
 }
 
+/// SIGTERM to `child`, and its exit status (failing the test if it takes longer than
+/// [`WAIT`]).
+pub async fn terminate(mut child: tokio::process::Child) -> std::process::ExitStatus {
+    let pid = child.id().expect("pid").to_string();
+    let _ = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .await;
+    tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .expect("status")
+}
+
 /// Metadata pairs from string slices.
 pub fn metadata(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
