@@ -98,25 +98,35 @@ fn main() {
     .expect("copying the hostile test component into OUT_DIR");
     println!("cargo:rustc-env=HOSTILE_GUEST_WASM={}", hostile.display());
 
+    #[cfg(feature = "sidecar")]
+    compile_protos(
+        &out_dir,
+        &[
+            "dapr/proto/runtime/v1/dapr.proto",
+            "dapr/proto/runtime/v1/appcallback.proto",
+        ],
+        "runtime_descriptor.bin",
+    );
     #[cfg(feature = "pluggable")]
-    compile_protos(&out_dir);
+    compile_protos(
+        &out_dir,
+        &["dapr/proto/components/v1/bindings.proto"],
+        "components_descriptor.bin",
+    );
 }
 
-/// Dapr's pluggable-component binding services, from `proto/` (our own wire-compatible
-/// copies of Dapr's definitions).
-#[cfg(feature = "pluggable")]
-fn compile_protos(out_dir: &std::path::Path) {
+/// Rust for `files` of `proto/` (our own wire-compatible copies of Dapr's definitions), and
+/// their encoded descriptor set as `descriptor` (for gRPC reflection).
+#[cfg(any(feature = "sidecar", feature = "pluggable"))]
+fn compile_protos(out_dir: &std::path::Path, files: &[&str], descriptor: &str) {
     use prost::Message as _;
 
     println!("cargo:rerun-if-changed=proto");
-    let files = protox::compile(["dapr/proto/components/v1/bindings.proto"], ["proto"])
-        .unwrap_or_else(|error| panic!("compiling proto/: {error}"));
-    std::fs::write(
-        out_dir.join("components_descriptor.bin"),
-        files.encode_to_vec(),
-    )
-    .expect("writing the descriptor set into OUT_DIR");
+    let compiled = protox::compile(files, ["proto"])
+        .unwrap_or_else(|error| panic!("compiling {files:?} in proto/: {error}"));
+    std::fs::write(out_dir.join(descriptor), compiled.encode_to_vec())
+        .expect("writing the descriptor set into OUT_DIR");
     tonic_prost_build::configure()
-        .compile_fds(files)
-        .unwrap_or_else(|error| panic!("generating code from proto/: {error}"));
+        .compile_fds(compiled)
+        .unwrap_or_else(|error| panic!("generating code from {files:?}: {error}"));
 }

@@ -35,7 +35,7 @@ use mqtt_binding::{
     Binding, BindingOptions, Delivery, Event, EventHandler, InvokeRequest, Runtime, RuntimeOptions,
 };
 use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
-use support::{BrokerConfig, Mosquitto, publish_all, runtime, unique};
+use support::{BrokerConfig, Mosquitto, free_port, publish_all, runtime, unique};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// Invokes (and rumqttc publishes) in flight at once for the throughput figures.
@@ -520,6 +520,7 @@ async fn sidecar_memory(broker: &Mosquitto, invokes: usize, data_bytes: usize) -
             &format!("bench-mem-{}", unique()),
         ])
         .args(["--dapr-http-port", &port.to_string()])
+        .args(["--dapr-grpc-port", &free_port().to_string()])
         .kill_on_drop(true)
         .spawn()
         .expect("mqtt-binding run starts");

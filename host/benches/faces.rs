@@ -21,7 +21,7 @@ use rumqttc::QoS;
 use tokio::process::{Child, Command};
 
 use super::{IN_FLIGHT, Row, Settings, preload};
-use crate::support::{Mosquitto, unique};
+use crate::support::{Mosquitto, free_port, unique};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
 const INSTANCE: &str = "bench";
@@ -82,13 +82,6 @@ fn spawn(args: &[&str]) -> Child {
         .kill_on_drop(true)
         .spawn()
         .expect("mqtt-binding starts")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
 }
 
 /// Invokes per second with [`IN_FLIGHT`] workers each calling `invoke` in a row, once every
@@ -271,6 +264,7 @@ async fn sidecar(metadata: &[(&str, String)], app_port: Option<u16>) -> (Process
     std::fs::write(folder.path().join("bench.yaml"), yaml).expect("component file");
     let port = free_port();
     let port_text = port.to_string();
+    let grpc_text = free_port().to_string();
     let app_text = app_port.map(|p| p.to_string());
     let mut args = vec![
         "run",
@@ -280,6 +274,8 @@ async fn sidecar(metadata: &[(&str, String)], app_port: Option<u16>) -> (Process
         "bench",
         "--dapr-http-port",
         &port_text,
+        "--dapr-grpc-port",
+        &grpc_text,
     ];
     if let Some(app) = &app_text {
         args.extend(["--app-port", app]);

@@ -8,6 +8,7 @@ mod proxy;
 mod publish;
 mod reconnect;
 mod sandbox;
+mod sdk;
 mod sidecar;
 mod subscribe;
 mod support;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::support::{BrokerConfig, Mosquitto, Subscriber, WAIT, publish_all, unique};
+use crate::support::{BrokerConfig, Mosquitto, Subscriber, WAIT, publish_all, python, unique};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
 const STANDIN: &str = concat!(
@@ -21,23 +21,6 @@ const STANDIN: &str = concat!(
 const PROTO: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
 /// The socket's name in these tests: components of type `bindings.mqtt-test`.
 const NAME: &str = "mqtt-test";
-
-/// The Python with grpcio that `scripts/test` installs.
-fn python() -> PathBuf {
-    let python = std::env::var_os("MQTT_BINDING_PYTHON")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|home| PathBuf::from(home).join(".cache/mqtt-binding/venv/bin/python"))
-        })
-        .expect("HOME or MQTT_BINDING_PYTHON is set");
-    assert!(
-        python.exists(),
-        "{} is missing: ./scripts/test installs Python with grpcio there (or set MQTT_BINDING_PYTHON)",
-        python.display()
-    );
-    python
-}
 
 /// A running `mqtt-binding pluggable`; killed on drop.
 struct Pluggable {

@@ -207,7 +207,9 @@ async fn a_component_flooding_the_log_is_rate_limited_and_its_long_lines_cut() {
 
 /// The 100 MB line is read where it lies, in the component's memory: the host does not copy
 /// it. Peak resident memory of the whole `invoke` process stays well below the two copies
-/// that lifting it into a host string would make (the component's own 100 MB is counted).
+/// that lifting it into a host string would make (the component's own 100 MB is counted):
+/// 143 MiB measured without the copy, 262 MiB with it; the bound sits between, with room for
+/// compiling the component when its cache is cold.
 #[tokio::test]
 async fn a_100_mb_log_line_is_not_copied_into_the_host() {
     let broker = Mosquitto::start();
@@ -229,7 +231,7 @@ async fn a_100_mb_log_line_is_not_copied_into_the_host() {
     assert_eq!(status, 0, "exit status");
     let peak_mib = peak / (1024 * 1024);
     assert!(
-        peak_mib < 170,
+        peak_mib < 200,
         "peak resident memory {peak_mib} MiB: the line was copied"
     );
 }

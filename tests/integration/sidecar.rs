@@ -10,16 +10,9 @@ use axum::http::{HeaderMap, StatusCode};
 use rumqttc::QoS;
 use tokio::process::{Child, Command};
 
-use crate::support::{Mosquitto, Subscriber, WAIT, publish_all, unique};
+use crate::support::{Mosquitto, Subscriber, WAIT, free_port, publish_all, unique};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port()
-}
 
 /// One binding component as YAML; `(name, value)` or `(name, "secret:NAME:KEY")`.
 pub(crate) fn binding_yaml(
@@ -61,6 +54,7 @@ fn ignoring_errors(yaml: String) -> String {
 pub(crate) struct Sidecar {
     child: Option<Child>,
     pub(crate) http: u16,
+    pub(crate) grpc: u16,
     pub(crate) client: reqwest::Client,
 }
 
@@ -69,16 +63,16 @@ impl Sidecar {
         Self::start_with_args(dir, app_port, env, &[]).await
     }
 
-    /// Like [`Sidecar::start`], with more arguments for `mqtt-binding` (before `run`).
+    /// Like [`Sidecar::start`], with more arguments for `mqtt-binding run` (global flags
+    /// such as `--wasm` too).
     pub(crate) async fn start_with_args(
         dir: &Path,
         app_port: Option<u16>,
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Self {
-        let http = free_port();
+        let (http, grpc) = (free_port(), free_port());
         let mut command = Command::new(BIN);
-        command.args(args);
         command
             .args([
                 "run",
@@ -87,7 +81,9 @@ impl Sidecar {
                 "--app-id",
                 "shop",
             ])
+            .args(args)
             .args(["--dapr-http-port", &http.to_string()])
+            .args(["--dapr-grpc-port", &grpc.to_string()])
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -104,6 +100,7 @@ impl Sidecar {
         let sidecar = Self {
             child: Some(child),
             http,
+            grpc,
             client: reqwest::Client::new(),
         };
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -571,6 +568,8 @@ async fn a_component_that_cannot_start_stops_the_sidecar_unless_it_ignores_error
             "shop",
             "--dapr-http-port",
             &free_port().to_string(),
+            "--dapr-grpc-port",
+            &free_port().to_string(),
         ])
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -713,6 +712,7 @@ async fn the_sidecar_raises_its_soft_descriptor_limit() {
             dir.path().to_str().expect("path"),
         ])
         .args(["--app-id", "shop", "--dapr-http-port", &port.to_string()])
+        .args(["--dapr-grpc-port", &free_port().to_string()])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -844,6 +844,7 @@ async fn the_api_listens_only_on_the_addresses_given() {
             dir.path().to_str().expect("path"),
         ])
         .args(["--app-id", "shop", "--dapr-http-port", &port.to_string()])
+        .args(["--dapr-grpc-port", &free_port().to_string()])
         .args(["--dapr-listen-addresses", "127.0.0.2,127.0.0.3"])
         .stdin(Stdio::null())
         .stderr(Stdio::null())

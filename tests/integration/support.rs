@@ -31,6 +31,24 @@ pub fn runtime() -> &'static Runtime {
     })
 }
 
+/// The Python that `scripts/test` installs, with grpcio and Dapr's SDK
+/// (`$MQTT_BINDING_PYTHON`, else `~/.cache/mqtt-binding/venv/bin/python`).
+pub fn python() -> PathBuf {
+    let python = std::env::var_os("MQTT_BINDING_PYTHON")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| PathBuf::from(home).join(".cache/mqtt-binding/venv/bin/python"))
+        })
+        .expect("HOME or MQTT_BINDING_PYTHON is set");
+    assert!(
+        python.exists(),
+        "{} is missing: ./scripts/test installs Python with grpcio and Dapr's SDK there (or set MQTT_BINDING_PYTHON)",
+        python.display()
+    );
+    python
+}
+
 /// SIGTERM to `child`, and its exit status (failing the test if it takes longer than
 /// [`WAIT`]).
 pub async fn terminate(mut child: tokio::process::Child) -> std::process::ExitStatus {
@@ -101,7 +119,7 @@ pub fn unique() -> String {
     )
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .and_then(|listener| listener.local_addr())
         .expect("a free loopback port")

@@ -35,6 +35,10 @@ def generate_stubs(proto_dir):
     )
     if code != 0:
         raise SystemExit(f"protoc failed on {proto_dir}: {code}")
+    # Regular packages, so that they win over the Dapr SDK's own `dapr` package when it is
+    # installed beside grpcio (a namespace package would lose to it).
+    for package in ["dapr", "dapr/proto", "dapr/proto/components", "dapr/proto/components/v1"]:
+        open(os.path.join(out, package, "__init__.py"), "a").close()
     sys.path.insert(0, out)
     from dapr.proto.components.v1 import bindings_pb2, bindings_pb2_grpc, common_pb2
 

@@ -1,6 +1,6 @@
-//! The application behind `--app-port`, as daprd talks to it over HTTP: waiting for its port,
-//! the OPTIONS probe that tells whether it wants a binding's events, and the delivery of each
-//! event as `POST /{route}`.
+//! The application behind `--app-port`, as daprd talks to it over HTTP: the OPTIONS probe
+//! that tells whether it wants a binding's events, and the delivery of each event as
+//! `POST /{route}`; and waiting for the app's port, whatever it speaks.
 
 use std::time::Duration;
 
@@ -45,30 +45,6 @@ impl App {
 
     fn url(&self, route: &str) -> String {
         format!("http://127.0.0.1:{}/{route}", self.port)
-    }
-
-    /// Waits until the app's port accepts connections; `false` if shutdown came first.
-    pub async fn wait_until_listening(&self, shutdown: &CancellationToken) -> bool {
-        let mut logged = tokio::time::Instant::now();
-        loop {
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return true;
-            }
-            if logged.elapsed() >= Duration::from_secs(5) {
-                tracing::info!(
-                    port = self.port,
-                    "waiting for the app to listen before starting input bindings"
-                );
-                logged = tokio::time::Instant::now();
-            }
-            tokio::select! {
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                () = shutdown.cancelled() => return false,
-            }
-        }
     }
 
     /// daprd's probe: the app wants a binding's events if `OPTIONS /{route}` answers 2xx
@@ -146,5 +122,30 @@ impl EventHandler for AppRoute {
                 Err(format!("POST {}: the app answered {status}", self.url))
             }
         })
+    }
+}
+
+/// Waits until the app's port accepts connections, whatever it speaks; `false` if shutdown
+/// came first.
+pub(crate) async fn wait_until_listening(port: u16, shutdown: &CancellationToken) -> bool {
+    let mut logged = tokio::time::Instant::now();
+    loop {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        if logged.elapsed() >= Duration::from_secs(5) {
+            tracing::info!(
+                port,
+                "waiting for the app to listen before starting input bindings"
+            );
+            logged = tokio::time::Instant::now();
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            () = shutdown.cancelled() => return false,
+        }
     }
 }

@@ -11,7 +11,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use super::state::Sidecar;
+use super::state::{InvokeFailure, Sidecar};
 use crate::InvokeRequest;
 use crate::error::one_line;
 use crate::supervisor::BindingState;
@@ -204,67 +204,6 @@ async fn invoke(
             "the request has no \"operation\"".into(),
         );
     };
-    let not_found = || {
-        let names: Vec<&str> = sidecar
-            .bindings
-            .values()
-            .filter(|spec| spec.direction.output)
-            .map(|spec| spec.name.as_str())
-            .collect();
-        error(
-            StatusCode::NOT_FOUND,
-            "ERR_INVOKE_OUTPUT_BINDING",
-            format!(
-                "output binding {name:?} not found; output bindings: [{}]",
-                names.join(", ")
-            ),
-        )
-    };
-    let Some(spec) = sidecar.bindings.get(&name) else {
-        if let Some((_, why)) = sidecar
-            .failed
-            .iter()
-            .find(|(component, _)| component.name == name)
-        {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ERR_INVOKE_OUTPUT_BINDING",
-                format!("binding {name:?} did not start: {why}"),
-            );
-        }
-        return not_found();
-    };
-    if !spec.direction.output {
-        return not_found();
-    }
-    let binding = match sidecar
-        .supervisor
-        .state(&name)
-        .unwrap_or(BindingState::Starting)
-    {
-        BindingState::Up(binding) => binding,
-        BindingState::Starting => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ERR_INVOKE_OUTPUT_BINDING",
-                format!("binding {name:?} is starting"),
-            );
-        }
-        BindingState::Retrying(why) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ERR_INVOKE_OUTPUT_BINDING",
-                format!("binding {name:?} is not running: {why}"),
-            );
-        }
-        BindingState::Failed(why) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "ERR_INVOKE_OUTPUT_BINDING",
-                format!("binding {name:?} is not running: {}", one_line(&*why)),
-            );
-        }
-    };
     let data = match serde_json::to_vec(&request.data) {
         Ok(data) => data,
         Err(e) => {
@@ -280,15 +219,18 @@ async fn invoke(
         data,
         metadata: request.metadata.into_iter().collect(),
     };
-    match binding.invoke(request).await {
+    match sidecar.invoke(&name, request).await {
         Ok(response) => match response.data {
             Some(data) => (StatusCode::OK, data).into_response(),
             None => StatusCode::NO_CONTENT.into_response(),
         },
-        Err(e) => error(
+        Err(InvokeFailure::NotFound(why)) => {
+            error(StatusCode::NOT_FOUND, "ERR_INVOKE_OUTPUT_BINDING", why)
+        }
+        Err(InvokeFailure::Failed(why)) => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "ERR_INVOKE_OUTPUT_BINDING",
-            format!("error invoking output binding {name}: {}", one_line(&e)),
+            why,
         ),
     }
 }
@@ -340,17 +282,6 @@ fn health(sidecar: &Sidecar, outbound_only: bool) -> Response {
     }
 }
 
-/// A binding's broker connection in words: `connected since ...`, or
-/// `reconnecting since ...: last error`. Times are RFC 3339, UTC.
-fn connection_state(status: &crate::LinkStatus) -> String {
-    let since = humantime::format_rfc3339_seconds(status.since);
-    match (status.connected, &status.last_error) {
-        (true, _) => format!("connected since {since}"),
-        (false, Some(error)) => format!("reconnecting since {since}: {error}"),
-        (false, None) => format!("reconnecting since {since}"),
-    }
-}
-
 /// Dapr's metadata document, with each binding's state under `extended`.
 async fn metadata(State(sidecar): State<Arc<Sidecar>>) -> Response {
     let components: Vec<serde_json::Value> = sidecar
@@ -358,40 +289,7 @@ async fn metadata(State(sidecar): State<Arc<Sidecar>>) -> Response {
         .iter()
         .map(|c| serde_json::json!({ "name": c.name, "type": c.component_type, "version": c.version, "capabilities": [] }))
         .collect();
-    let mut extended = serde_json::Map::new();
-    for (name, state) in sidecar.supervisor.states() {
-        let state = match state {
-            BindingState::Up(binding) => match binding.connection_status().await {
-                Some(status) => connection_state(&status),
-                None => "up".to_string(),
-            },
-            BindingState::Starting => "starting".to_string(),
-            BindingState::Retrying(why) => format!("retrying: {why}"),
-            BindingState::Failed(why) => format!("failed: {}", one_line(&*why)),
-        };
-        extended.insert(format!("binding.{name}"), state.into());
-        if let Some(BindingState::Up(binding)) = sidecar.supervisor.state(&name) {
-            let (traps, interruptions) = binding.faults();
-            extended.insert(
-                format!("binding.{name}.faults"),
-                format!("{traps} instances thrown away after a trap, {interruptions} of them stopped for CPU").into(),
-            );
-        }
-    }
-    for (component, why) in &sidecar.failed {
-        extended.insert(
-            format!("component.{}", component.name),
-            format!("failed: {why}").into(),
-        );
-    }
-    for (file, why) in &sidecar.skipped {
-        let key = format!("file.{file}");
-        let text = match extended.get(&key).and_then(|v| v.as_str()) {
-            Some(earlier) => format!("{earlier}; {why}"),
-            None => format!("skipped: {why}"),
-        };
-        extended.insert(key, text.into());
-    }
+    let extended = sidecar.extended_metadata().await;
     let mut document = serde_json::json!({
         "id": sidecar.app_id,
         "runtimeVersion": concat!("mqtt-binding ", env!("CARGO_PKG_VERSION")),

@@ -107,6 +107,9 @@ struct RunArgs {
     /// The port of Dapr's HTTP API.
     #[arg(long, value_name = "PORT", default_value_t = 3500)]
     dapr_http_port: u16,
+    /// The port of Dapr's gRPC API (InvokeBinding, GetMetadata).
+    #[arg(long, value_name = "PORT", default_value_t = 50001)]
+    dapr_grpc_port: u16,
     /// Where Dapr's HTTP API listens: IP addresses, comma separated. Loopback by default,
     /// so that only this machine can reach it; set DAPR_API_TOKEN before widening it.
     #[arg(
@@ -116,9 +119,9 @@ struct RunArgs {
         value_delimiter = ','
     )]
     dapr_listen_addresses: Vec<std::net::IpAddr>,
-    /// How to talk to the app; only http.
+    /// How to talk to the app: http (POST /{route}) or grpc (Dapr's AppCallback service).
     #[arg(long, value_name = "PROTOCOL", default_value = "http")]
-    app_protocol: String,
+    app_protocol: mqtt_binding::sidecar::AppProtocol,
 }
 
 #[derive(Args)]
@@ -305,12 +308,6 @@ async fn invoke(options: RuntimeOptions, args: InvokeArgs) -> anyhow::Result<()>
 }
 
 async fn run_sidecar(options: RuntimeOptions, args: RunArgs) -> anyhow::Result<()> {
-    if args.app_protocol != "http" {
-        bail!(
-            "--app-protocol {:?}: only http is supported",
-            args.app_protocol
-        );
-    }
     if args.app_id.trim().is_empty() {
         bail!("--app-id is empty; give the application ID");
     }
@@ -319,7 +316,9 @@ async fn run_sidecar(options: RuntimeOptions, args: RunArgs) -> anyhow::Result<(
         resources_path: args.resources_path,
         app_id: args.app_id,
         app_port: args.app_port,
+        app_protocol: args.app_protocol,
         http_port: args.dapr_http_port,
+        grpc_port: args.dapr_grpc_port,
         listen_addresses: args.dapr_listen_addresses,
         // As daprd: tokens come from the environment, never from the command line (where
         // any user could read them in the process list). Empty means unset.

@@ -1,0 +1,156 @@
+//! `mqtt-binding run` through Dapr's official SDKs over gRPC: Python's `dapr` 1.19.0
+//! (`tests/sdk/python_grpc.py`: `DaprClient` for output, `dapr.ext.grpc.App` for input), with a
+//! real broker and independent MQTT clients.
+
+use std::process::{Output, Stdio};
+
+use rumqttc::QoS;
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+use tokio::process::Command;
+
+use crate::sidecar::{Sidecar, binding_yaml};
+use crate::support::{Mosquitto, Subscriber, WAIT, publish_all, python, unique};
+
+const PYTHON_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/sdk/python_grpc.py");
+
+/// One run of the Python SDK script against `sidecar`.
+async fn python_sdk(sidecar: &Sidecar, args: &[&str]) -> Output {
+    let run = Command::new(python())
+        .arg(PYTHON_SDK)
+        .args(args)
+        .env("DAPR_GRPC_PORT", sidecar.grpc.to_string())
+        .env("DAPR_HTTP_PORT", sidecar.http.to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    tokio::time::timeout(WAIT * 2, run)
+        .await
+        .expect("the SDK script ends")
+        .expect("python runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// `DaprClient().invoke_binding` with data and a per-request topic reaches the broker;
+/// an unknown binding raises daprd's error; `get_metadata` answers; a method this sidecar
+/// does not serve raises an error that says so.
+#[tokio::test]
+async fn the_python_sdk_invokes_bindings_over_grpc() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let default_topic = format!("orders/{}", unique());
+    let topic = format!("elsewhere/{}", unique());
+    std::fs::write(
+        dir.path().join("orders.yaml"),
+        binding_yaml(
+            "orders",
+            &[("url", &broker.url()), ("topic", &default_topic)],
+            None,
+        ),
+    )
+    .expect("component file");
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let sidecar = Sidecar::start(dir.path(), None, &[]).await;
+    sidecar.healthy().await;
+
+    let sent = python_sdk(&sidecar, &["invoke", "orders", "hello over gRPC", &topic]).await;
+    assert!(sent.status.success(), "{sent:?}");
+    assert_eq!(stdout(&sent), "ok");
+    let received = subscriber.next().await;
+    assert_eq!(received.topic, topic);
+    assert_eq!(&received.payload[..], b"hello over gRPC");
+
+    let unknown = python_sdk(&sidecar, &["invoke", "nope", "x"]).await;
+    assert_eq!(unknown.status.code(), Some(1), "{unknown:?}");
+    assert!(
+        stdout(&unknown).contains("error invoking output binding nope"),
+        "{}",
+        stdout(&unknown)
+    );
+
+    let metadata = python_sdk(&sidecar, &["metadata"]).await;
+    assert!(metadata.status.success(), "{metadata:?}");
+    let metadata: Value = serde_json::from_str(&stdout(&metadata)).expect("JSON");
+    assert_eq!(
+        metadata,
+        json!({"id": "shop", "components": [["orders", "bindings.mqtt"]]})
+    );
+
+    let state = python_sdk(&sidecar, &["state"]).await;
+    assert!(
+        stdout(&state).contains("serves Dapr's bindings API only"),
+        "{}",
+        stdout(&state)
+    );
+    assert!(sidecar.terminate().await.success());
+}
+
+/// A `dapr.ext.grpc.App` receives the events of a binding it lists, in order and intact;
+/// a handler that raises gets the same event again (the binding's retry policy).
+#[tokio::test]
+async fn a_python_sdk_app_receives_events_over_grpc() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let topic = format!("events/{}", unique());
+    std::fs::write(
+        dir.path().join("events.yaml"),
+        binding_yaml(
+            "events",
+            &[
+                ("url", &broker.url()),
+                ("topic", &topic),
+                ("qos", "1"),
+                ("consumerID", &format!("events-{}", unique())),
+                ("backOffMaxRetries", "3"),
+                ("backOffInterval", "100ms"),
+            ],
+            None,
+        ),
+    )
+    .expect("component file");
+    let app_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let mut app = Command::new(python())
+        .arg(PYTHON_SDK)
+        .args(["serve", &app_port.to_string(), "events", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the Python app starts");
+    let mut calls = BufReader::new(app.stdout.take().expect("stdout")).lines();
+    let mut next_call = async || -> Value {
+        let line = tokio::time::timeout(WAIT, calls.next_line())
+            .await
+            .expect("the app is called")
+            .expect("reading the app")
+            .expect("the app is running");
+        serde_json::from_str(&line).expect("one JSON line per call")
+    };
+    assert_eq!(next_call().await, json!({"listening": app_port}));
+
+    let sidecar =
+        Sidecar::start_with_args(dir.path(), Some(app_port), &[], &["--app-protocol", "grpc"])
+            .await;
+    broker.wait_for_log(&topic).await;
+    let payloads: Vec<Vec<u8>> = (0..5).map(|n| format!("event {n}").into_bytes()).collect();
+    publish_all(broker.port, &topic, QoS::AtLeastOnce, &payloads).await;
+
+    assert_eq!(
+        next_call().await,
+        json!({"data": "event 0", "failed": true})
+    );
+    for n in 0..5 {
+        assert_eq!(
+            next_call().await,
+            json!({"data": format!("event {n}"), "failed": false}),
+            "event {n}, in order, the failed one again first"
+        );
+    }
+    assert!(sidecar.terminate().await.success());
+}

@@ -1,0 +1,75 @@
+"""Dapr's official Python SDK (dapr 1.19.0, gRPC) against `mqtt-binding run`, for the tests.
+
+    python_grpc.py invoke BINDING DATA [TOPIC]   DaprClient().invoke_binding; prints "ok",
+                                                 or "error: DETAILS" and exits 1
+    python_grpc.py metadata                      DaprClient().get_metadata(); prints the
+                                                 app ID and the components as JSON
+    python_grpc.py state                         DaprClient().get_state(), which this
+                                                 sidecar does not serve; prints the error
+    python_grpc.py serve PORT BINDING FAILURES   a dapr.ext.grpc.App on PORT receiving
+                                                 BINDING; prints one JSON line per call;
+                                                 the first FAILURES calls raise
+
+The sidecar's ports come from DAPR_GRPC_PORT and DAPR_HTTP_PORT (the SDK polls
+/v1.0/healthz/outbound over HTTP before its first gRPC call), as with daprd.
+"""
+
+import json
+import sys
+
+
+def invoke(binding, data, topic=None):
+    from dapr.clients import DaprClient
+
+    metadata = {"topic": topic} if topic else {}
+    with DaprClient() as client:
+        try:
+            client.invoke_binding(binding, "create", data, binding_metadata=metadata)
+        except Exception as error:  # the SDK raises DaprGrpcError
+            print(f"error: {error}", flush=True)
+            sys.exit(1)
+    print("ok", flush=True)
+
+
+def metadata():
+    from dapr.clients import DaprClient
+
+    with DaprClient() as client:
+        answer = client.get_metadata()
+    components = sorted((c.name, c.type) for c in answer.registered_components)
+    print(json.dumps({"id": answer.application_id, "components": components}), flush=True)
+
+
+def state():
+    from dapr.clients import DaprClient
+
+    with DaprClient() as client:
+        try:
+            client.get_state("store", "key")
+        except Exception as error:
+            print(f"error: {error}", flush=True)
+            return
+    print("no error", flush=True)
+
+
+def serve(port, binding, failures):
+    from dapr.ext.grpc import App, BindingRequest
+
+    app = App()
+    left = {"failures": int(failures)}
+
+    @app.binding(binding)
+    def receive(request: BindingRequest):
+        failing = left["failures"] > 0
+        print(json.dumps({"data": request.text(), "failed": failing}), flush=True)
+        if failing:
+            left["failures"] -= 1
+            raise RuntimeError("the handler fails on purpose")
+
+    print(json.dumps({"listening": int(port)}), flush=True)
+    app.run(int(port), "127.0.0.1")
+
+
+if __name__ == "__main__":
+    command, *arguments = sys.argv[1:]
+    {"invoke": invoke, "metadata": metadata, "state": state, "serve": serve}[command](*arguments)
