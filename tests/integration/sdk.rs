@@ -154,3 +154,81 @@ async fn a_python_sdk_app_receives_events_over_grpc() {
     }
     assert!(sidecar.terminate().await.success());
 }
+
+const JS_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/sdk/js_grpc.js");
+
+/// `node tests/sdk/js_grpc.js ...` with the sidecar's gRPC port.
+fn node(sidecar_grpc: u16) -> Command {
+    let mut node = Command::new("node");
+    node.arg(JS_SDK)
+        .env("DAPR_GRPC_PORT", sidecar_grpc.to_string())
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    node
+}
+
+/// Dapr's JavaScript SDK in gRPC mode: a `DaprServer` receives what a `DaprClient` sends
+/// through the same binding (published to the topic it reads), and an independent
+/// subscriber sees the message on the broker.
+#[tokio::test]
+async fn the_js_sdk_sends_and_receives_over_grpc() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let topic = format!("orders/{}", unique());
+    std::fs::write(
+        dir.path().join("orders.yaml"),
+        binding_yaml(
+            "orders",
+            &[
+                ("url", &broker.url()),
+                ("topic", &topic),
+                ("qos", "1"),
+                ("consumerID", &format!("orders-{}", unique())),
+            ],
+            None,
+        ),
+    )
+    .expect("component file");
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let app_port = crate::support::free_port();
+    let sidecar =
+        Sidecar::start_with_args(dir.path(), Some(app_port), &[], &["--app-protocol", "grpc"])
+            .await;
+    let mut app = node(sidecar.grpc)
+        .args(["serve", &app_port.to_string(), "orders"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs (./scripts/test installs the SDK)");
+    let mut lines = BufReader::new(app.stdout.take().expect("stdout")).lines();
+    let mut next_line = async || -> Value {
+        let line = tokio::time::timeout(WAIT * 2, lines.next_line())
+            .await
+            .expect("the JS app prints")
+            .expect("reading the JS app")
+            .expect("the JS app is running");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("a JSON line: {line}"))
+    };
+    assert_eq!(next_line().await, json!({"listening": app_port}));
+    broker.wait_for_log(&topic).await;
+
+    let sent = tokio::time::timeout(
+        WAIT * 2,
+        node(sidecar.grpc)
+            .args(["send", "orders", r#"{"order":1,"item":"pears"}"#, &topic])
+            .output(),
+    )
+    .await
+    .expect("the JS client ends")
+    .expect("node runs");
+    assert_eq!(
+        String::from_utf8_lossy(&sent.stdout).trim(),
+        "ok",
+        "{sent:?}"
+    );
+    let order = json!({"order": 1, "item": "pears"});
+    let published: Value =
+        serde_json::from_slice(&subscriber.next().await.payload).expect("JSON on the broker");
+    assert_eq!(published, order);
+    assert_eq!(next_line().await, json!({"data": order}));
+    assert!(sidecar.terminate().await.success());
+}
