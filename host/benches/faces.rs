@@ -1,8 +1,9 @@
-//! The `faces` group: the binding as users call it, through a face in its own process.
-//! `mqtt-binding pluggable` through its Unix socket (a tonic client, as daprd would call it:
-//! one connection, calls multiplexed) against `mqtt-binding run` over HTTP, in the same run
-//! on the same broker: output (`Invoke` against `POST /v1.0/bindings/NAME`) and input
-//! (`Read` answered at once against an HTTP app answering 200 at once).
+//! The `faces` group: the binding as users call it, through a face in its own process, in
+//! the same run on the same broker. Against `mqtt-binding run` over HTTP: `mqtt-binding
+//! pluggable` through its Unix socket (a tonic client, as daprd would call it: one
+//! connection, calls multiplexed), output (`Invoke`) and input (`Read` answered at once,
+//! against an HTTP app answering 200 at once); and the sidecar's gRPC API (`InvokeBinding`,
+//! one connection, as an SDK keeps).
 //!
 //! Input rates are timed from the first event to the last, so that neither face's start
 //! (process, component, subscription) is in its figure.
@@ -38,6 +39,16 @@ pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
         reference: Vec::new(),
         higher_is_better: true,
     };
+    let mut grpc = Row {
+        figure: format!(
+            "output through the gRPC API (InvokeBinding), QoS 1, 100 B, {IN_FLIGHT} in flight"
+        ),
+        unit: "msg/s",
+        binding: Vec::new(),
+        reference_name: "`mqtt-binding run`, POST /v1.0/bindings".into(),
+        reference: Vec::new(),
+        higher_is_better: true,
+    };
     let mut input = Row {
         figure: "input through the pluggable socket (Read, answered at once), QoS 1, 100 B".into(),
         unit: "msg/s",
@@ -47,12 +58,15 @@ pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
         higher_is_better: true,
     };
     for _ in 0..settings.runs {
+        let http = http_output(broker, n).await;
         output.binding.push(socket_output(broker, n).await);
-        output.reference.push(http_output(broker, n).await);
+        output.reference.push(http);
+        grpc.binding.push(grpc_output(broker, n).await);
+        grpc.reference.push(http);
         input.binding.push(socket_input(broker, n).await);
         input.reference.push(http_input(broker, n).await);
     }
-    vec![output, input]
+    vec![output, grpc, input]
 }
 
 /// A face's process; killed when dropped.
@@ -252,8 +266,9 @@ async fn socket_input(broker: &Mosquitto, messages: usize) -> f64 {
 
 // ---- the HTTP sidecar ----
 
-/// `mqtt-binding run` with one binding `bench` of `metadata`, healthy.
-async fn sidecar(metadata: &[(&str, String)], app_port: Option<u16>) -> (Process, u16) {
+/// `mqtt-binding run` with one binding `bench` of `metadata`, healthy; its HTTP and gRPC
+/// ports.
+async fn sidecar(metadata: &[(&str, String)], app_port: Option<u16>) -> (Process, u16, u16) {
     let folder = tempfile::tempdir().expect("dir");
     let mut yaml = String::from(
         "kind: Component\nmetadata: {name: bench}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n",
@@ -264,7 +279,8 @@ async fn sidecar(metadata: &[(&str, String)], app_port: Option<u16>) -> (Process
     std::fs::write(folder.path().join("bench.yaml"), yaml).expect("component file");
     let port = free_port();
     let port_text = port.to_string();
-    let grpc_text = free_port().to_string();
+    let grpc_port = free_port();
+    let grpc_text = grpc_port.to_string();
     let app_text = app_port.map(|p| p.to_string());
     let mut args = vec![
         "run",
@@ -297,19 +313,12 @@ async fn sidecar(metadata: &[(&str, String)], app_port: Option<u16>) -> (Process
             _folder: folder,
         },
         port,
+        grpc_port,
     )
 }
 
 async fn http_output(broker: &Mosquitto, messages: usize) -> f64 {
-    let (process, port) = sidecar(
-        &[
-            ("url", broker.url()),
-            ("topic", format!("bench/faces/{}", unique())),
-            ("qos", "1".into()),
-        ],
-        None,
-    )
-    .await;
+    let (process, port, _) = sidecar(&output_metadata(broker), None).await;
     let client = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{port}/v1.0/bindings/bench");
     let body = format!(r#"{{"data": "{}", "operation": "create"}}"#, "x".repeat(98));
@@ -318,6 +327,42 @@ async fn http_output(broker: &Mosquitto, messages: usize) -> f64 {
         async move {
             let answer = request.send().await.expect("invoke answered");
             assert_eq!(answer.status(), reqwest::StatusCode::NO_CONTENT);
+        }
+    })
+    .await;
+    process.stop().await;
+    rate
+}
+
+fn output_metadata(broker: &Mosquitto) -> Vec<(&'static str, String)> {
+    vec![
+        ("url", broker.url()),
+        ("topic", format!("bench/faces/{}", unique())),
+        ("qos", "1".into()),
+    ]
+}
+
+async fn grpc_output(broker: &Mosquitto, messages: usize) -> f64 {
+    use mqtt_binding::sidecar::proto::InvokeBindingRequest;
+    use mqtt_binding::sidecar::proto::dapr_client::DaprClient;
+
+    let (process, _, grpc_port) = sidecar(&output_metadata(broker), None).await;
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+        .expect("address")
+        .connect()
+        .await
+        .expect("the gRPC API accepts");
+    let client = DaprClient::new(channel);
+    let rate = steady_rate(messages, move || {
+        let mut client = client.clone();
+        async move {
+            let request = InvokeBindingRequest {
+                name: "bench".into(),
+                data: vec![b'x'; 100],
+                metadata: Default::default(),
+                operation: "create".into(),
+            };
+            client.invoke_binding(request).await.expect("InvokeBinding");
         }
     })
     .await;
@@ -354,7 +399,7 @@ async fn http_input(broker: &Mosquitto, messages: usize) -> f64 {
         .expect("app port");
     let app_port = listener.local_addr().expect("address").port();
     let serving = tokio::spawn(async move { axum::serve(listener, app).await });
-    let (process, _) = sidecar(
+    let (process, _, _) = sidecar(
         &[
             ("url", broker.url()),
             ("topic", topic),

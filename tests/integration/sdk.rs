@@ -16,11 +16,17 @@ const PYTHON_SDK: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/sdk/pyth
 
 /// One run of the Python SDK script against `sidecar`.
 async fn python_sdk(sidecar: &Sidecar, args: &[&str]) -> Output {
+    python_sdk_with(sidecar, &[], args).await
+}
+
+/// Likewise, with more environment (`DAPR_API_TOKEN`).
+async fn python_sdk_with(sidecar: &Sidecar, env: &[(&str, &str)], args: &[&str]) -> Output {
     let run = Command::new(python())
         .arg(PYTHON_SDK)
         .args(args)
         .env("DAPR_GRPC_PORT", sidecar.grpc.to_string())
         .env("DAPR_HTTP_PORT", sidecar.http.to_string())
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -152,6 +158,104 @@ async fn a_python_sdk_app_receives_events_over_grpc() {
             "event {n}, in order, the failed one again first"
         );
     }
+    assert!(sidecar.terminate().await.success());
+}
+
+/// The app answers an event with `to`: its data goes on to that output binding, as daprd
+/// does. With DAPR_API_TOKEN set, a client without it is refused and one with it served;
+/// APP_API_TOKEN reaches the app in `dapr-api-token`.
+#[tokio::test]
+async fn an_answer_with_to_is_sent_on_and_tokens_guard_both_ways() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (inbox, outbox) = (
+        format!("inbox/{}", unique()),
+        format!("outbox/{}", unique()),
+    );
+    let yaml = [
+        binding_yaml(
+            "inbox",
+            &[
+                ("url", &broker.url()),
+                ("topic", &inbox),
+                ("consumerID", &format!("inbox-{}", unique())),
+                ("direction", "input"),
+            ],
+            None,
+        ),
+        binding_yaml(
+            "outbox",
+            &[
+                ("url", &broker.url()),
+                ("topic", &outbox),
+                ("consumerID", &format!("outbox-{}", unique())),
+                ("direction", "output"),
+            ],
+            None,
+        ),
+    ];
+    std::fs::write(dir.path().join("bindings.yaml"), yaml.join("---\n")).expect("file");
+    let mut forwarded = Subscriber::start(broker.port, &outbox).await;
+    let app_port = crate::support::free_port();
+    let mut app = Command::new(python())
+        .arg(PYTHON_SDK)
+        .args(["forward", &app_port.to_string(), "inbox", "outbox"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the Python app starts");
+    let mut calls = BufReader::new(app.stdout.take().expect("stdout")).lines();
+    let mut next_call = async || -> Value {
+        let line = tokio::time::timeout(WAIT, calls.next_line())
+            .await
+            .expect("the app is called")
+            .expect("reading the app")
+            .expect("the app is running");
+        serde_json::from_str(&line).expect("one JSON line per call")
+    };
+    assert_eq!(next_call().await, json!({"listening": app_port}));
+    let tokens = [
+        ("DAPR_API_TOKEN", "api-secret"),
+        ("APP_API_TOKEN", "app-secret"),
+    ];
+    let sidecar = Sidecar::start_with_args(
+        dir.path(),
+        Some(app_port),
+        &tokens,
+        &["--app-protocol", "grpc"],
+    )
+    .await;
+    broker.wait_for_log(&inbox).await;
+
+    publish_all(
+        broker.port,
+        &inbox,
+        QoS::AtLeastOnce,
+        &[b"pass it on".to_vec()],
+    )
+    .await;
+    assert_eq!(
+        next_call().await,
+        json!({"data": "pass it on", "token": "app-secret"})
+    );
+    assert_eq!(&forwarded.next().await.payload[..], b"pass it on");
+
+    let refused = python_sdk(&sidecar, &["invoke", "outbox", "no token"]).await;
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+    assert!(
+        stdout(&refused).contains("dapr-api-token"),
+        "{}",
+        stdout(&refused)
+    );
+    let served = python_sdk_with(
+        &sidecar,
+        &[("DAPR_API_TOKEN", "api-secret")],
+        &["invoke", "outbox", "with token"],
+    )
+    .await;
+    assert_eq!(stdout(&served), "ok", "{served:?}");
+    assert_eq!(&forwarded.next().await.payload[..], b"with token");
     assert!(sidecar.terminate().await.success());
 }
 

@@ -9,6 +9,11 @@
     python_grpc.py serve PORT BINDING FAILURES   a dapr.ext.grpc.App on PORT receiving
                                                  BINDING; prints one JSON line per call;
                                                  the first FAILURES calls raise
+    python_grpc.py forward PORT BINDING TO       an AppCallback server (the SDK's generated
+                                                 stubs; its App cannot answer with `to`)
+                                                 receiving BINDING and answering each event
+                                                 with its data and `to: [TO]`; prints the
+                                                 data and the dapr-api-token it was sent
 
 The sidecar's ports come from DAPR_GRPC_PORT and DAPR_HTTP_PORT (the SDK polls
 /v1.0/healthz/outbound over HTTP before its first gRPC call), as with daprd.
@@ -70,6 +75,30 @@ def serve(port, binding, failures):
     app.run(int(port), "127.0.0.1")
 
 
+def forward(port, binding, to):
+    from concurrent import futures
+
+    import grpc
+    from dapr.proto import appcallback_service_v1, appcallback_v1
+
+    class Forwarder(appcallback_service_v1.AppCallbackServicer):
+        def ListInputBindings(self, request, context):
+            return appcallback_v1.ListInputBindingsResponse(bindings=[binding])
+
+        def OnBindingEvent(self, request, context):
+            token = dict(context.invocation_metadata()).get("dapr-api-token")
+            print(json.dumps({"data": request.data.decode(), "token": token}), flush=True)
+            return appcallback_v1.BindingEventResponse(to=[to], data=request.data)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    appcallback_service_v1.add_AppCallbackServicer_to_server(Forwarder(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    print(json.dumps({"listening": int(port)}), flush=True)
+    server.wait_for_termination()
+
+
 if __name__ == "__main__":
     command, *arguments = sys.argv[1:]
-    {"invoke": invoke, "metadata": metadata, "state": state, "serve": serve}[command](*arguments)
+    commands = {"invoke": invoke, "metadata": metadata, "state": state, "serve": serve, "forward": forward}
+    commands[command](*arguments)
