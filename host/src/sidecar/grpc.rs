@@ -99,7 +99,8 @@ pub(crate) async fn serve(
         .layer(tower::util::MapResponseLayer::new(say_bindings_only))
         .add_service(api)
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Small frames go out at once, as on the HTTP API.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             stop.cancelled_owned(),
         )
         .await
