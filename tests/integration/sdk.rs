@@ -6,8 +6,8 @@ use std::process::{Output, Stdio};
 
 use rumqttc::QoS;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt as _, BufReader};
-use tokio::process::Command;
+use tokio::io::{AsyncBufReadExt as _, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
 
 use crate::sidecar::{Sidecar, binding_yaml};
 use crate::support::{Mosquitto, Subscriber, WAIT, publish_all, python, unique};
@@ -34,6 +34,38 @@ async fn python_sdk_with(sidecar: &Sidecar, env: &[(&str, &str)], args: &[&str])
         .await
         .expect("the SDK script ends")
         .expect("python runs")
+}
+
+/// An SDK app that prints one JSON line per event it handles; killed when dropped.
+struct AppOutput {
+    _child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+impl AppOutput {
+    fn spawn(command: &mut Command) -> Self {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the SDK app starts (./scripts/test installs the SDKs)");
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        Self {
+            _child: child,
+            lines,
+        }
+    }
+
+    /// The app's next line, failing the test if none comes.
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(WAIT * 2, self.lines.next_line())
+            .await
+            .expect("the app prints")
+            .expect("reading the app")
+            .expect("the app is running");
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("a JSON line: {line}"))
+    }
 }
 
 fn stdout(output: &Output) -> String {
@@ -121,24 +153,13 @@ async fn a_python_sdk_app_receives_events_over_grpc() {
         .and_then(|l| l.local_addr())
         .expect("port")
         .port();
-    let mut app = Command::new(python())
-        .arg(PYTHON_SDK)
-        .args(["serve", &app_port.to_string(), "events", "1"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the Python app starts");
-    let mut calls = BufReader::new(app.stdout.take().expect("stdout")).lines();
-    let mut next_call = async || -> Value {
-        let line = tokio::time::timeout(WAIT, calls.next_line())
-            .await
-            .expect("the app is called")
-            .expect("reading the app")
-            .expect("the app is running");
-        serde_json::from_str(&line).expect("one JSON line per call")
-    };
-    assert_eq!(next_call().await, json!({"listening": app_port}));
+    let mut app = AppOutput::spawn(Command::new(python()).arg(PYTHON_SDK).args([
+        "serve",
+        &app_port.to_string(),
+        "events",
+        "1",
+    ]));
+    assert_eq!(app.next().await, json!({"listening": app_port}));
 
     let sidecar =
         Sidecar::start_with_args(dir.path(), Some(app_port), &[], &["--app-protocol", "grpc"])
@@ -147,13 +168,10 @@ async fn a_python_sdk_app_receives_events_over_grpc() {
     let payloads: Vec<Vec<u8>> = (0..5).map(|n| format!("event {n}").into_bytes()).collect();
     publish_all(broker.port, &topic, QoS::AtLeastOnce, &payloads).await;
 
-    assert_eq!(
-        next_call().await,
-        json!({"data": "event 0", "failed": true})
-    );
+    assert_eq!(app.next().await, json!({"data": "event 0", "failed": true}));
     for n in 0..5 {
         assert_eq!(
-            next_call().await,
+            app.next().await,
             json!({"data": format!("event {n}"), "failed": false}),
             "event {n}, in order, the failed one again first"
         );
@@ -197,24 +215,13 @@ async fn an_answer_with_to_is_sent_on_and_tokens_guard_both_ways() {
     std::fs::write(dir.path().join("bindings.yaml"), yaml.join("---\n")).expect("file");
     let mut forwarded = Subscriber::start(broker.port, &outbox).await;
     let app_port = crate::support::free_port();
-    let mut app = Command::new(python())
-        .arg(PYTHON_SDK)
-        .args(["forward", &app_port.to_string(), "inbox", "outbox"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the Python app starts");
-    let mut calls = BufReader::new(app.stdout.take().expect("stdout")).lines();
-    let mut next_call = async || -> Value {
-        let line = tokio::time::timeout(WAIT, calls.next_line())
-            .await
-            .expect("the app is called")
-            .expect("reading the app")
-            .expect("the app is running");
-        serde_json::from_str(&line).expect("one JSON line per call")
-    };
-    assert_eq!(next_call().await, json!({"listening": app_port}));
+    let mut app = AppOutput::spawn(Command::new(python()).arg(PYTHON_SDK).args([
+        "forward",
+        &app_port.to_string(),
+        "inbox",
+        "outbox",
+    ]));
+    assert_eq!(app.next().await, json!({"listening": app_port}));
     let tokens = [
         ("DAPR_API_TOKEN", "api-secret"),
         ("APP_API_TOKEN", "app-secret"),
@@ -236,7 +243,7 @@ async fn an_answer_with_to_is_sent_on_and_tokens_guard_both_ways() {
     )
     .await;
     assert_eq!(
-        next_call().await,
+        app.next().await,
         json!({"data": "pass it on", "token": "app-secret"})
     );
     assert_eq!(&forwarded.next().await.payload[..], b"pass it on");
@@ -298,21 +305,9 @@ async fn the_js_sdk_sends_and_receives_over_grpc() {
     let sidecar =
         Sidecar::start_with_args(dir.path(), Some(app_port), &[], &["--app-protocol", "grpc"])
             .await;
-    let mut app = node(sidecar.grpc)
-        .args(["serve", &app_port.to_string(), "orders"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("node runs (./scripts/test installs the SDK)");
-    let mut lines = BufReader::new(app.stdout.take().expect("stdout")).lines();
-    let mut next_line = async || -> Value {
-        let line = tokio::time::timeout(WAIT * 2, lines.next_line())
-            .await
-            .expect("the JS app prints")
-            .expect("reading the JS app")
-            .expect("the JS app is running");
-        serde_json::from_str(&line).unwrap_or_else(|_| panic!("a JSON line: {line}"))
-    };
-    assert_eq!(next_line().await, json!({"listening": app_port}));
+    let mut app =
+        AppOutput::spawn(node(sidecar.grpc).args(["serve", &app_port.to_string(), "orders"]));
+    assert_eq!(app.next().await, json!({"listening": app_port}));
     broker.wait_for_log(&topic).await;
 
     let sent = tokio::time::timeout(
@@ -333,6 +328,6 @@ async fn the_js_sdk_sends_and_receives_over_grpc() {
     let published: Value =
         serde_json::from_slice(&subscriber.next().await.payload).expect("JSON on the broker");
     assert_eq!(published, order);
-    assert_eq!(next_line().await, json!({"data": order}));
+    assert_eq!(app.next().await, json!({"data": order}));
     assert!(sidecar.terminate().await.success());
 }
