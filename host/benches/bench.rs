@@ -521,6 +521,7 @@ async fn sidecar_memory(broker: &Mosquitto, invokes: usize, data_bytes: usize) -
         ])
         .args(["--dapr-http-port", &port.to_string()])
         .args(["--dapr-grpc-port", &free_port().to_string()])
+        .args(["--enable-metrics", "false"])
         .kill_on_drop(true)
         .spawn()
         .expect("mqtt-binding run starts");

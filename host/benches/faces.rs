@@ -143,6 +143,8 @@ async fn pluggable() -> (Process, tonic::transport::Channel) {
     let folder = tempfile::tempdir().expect("dir");
     let child = spawn(&[
         "pluggable",
+        "--enable-metrics",
+        "false",
         "--name",
         "bench",
         "--socket-folder",
@@ -292,6 +294,8 @@ async fn sidecar(metadata: &[(&str, String)], app_port: Option<u16>) -> (Process
         &port_text,
         "--dapr-grpc-port",
         &grpc_text,
+        "--enable-metrics",
+        "false",
     ];
     if let Some(app) = &app_text {
         args.extend(["--app-port", app]);

@@ -56,6 +56,23 @@ pub struct InvokeResponse {
     pub metadata: Vec<(String, String)>,
 }
 
+/// A binding's figures at one moment (see [`Binding::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BindingStats {
+    /// Whether its broker connection is up.
+    pub connected: bool,
+    /// Connections made after the first.
+    pub reconnects: u64,
+    /// Messages received and not yet delivered.
+    pub messages_waiting: usize,
+    /// Output instances running an invoke now.
+    pub output_instances_in_use: usize,
+    /// Instances thrown away after a trap.
+    pub traps: u64,
+    /// Of those, the ones stopped for computing past their CPU budget.
+    pub interruptions: u64,
+}
+
 /// A running binding. Calls may come from many tasks at once: each `invoke` runs in an
 /// instance of the component taken from a pool (one Store runs one call at a time, so a
 /// single instance would make invokes queue), `read` runs in an instance of its own, and
@@ -230,6 +247,27 @@ impl Binding {
     pub async fn connection_status(&self) -> Option<crate::LinkStatus> {
         let connection = self.host.connection.lock().await.clone();
         connection.map(|connection| connection.status())
+    }
+
+    /// A snapshot of the binding's figures, for metrics.
+    pub async fn stats(&self) -> BindingStats {
+        let connection = self.host.connection.lock().await.clone();
+        let (connected, (messages_waiting, reconnects)) = match &connection {
+            Some(connection) => (connection.status().connected, connection.traffic()),
+            None => (false, (0, 0)),
+        };
+        let (traps, interruptions) = self.faults();
+        BindingStats {
+            connected,
+            reconnects,
+            messages_waiting,
+            output_instances_in_use: self
+                .runtime
+                .max_output_instances()
+                .saturating_sub(self.permits.available_permits()),
+            traps,
+            interruptions,
+        }
     }
 
     /// How many of the binding's instances were thrown away after a trap, and how many of

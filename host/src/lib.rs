@@ -37,6 +37,8 @@ mod handler;
 mod host_state;
 mod imports;
 mod instance;
+#[cfg(any(feature = "sidecar", feature = "pluggable"))]
+pub mod metrics;
 mod payload;
 #[cfg(feature = "pluggable")]
 pub mod pluggable;
@@ -47,7 +49,7 @@ pub mod sidecar;
 pub mod supervisor;
 mod tls;
 
-pub use binding::{Binding, BindingOptions, InvokeRequest, InvokeResponse};
+pub use binding::{Binding, BindingOptions, BindingStats, InvokeRequest, InvokeResponse};
 pub use broker::{BrokerSettings, LinkStatus};
 pub use broker_policy::AllowedBroker;
 pub use error::{BindingError, BrokerError};

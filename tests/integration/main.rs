@@ -3,6 +3,7 @@
 mod cli;
 mod connect;
 mod metadata;
+mod metrics;
 mod pluggable;
 mod proxy;
 mod publish;

@@ -27,14 +27,17 @@ struct Pluggable {
     child: Option<Child>,
     socket: PathBuf,
     log: PathBuf,
+    metrics: u16,
 }
 
 impl Pluggable {
     /// Starts it on `folder/mqtt-test.sock` and waits until the socket accepts.
     async fn start(folder: &Path, args: &[&str]) -> Self {
         let log = folder.join(format!("pluggable-{}.log", unique()));
+        let metrics = crate::support::free_port();
         let child = Command::new(BIN)
             .args(["--log-level", "info", "pluggable", "--name", NAME])
+            .args(["--metrics-port", &metrics.to_string()])
             .arg("--socket-folder")
             .arg(folder)
             .args(args)
@@ -48,6 +51,7 @@ impl Pluggable {
             child: Some(child),
             socket: folder.join(format!("{NAME}.sock")),
             log,
+            metrics,
         };
         let deadline = tokio::time::Instant::now() + WAIT;
         while tokio::net::UnixStream::connect(&pluggable.socket)
@@ -290,6 +294,30 @@ async fn daprd_discovers_the_socket_and_two_instances_run_side_by_side() {
         daprd.event("orders").await["data"],
         json!(format!("{orders} 1"))
     );
+
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", pluggable.metrics))
+        .await
+        .expect("the metrics endpoint answers")
+        .text()
+        .await
+        .expect("text");
+    for instance in ["orders", "alerts"] {
+        let sample = |name, success| {
+            crate::metrics::sample(
+                &metrics,
+                name,
+                &[("component", instance), ("success", success)],
+            )
+        };
+        assert_eq!(
+            sample("dapr_component_output_binding_count", "true"),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample("dapr_component_input_binding_count", "true"),
+            Some(1.0)
+        );
+    }
     assert!(pluggable.terminate().await.success());
 }
 
@@ -432,6 +460,8 @@ async fn the_socket_is_claimed_only_from_a_dead_process() {
     let pluggable = Pluggable::start(folder.path(), &[]).await;
     let second = crate::cli::run(&[
         "pluggable",
+        "--enable-metrics",
+        "false",
         "--name",
         NAME,
         "--socket-folder",

@@ -55,6 +55,7 @@ pub(crate) struct Sidecar {
     child: Option<Child>,
     pub(crate) http: u16,
     pub(crate) grpc: u16,
+    pub(crate) metrics: u16,
     pub(crate) client: reqwest::Client,
 }
 
@@ -71,7 +72,7 @@ impl Sidecar {
         env: &[(&str, &str)],
         args: &[&str],
     ) -> Self {
-        let (http, grpc) = (free_port(), free_port());
+        let (http, grpc, metrics) = (free_port(), free_port(), free_port());
         let mut command = Command::new(BIN);
         command
             .args([
@@ -84,6 +85,7 @@ impl Sidecar {
             .args(args)
             .args(["--dapr-http-port", &http.to_string()])
             .args(["--dapr-grpc-port", &grpc.to_string()])
+            .args(["--metrics-port", &metrics.to_string()])
             .current_dir(dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -101,6 +103,7 @@ impl Sidecar {
             child: Some(child),
             http,
             grpc,
+            metrics,
             client: reqwest::Client::new(),
         };
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -169,18 +172,18 @@ impl Sidecar {
 }
 
 /// One POST the app received: route, headers, body.
-type Call = (String, HeaderMap, Vec<u8>);
+pub(crate) type Call = (String, HeaderMap, Vec<u8>);
 
 /// A test app: answers OPTIONS with `probe`, records every POST, fails the first `failures`.
 #[derive(Clone)]
-struct App {
+pub(crate) struct App {
     calls: Arc<Mutex<Vec<Call>>>,
     failures: Arc<Mutex<usize>>,
     arrived: Arc<tokio::sync::Notify>,
 }
 
 impl App {
-    async fn serve(
+    pub(crate) async fn serve(
         port: u16,
         probe: StatusCode,
         failures: usize,
@@ -223,7 +226,7 @@ impl App {
         (app, server)
     }
 
-    async fn wait_for_calls(&self, n: usize) -> Vec<Call> {
+    pub(crate) async fn wait_for_calls(&self, n: usize) -> Vec<Call> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let arrived = self.arrived.notified();
@@ -570,6 +573,8 @@ async fn a_component_that_cannot_start_stops_the_sidecar_unless_it_ignores_error
             &free_port().to_string(),
             "--dapr-grpc-port",
             &free_port().to_string(),
+            "--enable-metrics",
+            "false",
         ])
         .stdin(Stdio::null())
         .kill_on_drop(true)
@@ -713,6 +718,7 @@ async fn the_sidecar_raises_its_soft_descriptor_limit() {
         ])
         .args(["--app-id", "shop", "--dapr-http-port", &port.to_string()])
         .args(["--dapr-grpc-port", &free_port().to_string()])
+        .args(["--enable-metrics", "false"])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -845,6 +851,7 @@ async fn the_api_listens_only_on_the_addresses_given() {
         ])
         .args(["--app-id", "shop", "--dapr-http-port", &port.to_string()])
         .args(["--dapr-grpc-port", &free_port().to_string()])
+        .args(["--enable-metrics", "false"])
         .args(["--dapr-listen-addresses", "127.0.0.2,127.0.0.3"])
         .stdin(Stdio::null())
         .stderr(Stdio::null())

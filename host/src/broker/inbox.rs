@@ -97,6 +97,16 @@ impl Inbox {
         Arrival::Queued
     }
 
+    /// Messages received and not yet taken.
+    pub(super) fn waiting(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Connections after the first.
+    pub(super) fn reconnects(&self) -> u64 {
+        self.generation
+    }
+
     /// Takes up to `max` messages, oldest first.
     pub(super) fn take(&mut self, max: usize) -> Vec<Message> {
         let mut taken = Vec::with_capacity(max.min(self.queue.len()));

@@ -199,6 +199,12 @@ impl Connection {
         lock(&self.shared.status).clone()
     }
 
+    /// Messages received and not yet taken by a reader, and connections after the first.
+    pub(crate) fn traffic(&self) -> (usize, u64) {
+        let inbox = self.shared.inbox();
+        (inbox.waiting(), inbox.reconnects())
+    }
+
     /// Publishes and waits, at most `timeout`, for what the QoS calls for: at QoS 0 until the
     /// request is queued (it is written before anything queued later, DISCONNECT included);
     /// at QoS 1 and 2 until the broker's PUBACK or PUBCOMP for this very packet.

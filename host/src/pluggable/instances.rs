@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::reader::{Events, Reader};
 use super::socket::ConnectionId;
 use crate::error::{BindingError, BrokerError, one_line};
+use crate::metrics::{Measured, Metrics};
 use crate::supervisor::{BindingState, Plan, Supervisor};
 use crate::{Binding, BindingOptions, EventHandler, InvokeRequest, InvokeResponse, Runtime};
 
@@ -41,6 +42,7 @@ pub(crate) struct Instances {
     runtime: Runtime,
     app_id: Option<String>,
     release_after: Duration,
+    metrics: Arc<Metrics>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     stopping: CancellationToken,
 }
@@ -73,11 +75,17 @@ struct Instance {
 }
 
 impl Instances {
-    pub(crate) fn new(runtime: Runtime, app_id: Option<String>, release_after: Duration) -> Self {
+    pub(crate) fn new(
+        runtime: Runtime,
+        app_id: Option<String>,
+        release_after: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             runtime,
             app_id,
             release_after,
+            metrics,
             slots: Mutex::new(HashMap::new()),
             stopping: CancellationToken::new(),
         }
@@ -145,10 +153,31 @@ impl Instances {
         connection: Option<ConnectionId>,
     ) -> Result<InvokeResponse, tonic::Status> {
         let binding = self.binding(name, connection).await?;
-        binding
-            .invoke(request)
-            .await
-            .map_err(|error| invoke_status(name, &error))
+        let started = std::time::Instant::now();
+        let operation = request.operation.clone();
+        let outcome = binding.invoke(request).await;
+        self.metrics
+            .output(name, &operation, outcome.is_ok(), started.elapsed());
+        outcome.map_err(|error| invoke_status(name, &error))
+    }
+
+    /// Each running instance's name and figures (`None` while it is not up), for metrics.
+    pub(crate) async fn binding_stats(&self) -> Vec<(String, Option<crate::BindingStats>)> {
+        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
+        let mut stats = Vec::new();
+        for slot in slots {
+            let running = slot.state.lock().await.running.clone();
+            let Some(instance) = running else {
+                continue;
+            };
+            let figures = match instance.supervisor.state(&slot.name) {
+                Some(BindingState::Up(binding)) => Some(binding.stats().await),
+                _ => None,
+            };
+            stats.push((slot.name.clone(), figures));
+        }
+        stats.sort_by(|a, b| a.0.cmp(&b.0));
+        stats
     }
 
     /// The operations of instance `name` (`ListOperations`): the component's, which do not
@@ -292,7 +321,11 @@ impl Instances {
                 // name, so that a persistent session is found again.
                 app_id: self.app_id.clone().unwrap_or_else(|| name.to_string()),
                 metadata: metadata.to_vec(),
-                handler: Some(reader.clone() as Arc<dyn EventHandler>),
+                handler: Some(Arc::new(Measured {
+                    inner: reader.clone(),
+                    metrics: self.metrics.clone(),
+                    component: name.to_string(),
+                }) as Arc<dyn EventHandler>),
             },
             input: Some(Box::new(move |stop: CancellationToken| {
                 Box::pin(async move { gate_reader.first_read(&stop).await })

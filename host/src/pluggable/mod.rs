@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::sync::mpsc;
 
+use crate::metrics::Metrics;
 use crate::{Runtime, RuntimeOptions};
 use instances::Instances;
 use services::Services;
@@ -44,6 +45,8 @@ pub struct PluggableOptions {
     pub app_id: Option<String>,
     /// How long an instance lives on once daprd's connections to it are gone.
     pub release_after: Duration,
+    /// Where Prometheus metrics are served (`GET /metrics`); `None` serves none.
+    pub metrics: Option<std::net::SocketAddr>,
     pub runtime: RuntimeOptions,
 }
 
@@ -70,11 +73,21 @@ pub async fn run(
         .operations()
         .await
         .context("asking the component for its operations")?;
+    let metrics_listener = match options.metrics {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listening on {address} for metrics (--metrics-port)"))?,
+        ),
+        None => None,
+    };
     let (socket, listener) = SocketFile::claim(&path).await?;
+    let metrics = Arc::new(Metrics::new(options.app_id.as_deref().unwrap_or_default()));
     let instances = Arc::new(Instances::new(
         runtime,
         options.app_id.clone(),
         options.release_after,
+        metrics.clone(),
     ));
 
     let (closed, mut closings) = mpsc::unbounded_channel();
@@ -116,6 +129,19 @@ pub async fn run(
     );
 
     let stopping = tokio_util::sync::CancellationToken::new();
+    if let Some(listener) = metrics_listener {
+        let instances = instances.clone();
+        let snapshot: crate::metrics::Snapshot = Arc::new(move || {
+            let instances = instances.clone();
+            Box::pin(async move { instances.binding_stats().await })
+        });
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics,
+            snapshot,
+            stopping.clone(),
+        ));
+    }
     let serving = tokio::spawn(server.serve_with_incoming_shutdown(
         socket::incoming(listener, closed),
         stopping.clone().cancelled_owned(),

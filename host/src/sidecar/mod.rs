@@ -22,6 +22,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{Measured, Metrics};
 use crate::supervisor::{InputGate, Plan, Supervisor};
 use crate::{BindingOptions, EventHandler, Runtime, RuntimeOptions};
 use app::App;
@@ -50,6 +51,8 @@ pub struct SidecarOptions {
     pub api_token: Option<String>,
     /// daprd's `APP_API_TOKEN`: sent to the app in the `dapr-api-token` header.
     pub app_api_token: Option<String>,
+    /// Where Prometheus metrics are served (`GET /metrics`); `None` serves none.
+    pub metrics: Option<std::net::SocketAddr>,
     pub runtime: RuntimeOptions,
 }
 
@@ -66,6 +69,7 @@ impl std::fmt::Debug for SidecarOptions {
             .field("listen_addresses", &self.listen_addresses)
             .field("api_token", &self.api_token.is_some())
             .field("app_api_token", &self.app_api_token.is_some())
+            .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
@@ -166,6 +170,15 @@ pub async fn run(
             into.push(listener);
         }
     }
+    let metrics_listener = match options.metrics {
+        Some(address) => Some(
+            tokio::net::TcpListener::bind(address)
+                .await
+                .with_context(|| format!("listening on {address} for metrics (--metrics-port)"))?,
+        ),
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new(&options.app_id));
     let runtime = Runtime::new(options.runtime.clone())?;
     let token = options.app_api_token.as_deref();
     let app = match options.app_port {
@@ -179,7 +192,7 @@ pub async fn run(
     let plans = loaded
         .bindings
         .iter()
-        .map(|spec| plan(spec, &options.app_id, app.as_ref()))
+        .map(|spec| plan(spec, &options.app_id, app.as_ref(), &metrics))
         .collect();
     let supervisor = Supervisor::start(&runtime, plans);
     let sidecar = Arc::new(Sidecar {
@@ -197,6 +210,7 @@ pub async fn run(
         skipped: loaded.skipped,
         body_budget: tokio::sync::Semaphore::new(http::BODY_BUDGET),
         api_token: options.api_token.clone(),
+        metrics: metrics.clone(),
     });
     if let Some(AppChannel::Grpc(app)) = &app {
         app.attach(&sidecar);
@@ -219,6 +233,19 @@ pub async fn run(
     let mut grpc_servers = tokio::task::JoinSet::new();
     for listener in grpc_listeners {
         grpc_servers.spawn(grpc::serve(listener, sidecar.clone(), stop_http.clone()));
+    }
+    if let Some(listener) = metrics_listener {
+        let sidecar = sidecar.clone();
+        let snapshot: crate::metrics::Snapshot = Arc::new(move || {
+            let sidecar = sidecar.clone();
+            Box::pin(async move { sidecar.binding_stats().await })
+        });
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            metrics.clone(),
+            snapshot,
+            stop_http.clone(),
+        ));
     }
     let failure = tokio::select! {
         () = shutdown => None,
@@ -253,12 +280,23 @@ pub async fn run(
 /// What the supervisor runs for one binding component: the app (if any) receives its
 /// events, and its input side runs once the app listens and, unless `direction` says
 /// `input`, says it wants them (HTTP: the OPTIONS probe; gRPC: `ListInputBindings`).
-fn plan(spec: &BindingSpec, app_id: &str, app: Option<&AppChannel>) -> Plan {
+fn plan(
+    spec: &BindingSpec,
+    app_id: &str,
+    app: Option<&AppChannel>,
+    metrics: &Arc<Metrics>,
+) -> Plan {
     let options = BindingOptions {
         name: spec.name.clone(),
         app_id: app_id.to_string(),
         metadata: spec.metadata.clone(),
-        handler: app.map(|app| app.handler(spec)),
+        handler: app.map(|app| {
+            Arc::new(Measured {
+                inner: app.handler(spec),
+                metrics: metrics.clone(),
+                component: spec.name.clone(),
+            }) as Arc<dyn EventHandler>
+        }),
     };
     let wants_input = spec.direction.input != Some(false);
     let input = match app.filter(|_| wants_input) {

@@ -29,6 +29,7 @@ pub(crate) struct Sidecar {
     pub body_budget: tokio::sync::Semaphore,
     /// `DAPR_API_TOKEN`, if set (see `http::require_token`).
     pub api_token: Option<String>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why an invocation failed, in daprd's words.
@@ -41,8 +42,37 @@ pub(crate) enum InvokeFailure {
 }
 
 impl Sidecar {
-    /// Runs `request` on output binding `name`.
+    /// Runs `request` on output binding `name`, and records it in the metrics.
     pub(crate) async fn invoke(
+        &self,
+        name: &str,
+        request: InvokeRequest,
+    ) -> Result<InvokeResponse, InvokeFailure> {
+        let started = std::time::Instant::now();
+        let operation = request.operation.clone();
+        let outcome = self.invoke_unmeasured(name, request).await;
+        // As daprd: only invocations of a binding that exists are counted.
+        if !matches!(outcome, Err(InvokeFailure::NotFound(_))) {
+            self.metrics
+                .output(name, &operation, outcome.is_ok(), started.elapsed());
+        }
+        outcome
+    }
+
+    /// Each binding's name and figures (`None` while it is not running), for metrics.
+    pub(crate) async fn binding_stats(&self) -> Vec<(String, Option<crate::BindingStats>)> {
+        let mut stats = Vec::new();
+        for (name, state) in self.supervisor.states() {
+            let figures = match state {
+                BindingState::Up(binding) => Some(binding.stats().await),
+                _ => None,
+            };
+            stats.push((name, figures));
+        }
+        stats
+    }
+
+    async fn invoke_unmeasured(
         &self,
         name: &str,
         request: InvokeRequest,

@@ -119,9 +119,33 @@ struct RunArgs {
         value_delimiter = ','
     )]
     dapr_listen_addresses: Vec<std::net::IpAddr>,
+    #[command(flatten)]
+    metrics: MetricsArgs,
     /// How to talk to the app: http (POST /{route}) or grpc (Dapr's AppCallback service).
     #[arg(long, value_name = "PROTOCOL", default_value = "http")]
     app_protocol: mqtt_binding::sidecar::AppProtocol,
+}
+
+/// Prometheus metrics, as daprd's flags.
+#[derive(Args)]
+struct MetricsArgs {
+    /// Serve Prometheus metrics on GET /metrics.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
+    enable_metrics: bool,
+    /// The port of the metrics endpoint.
+    #[arg(long, value_name = "PORT", default_value_t = 9090)]
+    metrics_port: u16,
+    /// The address the metrics endpoint listens on (all interfaces by default, as daprd's,
+    /// so that Prometheus can scrape it; metrics carry no secrets or payloads).
+    #[arg(long, value_name = "ADDRESS", default_value = "0.0.0.0")]
+    metrics_listen_address: std::net::IpAddr,
+}
+
+impl MetricsArgs {
+    fn address(&self) -> Option<std::net::SocketAddr> {
+        self.enable_metrics
+            .then(|| std::net::SocketAddr::new(self.metrics_listen_address, self.metrics_port))
+    }
 }
 
 #[derive(Args)]
@@ -139,6 +163,8 @@ struct PluggableArgs {
     /// How long a component instance lives on once daprd's connections to it are gone.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     release_after: std::time::Duration,
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 fn parse_key_value(text: &str) -> Result<(String, String), String> {
@@ -328,6 +354,7 @@ async fn run_sidecar(options: RuntimeOptions, args: RunArgs) -> anyhow::Result<(
         app_api_token: std::env::var("APP_API_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
+        metrics: args.metrics.address(),
         runtime: options,
     };
     mqtt_binding::sidecar::run(sidecar, stop_signal()?).await
@@ -342,6 +369,7 @@ async fn run_pluggable(options: RuntimeOptions, args: PluggableArgs) -> anyhow::
         name: args.name,
         app_id: args.app_id,
         release_after: args.release_after,
+        metrics: args.metrics.address(),
         runtime: options,
     };
     mqtt_binding::pluggable::run(pluggable, stop_signal()?).await

@@ -1,0 +1,206 @@
+//! Prometheus metrics of `mqtt-binding run`, scraped with a real HTTP client around real
+//! traffic: invokes that succeed and fail, a delivery the app fails and then accepts, and a
+//! broker restart.
+
+use axum::http::StatusCode;
+use rumqttc::QoS;
+
+use crate::sidecar::{App, Sidecar, binding_yaml};
+use crate::support::{BrokerConfig, Mosquitto, WAIT, free_port, publish_all, unique};
+
+/// The value of the sample `name{labels...}` in a scrape, if there is one.
+pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+        let matches = metric == name
+            && labels
+                .iter()
+                .all(|(key, value)| rest.contains(&format!("{key}=\"{value}\"")));
+        matches.then(|| value.parse().ok()).flatten()
+    })
+}
+
+async fn scrape(sidecar: &Sidecar) -> String {
+    let answer = sidecar
+        .client
+        .get(format!("http://127.0.0.1:{}/metrics", sidecar.metrics))
+        .send()
+        .await
+        .expect("the metrics endpoint answers");
+    assert_eq!(answer.status(), StatusCode::OK);
+    answer.text().await.expect("text")
+}
+
+/// Scrapes until `name{labels}` reaches at least `wanted`, failing the test after WAIT.
+async fn scrape_until(
+    sidecar: &Sidecar,
+    name: &str,
+    labels: &[(&str, &str)],
+    wanted: f64,
+) -> String {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let text = scrape(sidecar).await;
+        if sample(&text, name, labels).is_some_and(|value| value >= wanted) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{name}{labels:?} never reached {wanted}:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_follow_invokes_deliveries_and_a_broker_restart() {
+    let mut broker = Mosquitto::start_with(BrokerConfig {
+        persistence: true,
+        ..BrokerConfig::default()
+    });
+    let dir = tempfile::tempdir().expect("temp dir");
+    let topic = format!("metered/{}", unique());
+    std::fs::write(
+        dir.path().join("orders.yaml"),
+        binding_yaml(
+            "orders",
+            &[
+                ("url", &broker.url()),
+                ("topic", &topic),
+                ("qos", "1"),
+                ("consumerID", &format!("metered-{}", unique())),
+                ("backOffMaxRetries", "2"),
+                ("backOffInterval", "50ms"),
+            ],
+            None,
+        ),
+    )
+    .expect("component file");
+    let app_port = free_port();
+    let (app, _serving) = App::serve(app_port, StatusCode::OK, 1).await;
+    let sidecar = Sidecar::start(dir.path(), Some(app_port), &[]).await;
+    sidecar.healthy().await;
+    broker.wait_for_log(&topic).await;
+
+    for _ in 0..3 {
+        let (status, body) = sidecar
+            .post("orders", r#"{"operation": "create", "data": "counted"}"#)
+            .await;
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    let (status, _) = sidecar
+        .post(
+            "orders",
+            r#"{"operation": "create", "data": "bad", "metadata": {"qos": "7"}}"#,
+        )
+        .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    let (status, _) = sidecar
+        .post("nope", r#"{"operation": "create", "data": "x"}"#)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    publish_all(broker.port, &topic, QoS::AtLeastOnce, &[b"event".to_vec()]).await;
+    app.wait_for_calls(2).await;
+
+    let ok = [
+        ("app_id", "shop"),
+        ("component", "orders"),
+        ("operation", "create"),
+    ];
+    let text = scrape_until(
+        &sidecar,
+        "dapr_component_input_binding_count",
+        &[("component", "orders"), ("success", "true")],
+        1.0,
+    )
+    .await;
+    let output = |success| {
+        let mut labels = ok.to_vec();
+        labels.push(("success", success));
+        labels
+    };
+    assert_eq!(
+        sample(
+            &text,
+            "dapr_component_output_binding_count",
+            &output("true")
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "dapr_component_output_binding_count",
+            &output("false")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "dapr_component_output_binding_latencies_count",
+            &output("true")
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert!(
+        sample(
+            &text,
+            "dapr_component_output_binding_latencies_bucket",
+            &[("success", "true"), ("le", "100000")]
+        ) == Some(3.0),
+        "{text}"
+    );
+    assert!(
+        !text.contains("\"nope\""),
+        "an unknown binding is not a label"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "dapr_component_input_binding_count",
+            &[("component", "orders"), ("success", "false")]
+        ),
+        Some(1.0),
+        "the failed delivery: {text}"
+    );
+    assert_eq!(
+        sample(&text, "mqtt_binding_connected", &[("component", "orders")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "mqtt_binding_reconnects_total",
+            &[("component", "orders")]
+        ),
+        Some(0.0)
+    );
+    assert!(
+        !text.contains(&topic) && !text.contains("counted"),
+        "no topic or payload in the labels"
+    );
+
+    broker.restart();
+    let text = scrape_until(
+        &sidecar,
+        "mqtt_binding_reconnects_total",
+        &[("component", "orders")],
+        1.0,
+    )
+    .await;
+    assert_eq!(
+        sample(
+            &text,
+            "mqtt_binding_component_traps_total",
+            &[("component", "orders")]
+        ),
+        Some(0.0)
+    );
+    assert!(sidecar.terminate().await.success());
+}
