@@ -2,6 +2,7 @@
 
 mod cli;
 mod connect;
+mod logs;
 mod metadata;
 mod metrics;
 mod pluggable;

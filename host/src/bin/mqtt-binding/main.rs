@@ -2,6 +2,7 @@
 //! prints the whole error chain and picks the exit code.
 
 mod demo;
+mod json_log;
 mod read;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +32,10 @@ struct Global {
     /// Log filter: error, warn, info, debug, trace, or a tracing directive.
     #[arg(long, global = true, default_value = "warn", env = "MQTT_BINDING_LOG")]
     log_level: String,
+    /// Write logs as JSON, one object per line, with daprd's keys (time, level, msg, scope,
+    /// app_id, …) and each event's fields.
+    #[arg(long, global = true)]
+    log_as_json: bool,
     /// Compile the component every time instead of caching compiled code.
     #[arg(long, global = true)]
     no_cache: bool,
@@ -185,10 +190,20 @@ fn main() -> ExitCode {
     }
     let filter = tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,rumqttd=off"));
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if cli.global.log_as_json {
+        let app_id = match &cli.command {
+            Command::Run(args) => Some(args.app_id.clone()),
+            Command::Pluggable(args) => args.app_id.clone(),
+            Command::Invoke(args) => args.app_id.clone(),
+            Command::Read(_) | Command::Demo => None,
+        };
+        logs.event_format(json_log::JsonLines { app_id }).init();
+    } else {
+        logs.init();
+    }
 
     // Two cores and one binding at a time: the current-thread runtime has the lowest latency.
     let runtime = match tokio::runtime::Builder::new_current_thread()
