@@ -37,7 +37,9 @@ impl Ticker {
             .name("mqtt-binding-epoch".into())
             .spawn(move || {
                 while !stopping.load(std::sync::atomic::Ordering::Relaxed) {
-                    std::thread::sleep(TICK);
+                    // Parked rather than asleep, so that dropping the ticker wakes it at
+                    // once: a short-lived process (`invoke`) does not wait out a tick.
+                    std::thread::park_timeout(TICK);
                     engine.increment_epoch();
                 }
             })
@@ -53,6 +55,7 @@ impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
             let _ = thread.join();
         }
     }
