@@ -4,8 +4,8 @@
 //! `cargo bench -p mqtt-binding --bench bench` runs it in full and writes the table into
 //! `docs/BENCHMARKS.md` (between its table markers; the text around them is kept).
 //! `cargo bench -p mqtt-binding --bench bench -- output input` runs only those groups
-//! (`output`, `latency`, `input`, `sandbox`, `faces`, `start`, `memory`) and writes
-//! nothing.
+//! (`output`, `latency`, `input`, `sandbox`, `faces`, `bindings`, `start`, `memory`) and
+//! writes nothing.
 //! `cargo test -p mqtt-binding --bench bench` (no `--bench` argument) runs every figure once
 //! with a few hundred messages, so that the code cannot rot.
 //!
@@ -22,6 +22,7 @@
 
 #![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
+mod bindings;
 mod faces;
 #[path = "../../tests/integration/support.rs"]
 #[allow(dead_code, reason = "the benchmark uses part of the test helpers")]
@@ -43,8 +44,8 @@ const IN_FLIGHT: usize = 64;
 
 struct Settings {
     full: bool,
-    /// Figure groups to run (`output`, `latency`, `input`, `sandbox`, `faces`, `start`,
-    /// `memory`); all if empty.
+    /// Figure groups to run (`output`, `latency`, `input`, `sandbox`, `faces`, `bindings`,
+    /// `start`, `memory`); all if empty.
     only: Vec<String>,
     runs: usize,
     messages: usize,
@@ -135,6 +136,9 @@ async fn measure(settings: &Settings) -> Vec<Row> {
     }
     if settings.wants("faces") {
         rows.extend(faces::rows(settings, &broker).await);
+    }
+    if settings.wants("bindings") {
+        rows.extend(bindings::rows(settings, &broker).await);
     }
     if settings.wants("start") {
         rows.extend(start_rows(settings, &broker).await);

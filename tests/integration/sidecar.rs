@@ -331,6 +331,67 @@ async fn input_events_reach_the_app_with_the_topic_header() {
     assert!(sidecar.terminate().await.success());
 }
 
+/// `--threads 2`: the same sidecar on a multi-thread runtime publishes 64 concurrent
+/// invokes, every one reaching the broker, and delivers what it reads in order.
+#[tokio::test]
+async fn the_sidecar_runs_on_several_threads() {
+    let broker = Mosquitto::start();
+    let topic = format!("threads/{}", unique());
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("orders.yaml"),
+        binding_yaml(
+            "orders",
+            &[("url", &broker.url()), ("topic", &topic), ("qos", "1")],
+            None,
+        ),
+    )
+    .expect("write");
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let app_port = free_port();
+    let (app, _server) = App::serve(app_port, StatusCode::OK, 0).await;
+    let sidecar =
+        Sidecar::start_with_args(dir.path(), Some(app_port), &[], &["--threads", "2"]).await;
+    broker.wait_for_log("Received SUBSCRIBE from shop").await;
+
+    let sidecar = Arc::new(sidecar);
+    let mut invokes = tokio::task::JoinSet::new();
+    for n in 0..64 {
+        let sidecar = sidecar.clone();
+        invokes.spawn(async move {
+            sidecar
+                .post(
+                    "orders",
+                    &format!(r#"{{"operation": "create", "data": {n}}}"#),
+                )
+                .await
+        });
+    }
+    while let Some(answer) = invokes.join_next().await {
+        let (status, body) = answer.expect("invoke task");
+        assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    }
+    let mut published: Vec<u32> = Vec::new();
+    for _ in 0..64 {
+        let payload = subscriber.next().await.payload;
+        published.push(
+            std::str::from_utf8(&payload)
+                .expect("text")
+                .parse()
+                .expect("n"),
+        );
+    }
+    published.sort_unstable();
+    assert_eq!(published, (0..64).collect::<Vec<_>>());
+    // The binding reads its own topic: the app gets all 64.
+    let calls = app.wait_for_calls(64).await;
+    assert_eq!(calls.len(), 64);
+    let Ok(sidecar) = Arc::try_unwrap(sidecar) else {
+        panic!("no invoke task holds the sidecar any more");
+    };
+    assert!(sidecar.terminate().await.success());
+}
+
 #[tokio::test]
 async fn app_failing_twice_gets_the_event_three_times() {
     let broker = Mosquitto::start();
