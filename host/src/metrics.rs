@@ -236,6 +236,21 @@ pub type Snapshot = Arc<
         + Sync,
 >;
 
+/// The metrics endpoint's listener, if metrics are on (`--metrics-port`): bound before
+/// anything else starts, so that a port in use fails the start with the flag named.
+pub async fn bind(
+    address: Option<std::net::SocketAddr>,
+) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    use anyhow::Context as _;
+    let Some(address) = address else {
+        return Ok(None);
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("listening on {address} for metrics (--metrics-port)"))?;
+    Ok(Some(listener))
+}
+
 /// Serves `GET /metrics` (Prometheus text format) on `listener` until `stop`.
 pub async fn serve(
     listener: tokio::net::TcpListener,

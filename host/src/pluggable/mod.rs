@@ -73,14 +73,7 @@ pub async fn run(
         .operations()
         .await
         .context("asking the component for its operations")?;
-    let metrics_listener = match options.metrics {
-        Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("listening on {address} for metrics (--metrics-port)"))?,
-        ),
-        None => None,
-    };
+    let metrics_listener = crate::metrics::bind(options.metrics).await?;
     let (socket, listener) = SocketFile::claim(&path).await?;
     let metrics = Arc::new(Metrics::new(options.app_id.as_deref().unwrap_or_default()));
     let instances = Arc::new(Instances::new(

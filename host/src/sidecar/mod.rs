@@ -170,14 +170,7 @@ pub async fn run(
             into.push(listener);
         }
     }
-    let metrics_listener = match options.metrics {
-        Some(address) => Some(
-            tokio::net::TcpListener::bind(address)
-                .await
-                .with_context(|| format!("listening on {address} for metrics (--metrics-port)"))?,
-        ),
-        None => None,
-    };
+    let metrics_listener = crate::metrics::bind(options.metrics).await?;
     let metrics = Arc::new(Metrics::new(&options.app_id));
     let runtime = Runtime::new(options.runtime.clone())?;
     let token = options.app_api_token.as_deref();
