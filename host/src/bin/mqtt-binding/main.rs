@@ -142,9 +142,10 @@ struct MetricsArgs {
     /// Serve Prometheus metrics on GET /metrics.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
     enable_metrics: bool,
-    /// The port of the metrics endpoint.
-    #[arg(long, value_name = "PORT", default_value_t = 9090)]
-    metrics_port: u16,
+    /// The port of the metrics endpoint [default: 9090 for run, as daprd; 9091 for
+    /// pluggable, which runs beside a daprd that has 9090].
+    #[arg(long, value_name = "PORT")]
+    metrics_port: Option<u16>,
     /// The address the metrics endpoint listens on (all interfaces by default, as daprd's,
     /// so that Prometheus can scrape it; metrics carry no secrets or payloads).
     #[arg(long, value_name = "ADDRESS", default_value = "0.0.0.0")]
@@ -152,9 +153,11 @@ struct MetricsArgs {
 }
 
 impl MetricsArgs {
-    fn address(&self) -> Option<std::net::SocketAddr> {
+    /// Where to serve metrics, `default_port` unless `--metrics-port` says otherwise.
+    fn address(&self, default_port: u16) -> Option<std::net::SocketAddr> {
+        let port = self.metrics_port.unwrap_or(default_port);
         self.enable_metrics
-            .then(|| std::net::SocketAddr::new(self.metrics_listen_address, self.metrics_port))
+            .then(|| std::net::SocketAddr::new(self.metrics_listen_address, port))
     }
 }
 
@@ -379,7 +382,7 @@ async fn run_sidecar(options: RuntimeOptions, args: RunArgs) -> anyhow::Result<(
         app_api_token: std::env::var("APP_API_TOKEN")
             .ok()
             .filter(|t| !t.is_empty()),
-        metrics: args.metrics.address(),
+        metrics: args.metrics.address(9090),
         runtime: options,
     };
     mqtt_binding::sidecar::run(sidecar, stop_signal()?).await
@@ -394,7 +397,7 @@ async fn run_pluggable(options: RuntimeOptions, args: PluggableArgs) -> anyhow::
         name: args.name,
         app_id: args.app_id,
         release_after: args.release_after,
-        metrics: args.metrics.address(),
+        metrics: args.metrics.address(9091),
         runtime: options,
     };
     mqtt_binding::pluggable::run(pluggable, stop_signal()?).await
