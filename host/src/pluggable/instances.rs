@@ -40,6 +40,8 @@ pub(crate) enum Side {
 #[derive(Debug)]
 pub(crate) struct Instances {
     runtime: Runtime,
+    /// The component's operations (they depend on no metadata or broker).
+    operations: Vec<String>,
     app_id: Option<String>,
     release_after: Duration,
     metrics: Arc<Metrics>,
@@ -77,12 +79,14 @@ struct Instance {
 impl Instances {
     pub(crate) fn new(
         runtime: Runtime,
+        operations: Vec<String>,
         app_id: Option<String>,
         release_after: Duration,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             runtime,
+            operations,
             app_id,
             release_after,
             metrics,
@@ -182,7 +186,7 @@ impl Instances {
 
     /// The operations of instance `name` (`ListOperations`): the component's, which do not
     /// depend on the broker, so that daprd gets them while the broker is still down.
-    pub(crate) async fn operations(
+    pub(crate) fn operations(
         &self,
         name: &str,
         connection: Option<ConnectionId>,
@@ -193,10 +197,7 @@ impl Instances {
             return Err(not_initialised(name));
         };
         slot.connected(connection);
-        self.runtime
-            .operations()
-            .await
-            .map_err(|error| invoke_status(name, &error))
+        Ok(self.operations.clone())
     }
 
     /// `Read` on instance `name`: its input side starts with the first one.

@@ -67,9 +67,9 @@ pub async fn run(
     check_name(&options.name)?;
     let path = options.socket_folder.join(format!("{}.sock", options.name));
     let runtime = Runtime::new(options.runtime.clone())?;
-    // The component answers ListOperations; asking it once here makes a component that
-    // cannot answer fail at start, not at daprd's first call.
-    runtime
+    // What ListOperations answers, for every instance: the component's operations, asked
+    // once here, so that a component that cannot answer fails at start, not at daprd's call.
+    let operations = runtime
         .operations()
         .await
         .context("asking the component for its operations")?;
@@ -78,6 +78,7 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new(options.app_id.as_deref().unwrap_or_default()));
     let instances = Arc::new(Instances::new(
         runtime,
+        operations,
         options.app_id.clone(),
         options.release_after,
         metrics.clone(),

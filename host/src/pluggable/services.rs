@@ -121,7 +121,7 @@ impl proto::output_binding_server::OutputBinding for Services {
         request: Request<ListOperationsRequest>,
     ) -> Result<Response<ListOperationsResponse>, Status> {
         let (name, connection) = addressed(&request)?;
-        let operations = self.instances.operations(&name, connection).await?;
+        let operations = self.instances.operations(&name, connection)?;
         Ok(Response::new(ListOperationsResponse { operations }))
     }
 
