@@ -50,6 +50,26 @@ fn ignoring_errors(yaml: String) -> String {
     yaml.replace("  version: v1\n", "  version: v1\n  ignoreErrors: true\n")
 }
 
+/// The arguments of an `mqtt-binding run` on `dir` with the HTTP API on `http_port`, a free
+/// gRPC port and no metrics, for tests that start the process their own way.
+fn run_args(dir: &Path, http_port: u16) -> Vec<String> {
+    [
+        "run",
+        "--resources-path",
+        dir.to_str().expect("path"),
+        "--app-id",
+        "shop",
+        "--dapr-http-port",
+        &http_port.to_string(),
+        "--dapr-grpc-port",
+        &free_port().to_string(),
+        "--enable-metrics",
+        "false",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// A running sidecar process; SIGTERM, then kill, on drop.
 pub(crate) struct Sidecar {
     child: Option<Child>,
@@ -622,21 +642,7 @@ async fn a_component_that_cannot_start_stops_the_sidecar_unless_it_ignores_error
     )
     .expect("write");
     let run = Command::new(BIN)
-        .args([
-            "run",
-            "--resources-path",
-            dir.path().to_str().expect("path"),
-        ])
-        .args([
-            "--app-id",
-            "shop",
-            "--dapr-http-port",
-            &free_port().to_string(),
-            "--dapr-grpc-port",
-            &free_port().to_string(),
-            "--enable-metrics",
-            "false",
-        ])
+        .args(run_args(dir.path(), free_port()))
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
@@ -772,14 +778,7 @@ async fn the_sidecar_raises_its_soft_descriptor_limit() {
     let port = free_port();
     let mut child = Command::new("sh")
         .args(["-c", r#"ulimit -Sn 256 && exec "$0" "$@""#, BIN])
-        .args([
-            "run",
-            "--resources-path",
-            dir.path().to_str().expect("path"),
-        ])
-        .args(["--app-id", "shop", "--dapr-http-port", &port.to_string()])
-        .args(["--dapr-grpc-port", &free_port().to_string()])
-        .args(["--enable-metrics", "false"])
+        .args(run_args(dir.path(), port))
         .stdin(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -905,14 +904,7 @@ async fn the_api_listens_only_on_the_addresses_given() {
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
     let mut child = Command::new(BIN)
-        .args([
-            "run",
-            "--resources-path",
-            dir.path().to_str().expect("path"),
-        ])
-        .args(["--app-id", "shop", "--dapr-http-port", &port.to_string()])
-        .args(["--dapr-grpc-port", &free_port().to_string()])
-        .args(["--enable-metrics", "false"])
+        .args(run_args(dir.path(), port))
         .args(["--dapr-listen-addresses", "127.0.0.2,127.0.0.3"])
         .stdin(Stdio::null())
         .stderr(Stdio::null())
