@@ -5,6 +5,7 @@
 
 use std::time::{Duration, Instant};
 
+use super::faces::until_ready;
 use super::{Row, Settings, resident_mib};
 use crate::support::{Mosquitto, free_port, unique};
 
@@ -101,22 +102,16 @@ async fn healthy_run(broker: &Mosquitto, count: usize, threads: u16) -> (Duratio
         .expect("mqtt-binding run starts");
     let client = reqwest::Client::new();
     let health = format!("http://127.0.0.1:{port}/v1.0/healthz");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let healthy = client
-            .get(&health)
-            .send()
-            .await
-            .is_ok_and(|answer| answer.status() == reqwest::StatusCode::NO_CONTENT);
-        if healthy {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{count} bindings never became healthy"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    until_ready(&format!("{count} bindings' health"), async || match client
+        .get(&health)
+        .send()
+        .await
+    {
+        Ok(answer) if answer.status() == reqwest::StatusCode::NO_CONTENT => Ok(()),
+        Ok(answer) => Err(answer.status().to_string()),
+        Err(error) => Err(error.to_string()),
+    })
+    .await;
     let took = started.elapsed();
     let mib = resident_mib(child.id().expect("pid"));
     let _ = tokio::process::Command::new("kill")

@@ -122,8 +122,9 @@ where
     ((messages / IN_FLIGHT) * IN_FLIGHT) as f64 / started.elapsed().as_secs_f64()
 }
 
-/// Retries `attempt` until it succeeds, for a process that is starting.
-async fn until_ready<T, E: std::fmt::Debug>(
+/// Retries `attempt` every 5 ms until it succeeds, for a process that is starting (fine
+/// enough for the `bindings` group, which times how long that takes).
+pub(crate) async fn until_ready<T, E: std::fmt::Debug>(
     what: &str,
     mut attempt: impl AsyncFnMut() -> Result<T, E>,
 ) -> T {
@@ -133,7 +134,7 @@ async fn until_ready<T, E: std::fmt::Debug>(
             Ok(value) => return value,
             Err(error) => assert!(Instant::now() < deadline, "{what}: {error:?}"),
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
