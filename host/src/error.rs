@@ -44,6 +44,9 @@ pub enum BrokerError {
     Unconfirmed(String),
     #[error("too large: {0}")]
     TooLarge(String),
+    /// MQTT 5: the broker answered with a reason code that refuses the request.
+    #[error("{0}")]
+    Rejected(Rejection),
     #[error("the connection is closed because the binding is shutting down")]
     Closed,
     #[error("{0}")]
@@ -56,7 +59,11 @@ impl BrokerError {
     /// same way until something changes, or (`unconfirmed`) must not be repeated blindly,
     /// or (`closed`) means stop.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, BrokerError::Unreachable(_) | BrokerError::Timeout(_))
+        match self {
+            BrokerError::Unreachable(_) | BrokerError::Timeout(_) => true,
+            BrokerError::Rejected(rejection) => rejection.retryable,
+            _ => false,
+        }
     }
 
     pub(crate) fn invalid(field: Field, reason: impl Into<String>) -> Self {
@@ -64,6 +71,50 @@ impl BrokerError {
             field: field.wit_name().to_string(),
             reason: reason.into(),
         }
+    }
+}
+
+/// An MQTT 5 reason code with which the broker refused a publish or a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The reason code, 0x80 or above.
+    pub code: u8,
+    /// The code's name as the MQTT 5 standard gives it, and the broker's reason string.
+    pub reason: String,
+    /// Whether the same request may succeed later (quota exceeded, say); otherwise it fails
+    /// the same way until the request or the broker's configuration changes.
+    pub retryable: bool,
+}
+
+impl Rejection {
+    pub(crate) fn new(code: u8, name: &str, retryable: bool) -> Self {
+        Self {
+            code,
+            reason: name.to_string(),
+            retryable,
+        }
+    }
+
+    /// Adds the broker's reason string (MQTT 5), if it sent one, to the code's name.
+    pub(crate) fn add_reason_string(&mut self, reason_string: Option<String>) {
+        if let Some(text) = reason_string.filter(|text| !text.is_empty()) {
+            self.reason = format!("{}: {text}", self.reason);
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let advice = if self.retryable {
+            "trying again later may succeed"
+        } else {
+            "trying again will fail the same way"
+        };
+        write!(
+            f,
+            "the broker refused it with reason code {:#04x} ({}); {advice}",
+            self.code, self.reason
+        )
     }
 }
 

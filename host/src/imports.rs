@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use wasmtime::component::Resource;
 
-use crate::broker::{ConnectOptions, Connection, PublishRequest};
+use crate::broker::{
+    ConnectOptions, Connection, MessageProperties, ProtocolVersion, PublishRequest, Transport,
+};
 use crate::broker_policy;
 use crate::error::BrokerError;
 use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, types};
@@ -28,6 +30,7 @@ fn to_wit(error: BrokerError) -> broker::Error {
         BrokerError::TooLarge(s) => broker::Error::TooLarge(s),
         BrokerError::Closed => broker::Error::Closed,
         BrokerError::Other(s) => broker::Error::Other(s),
+        rejected @ BrokerError::Rejected(_) => broker::Error::Other(rejected.to_string()),
     }
 }
 
@@ -102,13 +105,18 @@ impl broker::HostConnection for HostView<'_> {
             })));
         }
         let options = ConnectOptions {
-            tls: matches!(options.transport, broker::Transport::Tls),
+            transport: match options.transport {
+                broker::Transport::Tcp => Transport::Tcp,
+                broker::Transport::Tls => Transport::Tls,
+            },
             host: options.host,
             port: options.port,
+            protocol: ProtocolVersion::V311,
             client_id: options.client_id,
             username: options.username,
             password: options.password,
             clean_session: options.clean_session,
+            session_expiry: None,
             keep_alive: Duration::from_secs(u64::from(options.keep_alive_secs)),
             ca_cert: options.ca_cert,
             client_cert: options.client_cert,
@@ -159,6 +167,7 @@ impl broker::HostConnection for HostView<'_> {
             payload,
             qos: qos(level),
             retain,
+            properties: MessageProperties::default(),
         };
         let outcome = connection.publish(request, millis(timeout_ms)).await;
         Ok(outcome.map_err(to_wit))

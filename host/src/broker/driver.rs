@@ -7,13 +7,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rumqttc::{Packet, PubAck, PubComp, PubRec, QoS, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet, PingReq, PubAck, PubComp, PubRec};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::inbox::Arrival;
 use super::link::{Endpoint, Link, OUTGOING_HIGH_WATER};
 use super::outbox::{Job, Outbox, Reply};
+use super::reason;
 use super::shared::Shared;
 use crate::backoff::Backoff;
 use crate::error::BrokerError;
@@ -85,7 +87,10 @@ impl Driver {
         let _done = Done(self.shared.clone());
 
         let mut link = match Link::open(&self.endpoint).await {
-            Ok((link, _)) => link,
+            Ok((mut link, connack)) => {
+                self.accepted(&mut link, &connack);
+                link
+            }
             Err(error) => {
                 let _ = first.send(Err(error));
                 return;
@@ -115,14 +120,12 @@ impl Driver {
                 };
                 wait = backoff.next_wait();
                 match opened {
-                    Ok((mut link, connack)) => {
-                        match self.resume(&mut link, connack.session_present) {
-                            Ok(()) => break link,
-                            Err(error) => {
-                                tracing::error!(connection = %self.shared.label, "cannot resume the session: {error}");
-                            }
+                    Ok((mut link, connack)) => match self.resume(&mut link, &connack) {
+                        Ok(()) => break link,
+                        Err(error) => {
+                            tracing::error!(connection = %self.shared.label, "cannot resume the session: {error}");
                         }
-                    }
+                    },
                     Err(error) => {
                         self.shared.set_lost(&error);
                         tracing::warn!(connection = %self.shared.label, retry_in = ?wait, "reconnecting failed: {error}");
@@ -133,8 +136,10 @@ impl Driver {
     }
 
     /// A new connection was accepted: resend what the session owes, renew subscriptions.
-    fn resume(&mut self, link: &mut Link, session_present: bool) -> Result<(), BrokerError> {
+    fn resume(&mut self, link: &mut Link, connack: &ConnAck) -> Result<(), BrokerError> {
+        let session_present = connack.session_present;
         tracing::info!(connection = %self.shared.label, session_present, "reconnected");
+        self.accepted(link, connack);
         self.generation += 1;
         self.shared.inbox().reconnected(session_present);
         for packet in self.outbox.resumed(session_present) {
@@ -146,6 +151,26 @@ impl Driver {
         }
         self.shared.set_connected();
         Ok(())
+    }
+
+    /// Takes the limits the broker set in its CONNACK (MQTT 5): how many publishes may be
+    /// unacknowledged, how large a packet may be.
+    fn accepted(&mut self, link: &mut Link, connack: &ConnAck) {
+        let properties = connack.properties.as_ref();
+        self.outbox
+            .set_receive_maximum(properties.and_then(|p| p.receive_max));
+        if let Some(max) = properties.and_then(|p| p.max_packet_size) {
+            link.writer.limit_packet_size(max);
+        }
+        if let Some(p) = properties {
+            tracing::debug!(
+                connection = %self.shared.label,
+                receive_maximum = ?p.receive_max,
+                maximum_packet_size = ?p.max_packet_size,
+                session_expiry = ?p.session_expiry_interval,
+                "the broker's limits"
+            );
+        }
     }
 
     /// Serves one accepted connection until it is lost or closed.
@@ -231,7 +256,7 @@ impl Driver {
                         )));
                     }
                     if now >= keep_alive_due && !ping_outstanding {
-                        if let Err(error) = link.writer.queue(&Packet::PingReq) {
+                        if let Err(error) = link.writer.queue(&Packet::PingReq(PingReq)) {
                             return Ended::Lost(error);
                         }
                         ping_outstanding = true;
@@ -259,19 +284,32 @@ impl Driver {
                 let pkid = publish.pkid;
                 match self.shared.inbox().arrived(publish, label) {
                     Arrival::Queued => self.shared.arrived.notify_one(),
-                    Arrival::Duplicate => link.writer.queue(&Packet::PubRec(PubRec::new(pkid)))?,
+                    Arrival::Duplicate => link
+                        .writer
+                        .queue(&Packet::PubRec(PubRec::new(pkid, None)))?,
                     Arrival::Dropped => {}
                 }
             }
             Packet::PubAck(ack) => {
-                if let Err(unexpected) = self.outbox.puback(ack.pkid) {
+                let rejection = reason::puback(ack.reason).map(|mut rejection| {
+                    rejection.add_reason_string(ack.properties.and_then(|p| p.reason_string));
+                    rejection
+                });
+                if let Err(unexpected) = self.outbox.puback(ack.pkid, rejection) {
                     tracing::warn!(connection = %label, "ignored: {unexpected}");
                 }
             }
-            Packet::PubRec(rec) => match self.outbox.pubrec(rec.pkid) {
-                Ok(rel) => link.writer.queue(&Packet::PubRel(rel))?,
-                Err(unexpected) => tracing::warn!(connection = %label, "ignored: {unexpected}"),
-            },
+            Packet::PubRec(rec) => {
+                let rejection = reason::pubrec(rec.reason).map(|mut rejection| {
+                    rejection.add_reason_string(rec.properties.and_then(|p| p.reason_string));
+                    rejection
+                });
+                match self.outbox.pubrec(rec.pkid, rejection) {
+                    Ok(Some(rel)) => link.writer.queue(&Packet::PubRel(rel))?,
+                    Ok(None) => {}
+                    Err(unexpected) => tracing::warn!(connection = %label, "ignored: {unexpected}"),
+                }
+            }
             Packet::PubComp(comp) => {
                 if let Err(unexpected) = self.outbox.pubcomp(comp.pkid) {
                     tracing::warn!(connection = %label, "ignored: {unexpected}");
@@ -281,23 +319,40 @@ impl Driver {
                 // Always answered (MQTT 3.1.1 section 4.3.3), known id or not.
                 self.shared.inbox().pubrel(rel.pkid);
                 link.writer
-                    .queue(&Packet::PubComp(PubComp::new(rel.pkid)))?;
+                    .queue(&Packet::PubComp(PubComp::new(rel.pkid, None)))?;
             }
             Packet::SubAck(suback) => {
                 let refused = suback
                     .return_codes
                     .iter()
-                    .any(|code| matches!(code, SubscribeReasonCode::Failure));
-                if refused {
-                    tracing::error!(connection = %label, "the broker refused a subscription");
+                    .find_map(|code| reason::suback(*code))
+                    .map(|mut rejection| {
+                        rejection
+                            .add_reason_string(suback.properties.and_then(|p| p.reason_string));
+                        rejection
+                    });
+                if let Some(rejection) = &refused {
+                    tracing::error!(connection = %label, "the broker refused a subscription: {rejection}");
                 }
+                let granted = refused.is_none();
                 match self.outbox.suback(suback.pkid, refused) {
-                    Ok(()) if !refused => self.shared.subscribed.send_modify(|count| *count += 1),
+                    Ok(()) if granted => self.shared.subscribed.send_modify(|count| *count += 1),
                     Ok(()) => {}
                     Err(unexpected) => tracing::warn!(connection = %label, "ignored: {unexpected}"),
                 }
             }
-            Packet::PingResp => *ping_outstanding = false,
+            Packet::PingResp(_) => *ping_outstanding = false,
+            Packet::Disconnect(disconnect) => {
+                let why = disconnect
+                    .properties
+                    .and_then(|p| p.reason_string)
+                    .map(|text| format!(": {text}"))
+                    .unwrap_or_default();
+                return Err(BrokerError::Unreachable(format!(
+                    "the broker closed the connection with DISCONNECT, {}{why}",
+                    reason::disconnect(disconnect.reason_code)
+                )));
+            }
             other => {
                 return Err(BrokerError::Other(format!(
                     "the broker sent a packet a client never receives: {other:?}"
@@ -323,8 +378,8 @@ impl Driver {
             } => {
                 if generation == self.generation {
                     let ack = match qos {
-                        QoS::ExactlyOnce => Packet::PubRec(PubRec::new(pkid)),
-                        _ => Packet::PubAck(PubAck::new(pkid)),
+                        QoS::ExactlyOnce => Packet::PubRec(PubRec::new(pkid, None)),
+                        _ => Packet::PubAck(PubAck::new(pkid, None)),
                     };
                     link.writer.queue(&ack)?;
                 }

@@ -9,7 +9,7 @@ use rumqttc::{ConnAck, ConnectReturnCode, Packet};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::{BrokerSettings, ConnectOptions, Connection};
+use super::{BrokerSettings, ConnectOptions, Connection, ProtocolVersion, Transport};
 
 /// How long a test waits for anything before failing.
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
@@ -63,13 +63,15 @@ impl FakeBroker {
 
     pub(crate) fn options(&self) -> ConnectOptions {
         ConnectOptions {
-            tls: false,
+            transport: Transport::Tcp,
             host: "127.0.0.1".into(),
             port: self.port,
+            protocol: ProtocolVersion::V311,
             client_id: "fake-test".into(),
             username: None,
             password: None,
             clean_session: false,
+            session_expiry: None,
             keep_alive: Duration::from_secs(30),
             ca_cert: None,
             client_cert: None,

@@ -5,7 +5,11 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
-use rumqttc::{Publish, QoS};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::Publish;
+
+use super::MessageProperties;
+use super::codec::qos_from_v5;
 
 /// A message received on a subscription, waiting for the component.
 #[derive(Debug, Clone)]
@@ -13,9 +17,11 @@ pub struct Message {
     pub id: u64,
     pub topic: String,
     pub payload: Bytes,
-    pub qos: QoS,
+    pub qos: rumqttc::QoS,
     pub retain: bool,
     pub duplicate: bool,
+    /// MQTT 5 properties; empty at MQTT 3.1.1.
+    pub properties: MessageProperties,
     /// The connection (counting reconnects) it arrived on.
     pub(super) generation: u64,
 }
@@ -87,11 +93,13 @@ impl Inbox {
         }
         self.queue.push_back(Message {
             id,
-            topic: publish.topic,
+            // MQTT requires UTF-8; a broker that breaks the rule gets U+FFFD in its place.
+            topic: String::from_utf8_lossy(&publish.topic).into_owned(),
             payload: publish.payload,
-            qos: publish.qos,
+            qos: qos_from_v5(publish.qos),
             retain: publish.retain,
             duplicate: publish.dup,
+            properties: MessageProperties::from_wire(publish.properties),
             generation: self.generation,
         });
         Arrival::Queued
@@ -114,7 +122,7 @@ impl Inbox {
             let Some(message) = self.queue.pop_front() else {
                 break;
             };
-            if message.qos != QoS::AtMostOnce && message.generation < self.stale_below {
+            if message.qos != rumqttc::QoS::AtMostOnce && message.generation < self.stale_below {
                 self.unacked.remove(&message.id);
                 continue;
             }
@@ -162,7 +170,7 @@ mod tests {
     use super::*;
 
     fn publish(qos: QoS, pkid: u16, payload: &str) -> Publish {
-        let mut publish = Publish::new("t", qos, payload.as_bytes().to_vec());
+        let mut publish = Publish::new("t", qos, payload.as_bytes().to_vec(), None);
         publish.pkid = pkid;
         publish
     }

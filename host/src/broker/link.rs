@@ -1,18 +1,21 @@
 //! One network connection to the broker: TCP (or TLS over TCP), the CONNECT/CONNACK
-//! handshake, and MQTT packets in and out through rumqttc's 3.1.1 codec. What to send and
-//! what an answer means is left to `driver` and `outbox`.
+//! handshake, and MQTT packets in and out through `codec`, in the connection's MQTT
+//! version. What to send and what an answer means is left to `driver` and `outbox`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::mqttbytes;
-use rumqttc::{ConnAck, Connect, ConnectReturnCode, Packet};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, Login, Packet,
+};
 use tokio::io::{
     AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf,
 };
 use tokio::net::TcpStream;
 
+use super::codec::{self, ProtocolVersion};
+use super::reason;
 use crate::error::BrokerError;
 
 /// Where and how to connect; built once per connection from the component's options.
@@ -21,19 +24,23 @@ pub(super) struct Endpoint {
     pub host: String,
     pub port: u16,
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub version: ProtocolVersion,
     pub connect: Connect,
+    /// User name and password: never shown.
+    pub login: Option<Login>,
     pub connect_timeout: Duration,
     /// Largest packet accepted from the broker, and largest written.
     pub max_packet: usize,
 }
 
 impl std::fmt::Debug for Endpoint {
-    /// The CONNECT packet holds the password: never shown.
+    /// The login holds the password: never shown.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls.is_some())
+            .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
@@ -51,12 +58,14 @@ pub(super) struct Link {
 pub(super) struct Reader {
     half: ReadHalf<Box<dyn Stream>>,
     buffer: BytesMut,
+    version: ProtocolVersion,
     max_packet: usize,
 }
 
 pub(super) struct Writer {
     half: WriteHalf<Box<dyn Stream>>,
     buffer: BytesMut,
+    version: ProtocolVersion,
     max_packet: usize,
 }
 
@@ -116,21 +125,36 @@ impl Link {
             reader: Reader {
                 half: reader,
                 buffer: BytesMut::with_capacity(INITIAL_BUFFER),
+                version: endpoint.version,
                 max_packet: endpoint.max_packet,
             },
             writer: Writer {
                 half: writer,
                 buffer: BytesMut::with_capacity(INITIAL_BUFFER),
+                version: endpoint.version,
                 max_packet: endpoint.max_packet,
             },
         };
-        link.writer
-            .queue(&Packet::Connect(endpoint.connect.clone()))?;
+        link.writer.queue(&Packet::Connect(
+            endpoint.connect.clone(),
+            None,
+            endpoint.login.clone(),
+        ))?;
         link.writer.flush().await?;
         match link.reader.read().await? {
             Packet::ConnAck(connack) => match connack.code {
                 ConnectReturnCode::Success => Ok((link, connack)),
-                code => Err(refused(code)),
+                code => {
+                    let reason_string = connack
+                        .properties
+                        .as_ref()
+                        .and_then(|p| p.reason_string.as_deref());
+                    Err(reason::connect_refused(
+                        endpoint.version,
+                        code,
+                        reason_string,
+                    ))
+                }
             },
             other => Err(BrokerError::Other(format!(
                 "the broker answered CONNECT with {other:?} instead of CONNACK"
@@ -144,7 +168,9 @@ impl Link {
     /// connection: the broker may drop what it had not read yet, our last acknowledgements
     /// and the DISCONNECT included. The caller bounds the wait.
     pub(super) async fn close(mut self) -> Result<(), BrokerError> {
-        self.writer.queue(&Packet::Disconnect)?;
+        self.writer.queue(&Packet::Disconnect(Disconnect::new(
+            DisconnectReasonCode::NormalDisconnection,
+        )))?;
         self.writer.flush().await?;
         let _ = self.writer.half.shutdown().await;
         let mut discard = [0u8; 4096];
@@ -158,12 +184,16 @@ impl Link {
 }
 
 impl Writer {
+    /// The broker's maximum packet size (MQTT 5 CONNACK): nothing larger is written, on
+    /// top of the host's own limit.
+    pub(super) fn limit_packet_size(&mut self, broker_max: u32) {
+        let broker_max = usize::try_from(broker_max).unwrap_or(usize::MAX);
+        self.max_packet = self.max_packet.min(broker_max);
+    }
+
     /// Encodes a packet into the write buffer.
     pub(super) fn queue(&mut self, packet: &Packet) -> Result<(), BrokerError> {
-        packet
-            .write(&mut self.buffer, self.max_packet)
-            .map(drop)
-            .map_err(|e| BrokerError::TooLarge(e.to_string()))
+        codec::write(self.version, packet, &mut self.buffer, self.max_packet)
     }
 
     /// Whether encoded output waits to be written.
@@ -235,27 +265,7 @@ impl Reader {
 
     /// Takes a packet already read, without waiting.
     pub(super) fn read_buffered(&mut self) -> Result<Option<Packet>, BrokerError> {
-        match Packet::read(&mut self.buffer, self.max_packet) {
-            Ok(packet) => Ok(Some(packet)),
-            Err(mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
-            Err(e) => Err(BrokerError::Other(format!(
-                "unreadable packet from the broker: {e}"
-            ))),
-        }
-    }
-}
-
-fn refused(code: ConnectReturnCode) -> BrokerError {
-    match code {
-        ConnectReturnCode::BadUserNamePassword => {
-            BrokerError::NotAuthorized("bad user name or password".into())
-        }
-        ConnectReturnCode::NotAuthorized => BrokerError::NotAuthorized("not authorized".into()),
-        ConnectReturnCode::BadClientId => BrokerError::NotAuthorized("client ID rejected".into()),
-        ConnectReturnCode::ServiceUnavailable => {
-            BrokerError::Unreachable("broker says service unavailable".into())
-        }
-        other => BrokerError::Other(format!("connection refused: {other:?}")),
+        codec::read(self.version, &mut self.buffer, self.max_packet)
     }
 }
 

@@ -4,7 +4,8 @@
 //! received messages are `inbox`'s, and what the handle and the task share is `shared`'s.
 //! Turning WIT values into these calls is left to `imports`.
 //!
-//! rumqttc provides the MQTT 3.1.1 codec. Its event loop is not used: it assigns packet
+//! rumqttc provides the MQTT 3.1.1 and MQTT 5 codecs (`codec` picks one per connection;
+//! above it every packet is rumqttc's MQTT 5 type). Its event loop is not used: it assigns packet
 //! ids itself and reports writes through an event queue that outlives a lost connection,
 //! so a request's acknowledgement could only be inferred. Here the connection task assigns
 //! every packet id and owns the socket, so an answer is paired with the packet that
@@ -15,23 +16,27 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use rumqttc::{Connect, Publish, QoS};
+use rumqttc::QoS;
+use rumqttc::v5::mqttbytes::v5::{Connect, ConnectProperties, Login, Publish, PublishProperties};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::error::{BrokerError, Field};
 use crate::tls;
 
+mod codec;
 mod driver;
 #[cfg(test)]
 pub(crate) mod fake;
 mod inbox;
 mod link;
 mod outbox;
+mod reason;
 mod shared;
 #[cfg(test)]
 mod tests;
 
+pub use codec::ProtocolVersion;
 use driver::{Command, Driver, Timing};
 pub use inbox::Message;
 use inbox::{Inbox, Settled};
@@ -72,15 +77,30 @@ impl Default for BrokerSettings {
     }
 }
 
+/// How MQTT travels to the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Transport {
+    #[default]
+    Tcp,
+    /// TLS over TCP.
+    Tls,
+}
+
 /// Everything needed to open a connection (the WIT `connect-options`).
 pub struct ConnectOptions {
-    pub tls: bool,
+    pub transport: Transport,
     pub host: String,
     pub port: u16,
+    pub protocol: ProtocolVersion,
     pub client_id: String,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// MQTT 3.1.1's clean session; MQTT 5's clean start.
     pub clean_session: bool,
+    /// MQTT 5: how long the broker keeps the session after the connection closes, in
+    /// seconds (`u32::MAX`: for ever). `None` sends none (0: the session ends with the
+    /// connection). Not sent at MQTT 3.1.1, where `clean_session` alone decides.
+    pub session_expiry: Option<u32>,
     pub keep_alive: Duration,
     pub ca_cert: Option<String>,
     pub client_cert: Option<String>,
@@ -92,12 +112,14 @@ impl std::fmt::Debug for ConnectOptions {
     /// Shows where and who, never the password or the key.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConnectOptions")
-            .field("tls", &self.tls)
+            .field("transport", &self.transport)
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("protocol", &self.protocol)
             .field("client_id", &self.client_id)
             .field("username", &self.username)
             .field("clean_session", &self.clean_session)
+            .field("session_expiry", &self.session_expiry)
             .field("keep_alive", &self.keep_alive)
             .finish_non_exhaustive()
     }
@@ -110,6 +132,59 @@ pub struct PublishRequest {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5 properties; not sent at MQTT 3.1.1.
+    pub properties: MessageProperties,
+}
+
+/// The MQTT 5 properties of a message, sent with a publish or received with a message.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MessageProperties {
+    /// Message expiry interval in seconds: sent, how long the broker may hold the message;
+    /// received, what is left of it.
+    pub expiry: Option<u32>,
+    pub content_type: Option<String>,
+    pub response_topic: Option<String>,
+    pub correlation_data: Option<Bytes>,
+    /// User properties in order; names may repeat.
+    pub user_properties: Vec<(String, String)>,
+    /// The payload format indicator: `true` when the payload is UTF-8 text.
+    pub utf8_payload: bool,
+}
+
+impl MessageProperties {
+    fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn into_wire(self) -> Option<PublishProperties> {
+        if self.is_empty() {
+            return None;
+        }
+        Some(PublishProperties {
+            payload_format_indicator: self.utf8_payload.then_some(1),
+            message_expiry_interval: self.expiry,
+            topic_alias: None,
+            response_topic: self.response_topic,
+            correlation_data: self.correlation_data,
+            user_properties: self.user_properties,
+            subscription_identifiers: Vec::new(),
+            content_type: self.content_type,
+        })
+    }
+
+    pub(super) fn from_wire(properties: Option<PublishProperties>) -> Self {
+        let Some(properties) = properties else {
+            return Self::default();
+        };
+        Self {
+            expiry: properties.message_expiry_interval,
+            content_type: properties.content_type,
+            response_topic: properties.response_topic,
+            correlation_data: properties.correlation_data,
+            user_properties: properties.user_properties,
+            utf8_payload: properties.payload_format_indicator == Some(1),
+        }
+    }
 }
 
 /// An open connection. Clones share it; when the last clone is dropped the connection
@@ -142,6 +217,7 @@ impl Connection {
         let label = format!("{}@{}:{}", options.client_id, options.host, options.port);
         let max_payload = settings.max_payload_bytes as usize;
         let keep_alive = options.keep_alive.max(Duration::from_secs(1));
+        let version = options.protocol;
         let endpoint = endpoint(options, max_payload)?;
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Inbox::default()),
@@ -156,6 +232,7 @@ impl Connection {
             done: tokio::sync::watch::Sender::new(false),
             subscribed: tokio::sync::watch::Sender::new(0),
             max_payload,
+            version,
             label,
         });
         let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
@@ -227,8 +304,19 @@ impl Connection {
         }
         shared.usable()?;
         let deadline = tokio::time::Instant::now() + timeout;
-        let mut publish = Publish::from_bytes(request.topic, request.qos, request.payload);
-        publish.retain = request.retain;
+        let properties = match self.shared.version {
+            ProtocolVersion::V5 => request.properties.into_wire(),
+            ProtocolVersion::V311 => None,
+        };
+        let publish = Publish {
+            dup: false,
+            qos: codec::qos_to_v5(request.qos),
+            retain: request.retain,
+            topic: Bytes::from(request.topic.into_bytes()),
+            pkid: 0,
+            payload: request.payload,
+            properties,
+        };
         let ticket = Arc::new(Ticket::default());
         if request.qos == QoS::AtMostOnce {
             let job = Job {
@@ -277,6 +365,7 @@ impl Connection {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let (reply, outcome) = oneshot::channel();
+        let qos = codec::qos_to_v5(qos);
         self.send(Command::Subscribe { filter, qos, reply }, deadline)
             .await?;
         match tokio::time::timeout_at(deadline, outcome).await {
@@ -406,7 +495,7 @@ fn endpoint(options: ConnectOptions, max_payload: usize) -> Result<Endpoint, Bro
     if options.host.is_empty() {
         return Err(BrokerError::invalid(Field::Host, "is empty"));
     }
-    let tls = if options.tls {
+    let tls = if options.transport == Transport::Tls {
         Some(tls::client_config(&tls::TlsMaterial {
             ca_cert: options.ca_cert.as_deref(),
             client_cert: options.client_cert.as_deref(),
@@ -415,17 +504,32 @@ fn endpoint(options: ConnectOptions, max_payload: usize) -> Result<Endpoint, Bro
     } else {
         None
     };
-    let mut connect = Connect::new(options.client_id);
-    connect.keep_alive = u16::try_from(options.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX);
-    connect.clean_session = options.clean_session;
-    if let Some(username) = options.username {
-        connect.set_login(username, options.password.unwrap_or_default());
-    }
+    let properties = match options.protocol {
+        ProtocolVersion::V5 => Some(ConnectProperties {
+            session_expiry_interval: options.session_expiry,
+            // What this client reads (its own payload limit plus headers), so that the
+            // broker drops larger messages instead of breaking the connection with them.
+            max_packet_size: u32::try_from(max_payload + PUBLISH_OVERHEAD).ok(),
+            ..ConnectProperties::new()
+        }),
+        ProtocolVersion::V311 => None,
+    };
+    let connect = Connect {
+        keep_alive: u16::try_from(options.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX),
+        client_id: options.client_id,
+        clean_start: options.clean_session,
+        properties,
+    };
+    let login = options
+        .username
+        .map(|username| Login::new(username, options.password.unwrap_or_default()));
     Ok(Endpoint {
         host: options.host,
         port: options.port,
         tls,
+        version: options.protocol,
         connect,
+        login,
         connect_timeout: options.connect_timeout,
         max_packet: max_payload + PUBLISH_OVERHEAD,
     })

@@ -37,10 +37,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use rumqttc::{Packet, PubRel, Publish, QoS, Subscribe};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubRel, Publish, Subscribe};
 use tokio::sync::oneshot;
 
-use crate::error::BrokerError;
+use crate::error::{BrokerError, Rejection};
 
 /// Where a caller learns how its request ended.
 pub(super) type Reply = oneshot::Sender<Result<(), BrokerError>>;
@@ -102,6 +103,8 @@ pub(super) struct Outbox {
     slots: BTreeMap<u16, Slot>,
     publishes_in_flight: usize,
     max_in_flight: usize,
+    /// The host's own limit, before any broker's receive maximum.
+    host_max_in_flight: usize,
     next_id: u16,
     next_order: u64,
 }
@@ -109,11 +112,13 @@ pub(super) struct Outbox {
 impl Outbox {
     /// `max_in_flight` bounds the QoS 1/2 publishes written and not yet completed.
     pub(super) fn new(max_in_flight: usize) -> Self {
+        let max_in_flight = max_in_flight.clamp(1, usize::from(u16::MAX) - 1);
         Self {
             waiting: VecDeque::new(),
             slots: BTreeMap::new(),
             publishes_in_flight: 0,
-            max_in_flight: max_in_flight.clamp(1, usize::from(u16::MAX) - 1),
+            max_in_flight,
+            host_max_in_flight: max_in_flight,
             next_id: 0,
             next_order: 0,
         }
@@ -171,16 +176,21 @@ impl Outbox {
     ) -> Subscribe {
         let id = self.take_id();
         self.slots.insert(id, Slot::Subscribe { reply });
-        let mut subscribe = Subscribe::new(filter, qos);
+        let mut subscribe = Subscribe::new(Filter::new(filter, qos), None);
         subscribe.pkid = id;
         subscribe
     }
 
-    /// PUBACK: the QoS 1 publish with this id is complete.
-    pub(super) fn puback(&mut self, id: u16) -> Result<(), Unexpected> {
+    /// PUBACK: the QoS 1 publish with this id is complete; taken by the broker, or (MQTT 5)
+    /// refused with `rejection`.
+    pub(super) fn puback(
+        &mut self,
+        id: u16,
+        rejection: Option<Rejection>,
+    ) -> Result<(), Unexpected> {
         match self.slots.get(&id) {
             Some(Slot::Publish { publish, .. }) if publish.qos == QoS::AtLeastOnce => {
-                self.complete(id);
+                self.complete(id, rejection);
                 Ok(())
             }
             _ => Err(Unexpected("PUBACK", id)),
@@ -188,16 +198,38 @@ impl Outbox {
     }
 
     /// PUBREC: the broker has the QoS 2 publish with this id; answer with the PUBREL returned.
-    pub(super) fn pubrec(&mut self, id: u16) -> Result<PubRel, Unexpected> {
+    /// A PUBREC that refuses it (MQTT 5, `rejection`) ends the exchange instead: no PUBREL
+    /// follows (MQTT 5 section 4.3.3).
+    pub(super) fn pubrec(
+        &mut self,
+        id: u16,
+        rejection: Option<Rejection>,
+    ) -> Result<Option<PubRel>, Unexpected> {
         match self.slots.get_mut(&id) {
             Some(Slot::Publish {
-                publish, released, ..
+                publish,
+                released: false,
+                ..
             }) if publish.qos == QoS::ExactlyOnce => {
-                *released = true;
-                // The payload is not needed any more: only PUBREL can be resent now.
-                publish.payload = Default::default();
-                Ok(PubRel::new(id))
+                if rejection.is_some() {
+                    self.complete(id, rejection);
+                    return Ok(None);
+                }
+                if let Some(Slot::Publish {
+                    publish, released, ..
+                }) = self.slots.get_mut(&id)
+                {
+                    *released = true;
+                    // The payload is not needed any more: only PUBREL can be resent now.
+                    publish.payload = Default::default();
+                }
+                Ok(Some(PubRel::new(id, None)))
             }
+            Some(Slot::Publish {
+                publish,
+                released: true,
+                ..
+            }) if publish.qos == QoS::ExactlyOnce => Ok(Some(PubRel::new(id, None))),
             _ => Err(Unexpected("PUBREC", id)),
         }
     }
@@ -206,23 +238,25 @@ impl Outbox {
     pub(super) fn pubcomp(&mut self, id: u16) -> Result<(), Unexpected> {
         match self.slots.get(&id) {
             Some(Slot::Publish { released: true, .. }) => {
-                self.complete(id);
+                self.complete(id, None);
                 Ok(())
             }
             _ => Err(Unexpected("PUBCOMP", id)),
         }
     }
 
-    /// SUBACK: answers the SUBSCRIBE with this id.
-    pub(super) fn suback(&mut self, id: u16, refused: bool) -> Result<(), Unexpected> {
+    /// SUBACK: answers the SUBSCRIBE with this id; `refused` with the broker's reason.
+    pub(super) fn suback(&mut self, id: u16, refused: Option<Rejection>) -> Result<(), Unexpected> {
         match self.slots.remove(&id) {
             Some(Slot::Subscribe { reply }) => {
-                let outcome = if refused {
-                    Err(BrokerError::NotAuthorized(
-                        "the broker refused the subscription (SUBACK failure)".into(),
-                    ))
-                } else {
-                    Ok(())
+                let outcome = match refused {
+                    None => Ok(()),
+                    Some(rejection) if rejection.code == 0x87 || rejection.code == 0x80 => {
+                        Err(BrokerError::NotAuthorized(format!(
+                            "the broker refused the subscription: {rejection}"
+                        )))
+                    }
+                    Some(rejection) => Err(BrokerError::Rejected(rejection)),
                 };
                 if let Some(reply) = reply {
                     let _ = reply.send(outcome);
@@ -286,7 +320,7 @@ impl Outbox {
             })
             .collect();
         for id in abandoned_qos1 {
-            self.complete(id);
+            self.complete(id, None);
         }
         let mut resends: Vec<(u64, Packet)> = self
             .slots
@@ -296,7 +330,7 @@ impl Outbox {
                     released: true,
                     order,
                     ..
-                } => Some((*order, Packet::PubRel(PubRel::new(id)))),
+                } => Some((*order, Packet::PubRel(PubRel::new(id, None)))),
                 Slot::Publish { publish, order, .. } => {
                     let mut again = publish.clone();
                     again.dup = true;
@@ -350,11 +384,24 @@ impl Outbox {
         qos0
     }
 
-    fn complete(&mut self, id: u16) {
+    fn complete(&mut self, id: u16, rejection: Option<Rejection>) {
         if let Some(Slot::Publish { reply, .. }) = self.slots.remove(&id) {
             self.publishes_in_flight -= 1;
-            let _ = reply.send(Ok(()));
+            let _ = reply.send(match rejection {
+                None => Ok(()),
+                Some(rejection) => Err(BrokerError::Rejected(rejection)),
+            });
         }
+    }
+
+    /// The broker's receive maximum (MQTT 5 CONNACK; `None` at 3.1.1 or when it sent none):
+    /// at most this many QoS 1/2 publishes unacknowledged at once, on top of the host's own
+    /// limit. Set again on every new connection.
+    pub(super) fn set_receive_maximum(&mut self, receive_maximum: Option<u16>) {
+        self.max_in_flight = match receive_maximum {
+            Some(most) => self.host_max_in_flight.min(usize::from(most.max(1))),
+            None => self.host_max_in_flight,
+        };
     }
 
     /// The next free packet id after the last one taken (ids cycle through 1..=65535, so an
@@ -404,7 +451,7 @@ mod tests {
         let (reply, outcome) = oneshot::channel();
         let ticket = Arc::new(Ticket::default());
         outbox.accept(Job {
-            publish: Publish::new("t", qos, payload.as_bytes().to_vec()),
+            publish: Publish::new("t", qos, payload.as_bytes().to_vec(), None),
             ticket: ticket.clone(),
             reply: Some(reply),
         });
@@ -426,9 +473,9 @@ mod tests {
         let mut b = accept(&mut outbox, QoS::AtLeastOnce, "b");
         let written = write_all(&mut outbox);
         assert_eq!(ids(&written), [1, 2]);
-        outbox.puback(2).expect("b's PUBACK");
+        outbox.puback(2, None).expect("b's PUBACK");
         assert_eq!((a.result(), b.result()), (None, Some(Ok(()))));
-        outbox.puback(1).expect("a's PUBACK");
+        outbox.puback(1, None).expect("a's PUBACK");
         assert_eq!(a.result(), Some(Ok(())));
     }
 
@@ -437,7 +484,7 @@ mod tests {
         let mut outbox = Outbox::new(10);
         let mut a = accept(&mut outbox, QoS::AtLeastOnce, "a");
         write_all(&mut outbox);
-        assert_eq!(outbox.puback(7), Err(Unexpected("PUBACK", 7)));
+        assert_eq!(outbox.puback(7, None), Err(Unexpected("PUBACK", 7)));
         assert_eq!(outbox.pubcomp(1), Err(Unexpected("PUBCOMP", 1)));
         assert_eq!(a.result(), None);
     }
@@ -451,7 +498,7 @@ mod tests {
         let written = write_all(&mut outbox);
         assert_eq!(written.len(), 1);
         assert_eq!(&written[0].payload[..], b"b");
-        outbox.puback(written[0].pkid).expect("b's PUBACK");
+        outbox.puback(written[0].pkid, None).expect("b's PUBACK");
         assert_eq!(b.result(), Some(Ok(())));
     }
 
@@ -476,7 +523,9 @@ mod tests {
         assert!(outbox.resumed(false).is_empty());
         let written = write_all(&mut outbox);
         assert_eq!(ids(&written), [1]);
-        outbox.puback(1).expect("PUBACK on the new connection");
+        outbox
+            .puback(1, None)
+            .expect("PUBACK on the new connection");
         assert_eq!(a.result(), Some(Ok(())));
     }
 
@@ -496,8 +545,8 @@ mod tests {
             })
             .collect();
         assert_eq!(resent, [(1, true, b"a".to_vec()), (2, true, b"b".to_vec())]);
-        outbox.puback(1).expect("a's PUBACK");
-        outbox.pubrec(2).expect("b's PUBREC");
+        outbox.puback(1, None).expect("a's PUBACK");
+        outbox.pubrec(2, None).expect("b's PUBREC");
         outbox.pubcomp(2).expect("b's PUBCOMP");
         assert_eq!((a.result(), b.result()), (Some(Ok(())), Some(Ok(()))));
     }
@@ -507,9 +556,9 @@ mod tests {
         let mut outbox = Outbox::new(10);
         let mut a = accept(&mut outbox, QoS::ExactlyOnce, "a");
         write_all(&mut outbox);
-        outbox.pubrec(1).expect("PUBREC");
+        outbox.pubrec(1, None).expect("PUBREC");
         outbox.lost();
-        assert_eq!(outbox.resumed(true), [Packet::PubRel(PubRel::new(1))]);
+        assert_eq!(outbox.resumed(true), [Packet::PubRel(PubRel::new(1, None))]);
         outbox.pubcomp(1).expect("PUBCOMP");
         assert_eq!(a.result(), Some(Ok(())));
     }
@@ -526,7 +575,7 @@ mod tests {
         // b was never written: it goes out now, with a fresh id.
         let written = write_all(&mut outbox);
         assert_eq!(ids(&written), [2]);
-        outbox.puback(2).expect("b's PUBACK");
+        outbox.puback(2, None).expect("b's PUBACK");
         assert_eq!(b.result(), Some(Ok(())));
     }
 
@@ -545,7 +594,9 @@ mod tests {
         outbox.next_id = u16::MAX;
         let mut new = accept(&mut outbox, QoS::AtLeastOnce, "new");
         assert_eq!(ids(&write_all(&mut outbox)), [1]);
-        outbox.puback(1).expect("PUBACK for the new owner of id 1");
+        outbox
+            .puback(1, None)
+            .expect("PUBACK for the new owner of id 1");
         assert_eq!(new.result(), Some(Ok(())));
     }
 
@@ -563,16 +614,16 @@ mod tests {
         let mut b = accept(&mut outbox, QoS::AtLeastOnce, "b");
         let mut c = accept(&mut outbox, QoS::AtLeastOnce, "c");
         assert_eq!(ids(&write_all(&mut outbox)), [6, 7]);
-        outbox.puback(6).expect("b's PUBACK");
+        outbox.puback(6, None).expect("b's PUBACK");
         assert!(matches!(
             lost.result(),
             Some(Err(BrokerError::Unconfirmed(_)))
         ));
         assert_eq!((b.result(), c.result()), (Some(Ok(())), None));
-        outbox.puback(7).expect("c's PUBACK");
+        outbox.puback(7, None).expect("c's PUBACK");
         assert_eq!(c.result(), Some(Ok(())));
         // A stale answer for the lost id is refused, not given to anyone.
-        assert!(outbox.puback(5).is_err());
+        assert!(outbox.puback(5, None).is_err());
     }
 
     #[test]
@@ -589,7 +640,7 @@ mod tests {
             matches!(&resent[..], [Packet::Publish(p)] if p.pkid == 2 && p.dup),
             "only the QoS 2 publish is resent: {resent:?}"
         );
-        assert!(outbox.puback(1).is_err(), "id 1 is free again");
+        assert!(outbox.puback(1, None).is_err(), "id 1 is free again");
     }
 
     #[test]
@@ -599,7 +650,7 @@ mod tests {
             .map(|n| accept(&mut outbox, QoS::AtLeastOnce, &n.to_string()))
             .collect();
         assert_eq!(ids(&write_all(&mut outbox)), [1, 2]);
-        outbox.puback(1).expect("PUBACK");
+        outbox.puback(1, None).expect("PUBACK");
         assert_eq!(ids(&write_all(&mut outbox)), [3]);
     }
 
@@ -608,7 +659,7 @@ mod tests {
         let mut outbox = Outbox::new(1);
         let _a = accept(&mut outbox, QoS::AtLeastOnce, "a");
         outbox.accept(Job {
-            publish: Publish::new("t", QoS::AtMostOnce, b"zero".to_vec()),
+            publish: Publish::new("t", QoS::AtMostOnce, b"zero".to_vec(), None),
             ticket: Arc::new(Ticket::default()),
             reply: None,
         });
@@ -627,10 +678,10 @@ mod tests {
         let written = write_all(&mut outbox);
         assert_ne!(subscribe.pkid, written[0].pkid);
         assert!(
-            outbox.puback(subscribe.pkid).is_err(),
+            outbox.puback(subscribe.pkid, None).is_err(),
             "a PUBACK cannot answer a SUBSCRIBE"
         );
-        outbox.suback(subscribe.pkid, false).expect("SUBACK");
+        outbox.suback(subscribe.pkid, None).expect("SUBACK");
         assert_eq!(subscribed.try_recv().ok(), Some(Ok(())));
     }
 

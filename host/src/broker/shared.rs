@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     /// Counts the subscriptions the broker has accepted (SUBACKs), renewals included.
     pub subscribed: tokio::sync::watch::Sender<u64>,
     pub max_payload: usize,
+    /// The MQTT version the connection speaks.
+    pub version: super::ProtocolVersion,
     pub label: String,
 }
 

@@ -15,6 +15,7 @@ fn request(payload: &str, qos: QoS) -> PublishRequest {
         payload: payload.as_bytes().to_vec().into(),
         qos,
         retain: false,
+        properties: Default::default(),
     }
 }
 

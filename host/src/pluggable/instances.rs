@@ -421,6 +421,13 @@ fn invoke_status(name: &str, error: &BindingError) -> tonic::Status {
             BrokerError::TooLarge(_) => tonic::Status::resource_exhausted(message),
             BrokerError::NotAuthorized(_) => tonic::Status::permission_denied(message),
             BrokerError::InvalidOption { .. } => tonic::Status::invalid_argument(message),
+            BrokerError::Rejected(rejection) if rejection.code == 0x87 => {
+                tonic::Status::permission_denied(message)
+            }
+            BrokerError::Rejected(rejection) if rejection.retryable => {
+                tonic::Status::resource_exhausted(message)
+            }
+            BrokerError::Rejected(_) => tonic::Status::failed_precondition(message),
             BrokerError::Tls(_) | BrokerError::Other(_) => tonic::Status::internal(message),
         },
         BindingError::NotInitialized => tonic::Status::failed_precondition(message),
