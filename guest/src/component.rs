@@ -4,7 +4,9 @@
 
 use std::cell::RefCell;
 
-use crate::metadata::{self, Config, NoteLevel, Qos, Secret, Transport};
+use base64::Engine as _;
+
+use crate::metadata::{self, Config, NoteLevel, Protocol, Qos, Secret, Transport};
 use crate::request;
 use crate::retry;
 
@@ -28,8 +30,8 @@ mod bindings {
 use bindings::exports::mqtt_binding::binding::binding::{
     Error, Guest, InvokeRequest, InvokeResponse,
 };
-use bindings::mqtt_binding::binding::broker::{self, ConnectOptions, Connection};
-use bindings::mqtt_binding::binding::delivery::{self, DeliveryError, Event};
+use bindings::mqtt_binding::binding::broker::{self, ConnectOptions, Connection, PublishOptions};
+use bindings::mqtt_binding::binding::delivery::{self, DeliveryError, Event, GivenUp};
 use bindings::mqtt_binding::binding::logging::{self, Level};
 use bindings::mqtt_binding::binding::types::Payload;
 use bindings::mqtt_binding::binding::{lifecycle, types};
@@ -153,29 +155,39 @@ enum Settled {
     Stopped,
 }
 
-/// Delivers one message under the binding's retry policy, then acknowledges it or leaves
-/// it for the broker to redeliver.
+/// Delivers one message under the binding's retry policy, answers it if it is an MQTT 5
+/// request and the application gave an answer, then acknowledges it or leaves it for the
+/// broker to redeliver.
 fn deliver(binding: &Binding, message: broker::Message) -> Settled {
-    let topic = message.topic;
-    let metadata = [
-        ("topic", topic.as_str()),
-        ("retained", bool_text(message.retained)),
-        ("qos", qos_text(message.qos)),
-        ("duplicate", bool_text(message.duplicate)),
-    ];
-    let event = || Event {
-        data: &message.payload,
-        metadata: &metadata,
-    };
-    let mut failures = 0;
+    let topic = &message.topic;
+    let owned = event_metadata(&message);
+    let metadata: Vec<(&str, &str)> = owned
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let mut attempt: u32 = 1;
     let reason = loop {
-        let reason = match delivery::deliver(event()) {
-            Ok(()) => return acknowledge(&binding.connection, message.id, message.qos, &topic),
+        let event = Event {
+            data: &message.payload,
+            metadata: &metadata,
+            attempt,
+        };
+        let reason = match delivery::deliver(event) {
+            Ok(answer) => {
+                if !respond(binding, &message, answer) {
+                    return Settled::Unacknowledged;
+                }
+                return acknowledge(&binding.connection, message.id, message.qos, topic);
+            }
             Err(DeliveryError::Failed(reason)) => reason,
             Err(DeliveryError::Stopped) => return Settled::Stopped,
         };
-        failures += 1;
-        let Some(wait) = binding.config.delivery_backoff.after_failure(failures) else {
+        let failures = attempt;
+        let Some(wait) = binding
+            .config
+            .delivery_backoff
+            .after_failure(u64::from(failures))
+        else {
             break reason;
         };
         logging::log(
@@ -191,7 +203,9 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
             );
             return Settled::Stopped;
         }
+        attempt += 1;
     };
+    let failures = attempt;
     let Some(dead_letter) = &binding.config.dead_letter_topic else {
         logging::log(
             Level::Error,
@@ -199,14 +213,16 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
                 "delivery of a message on {topic:?} failed {failures} times, last: {reason}; it stays unacknowledged, so a persistent session redelivers it on the next connection"
             ),
         );
+        delivery::gave_up(GivenUp::LeftUnacknowledged);
         return Settled::Unacknowledged;
     };
     // Published at QoS 1 at least, so the broker has confirmed it before the original is
-    // acknowledged: the message is never in neither place.
+    // acknowledged: the message is never in neither place. Its MQTT 5 properties go along.
     let publish = request::Publish {
         topic: dead_letter.clone(),
         qos: binding.config.qos.max(Qos::AtLeastOnce),
         retain: false,
+        properties: properties_of(&message.properties),
     };
     match publish_with_retries(&binding.connection, &publish, &message.payload) {
         Ok(()) => {
@@ -216,7 +232,8 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
                     "delivery of a message on {topic:?} failed {failures} times, last: {reason}; moved to the dead-letter topic {dead_letter:?}"
                 ),
             );
-            acknowledge(&binding.connection, message.id, message.qos, &topic)
+            delivery::gave_up(GivenUp::DeadLettered);
+            acknowledge(&binding.connection, message.id, message.qos, topic)
         }
         Err(error) => {
             logging::log(
@@ -225,8 +242,110 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
                     "delivery of a message on {topic:?} failed {failures} times and publishing it to the dead-letter topic {dead_letter:?} failed too ({error:?}); it stays unacknowledged"
                 ),
             );
+            delivery::gave_up(GivenUp::LeftUnacknowledged);
             Settled::Unacknowledged
         }
+    }
+}
+
+/// The event metadata of a message: `topic`, `retained`, `qos`, `duplicate`, and at MQTT 5
+/// the properties it carries (docs/BEHAVIOUR.md, "Input binding").
+fn event_metadata(message: &broker::Message) -> Vec<(String, String)> {
+    let mut metadata: Vec<(String, String)> = [
+        ("topic", message.topic.as_str()),
+        ("retained", bool_text(message.retained)),
+        ("qos", qos_text(message.qos)),
+        ("duplicate", bool_text(message.duplicate)),
+    ]
+    .into_iter()
+    .map(|(name, value)| (name.to_string(), value.to_string()))
+    .collect();
+    let properties = &message.properties;
+    let mut add = |name: &str, value: String| metadata.push((name.to_string(), value));
+    if let Some(content_type) = &properties.content_type {
+        add(request::field::CONTENT_TYPE, content_type.clone());
+    }
+    if let Some(response_topic) = &properties.response_topic {
+        add(request::field::RESPONSE_TOPIC, response_topic.clone());
+    }
+    if let Some(data) = &properties.correlation_data {
+        match std::str::from_utf8(data) {
+            Ok(text) => add(request::field::CORRELATION_DATA, text.to_string()),
+            Err(_) => add(
+                request::field::CORRELATION_DATA_BASE64,
+                base64::engine::general_purpose::STANDARD.encode(data),
+            ),
+        }
+    }
+    if let Some(expiry) = properties.expiry_secs {
+        add(MESSAGE_EXPIRY_INTERVAL, expiry.to_string());
+    }
+    for (name, value) in &properties.user_properties {
+        // W3C Trace Context over MQTT: the trace goes on to the application as its own
+        // header, as well as the user property it is.
+        if name == request::field::TRACEPARENT || name == request::field::TRACESTATE {
+            add(name, value.clone());
+        }
+        add(
+            &format!("{}{name}", request::field::USER_PROPERTY_PREFIX),
+            value.clone(),
+        );
+    }
+    metadata
+}
+
+/// Event metadata name of a received message's remaining expiry, in seconds.
+const MESSAGE_EXPIRY_INTERVAL: &str = "messageExpiryInterval";
+
+/// Answers an MQTT 5 request: when the message names a response topic and the application
+/// answered with data, publishes that data there with the request's correlation data.
+/// `false` when that publish failed, so that the request stays unacknowledged and the broker
+/// sends it again.
+fn respond(binding: &Binding, message: &broker::Message, answer: Option<Payload>) -> bool {
+    let Some(response_topic) = &message.properties.response_topic else {
+        return true;
+    };
+    let Some(answer) = answer else {
+        logging::log(
+            Level::Debug,
+            &format!(
+                "the application answered the request on {:?} without data; no response published to {response_topic:?}",
+                message.topic
+            ),
+        );
+        return true;
+    };
+    let publish = request::Publish {
+        topic: response_topic.clone(),
+        qos: binding.config.qos.max(Qos::AtLeastOnce),
+        retain: false,
+        properties: request::Properties {
+            correlation_data: message.properties.correlation_data.clone(),
+            ..request::Properties::default()
+        },
+    };
+    match publish_with_retries(&binding.connection, &publish, &answer) {
+        Ok(()) => true,
+        Err(error) => {
+            logging::log(
+                Level::Error,
+                &format!(
+                    "publishing the application's response to {response_topic:?} failed ({error:?}); the request on {:?} stays unacknowledged, for the broker to send again",
+                    message.topic
+                ),
+            );
+            false
+        }
+    }
+}
+
+fn properties_of(properties: &types::PropertiesResult) -> request::Properties {
+    request::Properties {
+        expiry_secs: properties.expiry_secs,
+        content_type: properties.content_type.clone(),
+        response_topic: properties.response_topic.clone(),
+        correlation_data: properties.correlation_data.clone(),
+        user_properties: properties.user_properties.clone(),
     }
 }
 
@@ -267,15 +386,28 @@ fn publish_with_retries(
     publish: &request::Publish,
     payload: &Payload,
 ) -> Result<(), Error> {
+    let properties = &publish.properties;
+    let user_properties: Vec<(&str, &str)> = properties
+        .user_properties
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
     let mut failures = 0;
     loop {
-        let outcome = connection.publish(
-            &publish.topic,
-            payload,
-            wit_qos(publish.qos),
-            publish.retain,
-            PUBLISH_TIMEOUT_MS,
-        );
+        let options = PublishOptions {
+            qos: wit_qos(publish.qos),
+            retain: publish.retain,
+            properties: types::PropertiesParam {
+                expiry_secs: properties.expiry_secs,
+                content_type: properties.content_type.as_deref(),
+                response_topic: properties.response_topic.as_deref(),
+                correlation_data: properties.correlation_data.as_deref(),
+                user_properties: &user_properties,
+                utf8_payload: false,
+            },
+            timeout_ms: PUBLISH_TIMEOUT_MS,
+        };
+        let outcome = connection.publish(&publish.topic, payload, options);
         let error = match outcome {
             Ok(()) => return Ok(()),
             Err(error) if is_retryable(&error) => error,
@@ -304,31 +436,41 @@ fn sleep(wait: std::time::Duration) -> bool {
 }
 
 /// The WIT's rule: `unreachable` and `timeout` may succeed if retried, and a publish that
-/// failed with either was not sent, so retrying it makes no second copy. `unconfirmed` is
-/// not retried: the broker may already have the message.
+/// failed with either was not sent, so retrying it makes no second copy; nor does one the
+/// broker refused with a retryable reason code (quota exceeded, say). `unconfirmed` is not
+/// retried: the broker may already have the message.
 fn is_retryable(error: &broker::Error) -> bool {
-    matches!(
-        error,
-        broker::Error::Unreachable(_) | broker::Error::Timeout(_)
-    )
+    match error {
+        broker::Error::Unreachable(_) | broker::Error::Timeout(_) => true,
+        broker::Error::Rejected(rejection) => rejection.retryable,
+        _ => false,
+    }
 }
 
 fn connect_options<'a>(config: &'a Config) -> ConnectOptions<'a> {
     let broker = &config.broker;
     // TLS material with a plain URL was already warned about; the host does not see it.
-    let tls = broker.transport == Transport::Tls;
+    let tls = broker.transport.is_tls();
     let tls_only = |value: Option<&'a str>| value.filter(|_| tls);
     ConnectOptions {
         transport: match broker.transport {
             Transport::Tcp => broker::Transport::Tcp,
             Transport::Tls => broker::Transport::Tls,
+            Transport::Ws => broker::Transport::Ws,
+            Transport::Wss => broker::Transport::Wss,
         },
         host: &broker.host,
         port: broker.port,
+        path: &broker.path,
+        protocol_version: match config.protocol {
+            Protocol::V311 => broker::ProtocolVersion::Mqtt311,
+            Protocol::V5 => broker::ProtocolVersion::Mqtt5,
+        },
         client_id: &config.client_id,
         username: broker.username.as_deref(),
         password: broker.password.as_ref().map(Secret::expose),
         clean_session: config.clean_session,
+        session_expiry_secs: config.session_expiry_secs,
         keep_alive_secs: config.keep_alive_secs,
         ca_cert: tls_only(config.tls.ca_cert.as_deref()),
         client_cert: tls_only(config.tls.client_cert.as_deref()),

@@ -30,6 +30,9 @@ pub mod field {
     pub const BACK_OFF_INTERVAL: &str = "backOffInterval";
     pub const DEAD_LETTER_TOPIC: &str = "deadLetterTopic";
     pub const KEEP_ALIVE: &str = "keepAlive";
+    pub const PROTOCOL_VERSION: &str = "protocolVersion";
+    pub const SESSION_EXPIRY_INTERVAL: &str = "sessionExpiryInterval";
+    pub const TTL_IN_SECONDS: &str = "ttlInSeconds";
 }
 
 /// Names that belong to the host (Dapr's runtime reads them, not the component).
@@ -60,6 +63,12 @@ pub struct Config {
     pub clean_session: bool,
     /// MQTT keep-alive, in seconds (1 to 65535).
     pub keep_alive_secs: u16,
+    pub protocol: Protocol,
+    /// MQTT 5: how long the broker keeps the session after a disconnect, in seconds
+    /// (`u32::MAX`: never expires); `None` ends it with the connection.
+    pub session_expiry_secs: Option<u32>,
+    /// MQTT 5: the message expiry of every publish unless a request says otherwise.
+    pub ttl_secs: Option<u32>,
     pub tls: Tls,
     /// Retry policy for failed deliveries of the input binding.
     pub delivery_backoff: Backoff,
@@ -76,6 +85,9 @@ pub struct Broker {
     pub transport: Transport,
     pub host: String,
     pub port: u16,
+    /// The WebSocket endpoint's path and query (`/` when the URL has none); empty for TCP
+    /// and TLS.
+    pub path: String,
     pub username: Option<String>,
     pub password: Option<Secret>,
 }
@@ -84,6 +96,22 @@ pub struct Broker {
 pub enum Transport {
     Tcp,
     Tls,
+    Ws,
+    Wss,
+}
+
+impl Transport {
+    /// Whether TLS carries the connection, so that the TLS fields apply.
+    pub fn is_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+}
+
+/// The MQTT version the binding speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V311,
+    V5,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -146,8 +174,18 @@ impl MetadataError {
     }
 
     /// `expected X, got "V"`: only for values that are not secret.
-    fn expected(field: &str, expected: &str, got: &str) -> Self {
+    pub(crate) fn expected(field: &str, expected: &str, got: &str) -> Self {
         Self::new(field, format!("expected {expected}, got {got:?}"))
+    }
+
+    /// A topic to publish to that is not one (see `topic::check_name`).
+    pub(crate) fn expected_topic(field: &str, why: &str) -> Self {
+        Self::new(field, format!("expected a topic to publish to: {why}"))
+    }
+
+    /// Two fields that say the same thing in two ways, both given.
+    pub(crate) fn given_both(field: &str, other: &str) -> Self {
+        Self::new(field, format!("given with {other:?}; give one of them"))
     }
 
     /// The documented name of the field at fault.
@@ -288,13 +326,45 @@ pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, Meta
         Some(value) => parse_keep_alive(&value)?,
         None => DEFAULT_KEEP_ALIVE_SECS,
     };
+    let protocol = match fields.optional(field::PROTOCOL_VERSION) {
+        Some(value) => parse_protocol(&value)?,
+        None => Protocol::V311,
+    };
+    let session_expiry = fields
+        .optional(field::SESSION_EXPIRY_INTERVAL)
+        .map(|value| parse_seconds(field::SESSION_EXPIRY_INTERVAL, &value, 0))
+        .transpose()?;
+    let session_expiry_secs = match (protocol, session_expiry) {
+        (Protocol::V311, Some(_)) => {
+            return Err(needs_mqtt5(field::SESSION_EXPIRY_INTERVAL));
+        }
+        (Protocol::V311, None) => None,
+        (Protocol::V5, Some(secs)) => Some(secs),
+        // As MQTT 3.1.1 keeps a persistent session: for ever.
+        (Protocol::V5, None) if !clean_session => Some(u32::MAX),
+        (Protocol::V5, None) => None,
+    };
+    let ttl_secs = fields
+        .optional(field::TTL_IN_SECONDS)
+        .map(|value| parse_seconds(field::TTL_IN_SECONDS, &value, 1))
+        .transpose()?;
+    if ttl_secs.is_some() && protocol == Protocol::V311 {
+        notes.push(Note {
+            level: NoteLevel::Warn,
+            message: format!(
+                "metadata field {:?} is ignored: MQTT 3.1.1 has no message expiry (as in Dapr's binding); set {:?} to \"5\" to use it",
+                field::TTL_IN_SECONDS,
+                field::PROTOCOL_VERSION
+            ),
+        });
+    }
     let tls = parse_tls(&mut fields)?;
-    if broker.transport == Transport::Tcp
+    if !broker.transport.is_tls()
         && (tls.ca_cert.is_some() || tls.client_cert.is_some() || tls.client_key.is_some())
     {
         notes.push(Note {
             level: NoteLevel::Warn,
-            message: "caCert, clientCert or clientKey is set but the url is not a TLS url (ssl://, mqtts://, tls://, tcps://); they are ignored".into(),
+            message: "caCert, clientCert or clientKey is set but the url is not a TLS url (ssl://, mqtts://, tls://, tcps://, wss://); they are ignored".into(),
         });
     }
 
@@ -338,6 +408,9 @@ pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, Meta
         retain,
         clean_session,
         keep_alive_secs,
+        protocol,
+        session_expiry_secs,
+        ttl_secs,
         tls,
         delivery_backoff,
         dead_letter_topic,
@@ -410,6 +483,52 @@ fn parse_interval(value: &str) -> Result<Duration, MetadataError> {
     Ok(interval)
 }
 
+/// Parses `3.1.1` or `5` (and the spellings people use for them).
+fn parse_protocol(value: &str) -> Result<Protocol, MetadataError> {
+    match value.trim() {
+        "3.1.1" | "311" | "4" => Ok(Protocol::V311),
+        "5" | "5.0" => Ok(Protocol::V5),
+        _ => Err(MetadataError::expected(
+            field::PROTOCOL_VERSION,
+            "\"3.1.1\" or \"5\"",
+            value,
+        )),
+    }
+}
+
+/// Parses whole seconds from `min` to 4294967295 (what MQTT 5 carries): `3600`, or a
+/// duration such as `1h`.
+pub fn parse_seconds(field: &str, value: &str, min: u32) -> Result<u32, MetadataError> {
+    let expected = format!("whole seconds from {min} to 4294967295, such as 3600, 3600s or 1h");
+    let trimmed = value.trim();
+    let secs = match trimmed.parse::<u64>() {
+        Ok(secs) => secs,
+        Err(_) => {
+            let duration = humantime::parse_duration(trimmed)
+                .map_err(|_| MetadataError::expected(field, &expected, value))?;
+            if duration.subsec_nanos() != 0 {
+                return Err(MetadataError::expected(field, &expected, value));
+            }
+            duration.as_secs()
+        }
+    };
+    match u32::try_from(secs) {
+        Ok(secs) if secs >= min => Ok(secs),
+        _ => Err(MetadataError::expected(field, &expected, value)),
+    }
+}
+
+/// The error for an MQTT 5 field given to a binding that speaks MQTT 3.1.1.
+pub fn needs_mqtt5(field: &str) -> MetadataError {
+    MetadataError::new(
+        field,
+        format!(
+            "is an MQTT 5 feature; set the metadata field {:?} to \"5\" to use it",
+            field::PROTOCOL_VERSION
+        ),
+    )
+}
+
 /// Parses a keep-alive: whole seconds (`30`) or a duration (`30s`, `1m`), 1 s to 65535 s.
 fn parse_keep_alive(value: &str) -> Result<u16, MetadataError> {
     const EXPECTED: &str = "a keep-alive of 1 to 65535 whole seconds, such as 30, 30s or 1m";
@@ -433,7 +552,7 @@ fn parse_keep_alive(value: &str) -> Result<u16, MetadataError> {
 
 /// Parses the broker URL: scheme, host, port (with the scheme's default), credentials.
 fn parse_url(value: &str) -> Result<Broker, MetadataError> {
-    const SCHEMES: &str = "tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://";
+    const SCHEMES: &str = "tcp://, mqtt://, ssl://, mqtts://, tls://, tcps://, ws:// or wss://";
     let invalid = |why: String| MetadataError::new(field::URL, why);
     // The value may hold a password, so no error below echoes it whole.
     let url = url::Url::parse(value.trim()).map_err(|e| {
@@ -444,12 +563,8 @@ fn parse_url(value: &str) -> Result<Broker, MetadataError> {
     let (transport, default_port) = match url.scheme() {
         "tcp" | "mqtt" => (Transport::Tcp, 1883),
         "ssl" | "mqtts" | "tls" | "tcps" => (Transport::Tls, 8883),
-        "ws" | "wss" => {
-            return Err(invalid(format!(
-                "WebSocket URLs ({}://) are not supported by this binding yet; use {SCHEMES}",
-                url.scheme()
-            )));
-        }
+        "ws" => (Transport::Ws, 80),
+        "wss" => (Transport::Wss, 443),
         other => {
             return Err(invalid(format!(
                 "expected a scheme of {SCHEMES}, got \"{other}://\""
@@ -470,12 +585,26 @@ fn parse_url(value: &str) -> Result<Broker, MetadataError> {
         Some(port) => port,
         None => default_port,
     };
-    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+    let websocket = matches!(transport, Transport::Ws | Transport::Wss);
+    if url.fragment().is_some()
+        || (!websocket && (!matches!(url.path(), "" | "/") || url.query().is_some()))
+    {
+        let allowed = if websocket {
+            "fragment"
+        } else {
+            "path, query or fragment"
+        };
         return Err(invalid(format!(
-            "expected no path, query or fragment after {}://host:port",
+            "expected no {allowed} after {}://host:port",
             url.scheme()
         )));
     }
+    // The WebSocket endpoint, as the URL writes it (percent-encoding kept).
+    let path = match (websocket, url.query()) {
+        (false, _) => String::new(),
+        (true, None) => url.path().to_string(),
+        (true, Some(query)) => format!("{}?{query}", url.path()),
+    };
     let decode = |part: &str, what: &str| {
         percent_decode_str(part)
             .decode_utf8()
@@ -498,6 +627,7 @@ fn parse_url(value: &str) -> Result<Broker, MetadataError> {
         transport,
         host,
         port,
+        path,
         username,
         password,
     })
@@ -600,10 +730,14 @@ mod tests {
                 transport: Transport::Tcp,
                 host: "localhost".into(),
                 port: 1883,
+                path: String::new(),
                 username: None,
                 password: None
             }
         );
+        assert_eq!(config.protocol, Protocol::V311);
+        assert_eq!(config.session_expiry_secs, None);
+        assert_eq!(config.ttl_secs, None);
         assert_eq!(config.topic, "orders");
         assert_eq!(config.client_id, "my-app");
         assert_eq!(config.qos, Qos::AtMostOnce);
@@ -703,15 +837,15 @@ mod tests {
             ("", r#"metadata field "url": is empty; it is required"#),
             (
                 "localhost:1883",
-                r#"metadata field "url": expected a scheme of tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://, got "localhost://""#,
+                r#"metadata field "url": expected a scheme of tcp://, mqtt://, ssl://, mqtts://, tls://, tcps://, ws:// or wss://, got "localhost://""#,
             ),
             (
                 "http://h",
-                r#"metadata field "url": expected a scheme of tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://, got "http://""#,
+                r#"metadata field "url": expected a scheme of tcp://, mqtt://, ssl://, mqtts://, tls://, tcps://, ws:// or wss://, got "http://""#,
             ),
             (
-                "ws://h/mqtt",
-                r#"metadata field "url": WebSocket URLs (ws://) are not supported by this binding yet; use tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://"#,
+                "ws://h/mqtt#top",
+                r#"metadata field "url": expected no fragment after ws://host:port"#,
             ),
             (
                 "tcp://",
@@ -719,7 +853,7 @@ mod tests {
             ),
             (
                 "tcp://u:secret@h:99999",
-                r#"metadata field "url": expected a URL such as tcp://host:1883 (tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://): invalid port number"#,
+                r#"metadata field "url": expected a URL such as tcp://host:1883 (tcp://, mqtt://, ssl://, mqtts://, tls://, tcps://, ws:// or wss://): invalid port number"#,
             ),
             (
                 "tcp://h:0",
@@ -731,7 +865,7 @@ mod tests {
             ),
             (
                 "no url at all",
-                r#"metadata field "url": expected a URL such as tcp://host:1883 (tcp://, mqtt://, ssl://, mqtts://, tls:// or tcps://): relative URL without a base"#,
+                r#"metadata field "url": expected a URL such as tcp://host:1883 (tcp://, mqtt://, ssl://, mqtts://, tls://, tcps://, ws:// or wss://): relative URL without a base"#,
             ),
         ];
         for (url, expected) in cases {
@@ -1028,5 +1162,107 @@ mod tests {
                 ),
             );
         }
+    }
+
+    #[test]
+    fn websocket_urls_keep_their_path_and_take_the_web_ports() {
+        let config = parse("app", &md(&[("url", "ws://h/mqtt"), ("topic", "t")])).expect("valid");
+        assert_eq!(
+            (
+                config.broker.transport,
+                config.broker.port,
+                config.broker.path.as_str()
+            ),
+            (Transport::Ws, 80, "/mqtt")
+        );
+        let config = parse(
+            "app",
+            &md(&[("url", "wss://u:p@h:8443/a/b%20c?x=1"), ("topic", "t")]),
+        )
+        .expect("valid");
+        assert_eq!(
+            (
+                config.broker.transport,
+                config.broker.port,
+                config.broker.path.as_str()
+            ),
+            (Transport::Wss, 8443, "/a/b%20c?x=1")
+        );
+        let config = parse("app", &md(&[("url", "wss://h"), ("topic", "t")])).expect("valid");
+        assert_eq!(
+            (config.broker.port, config.broker.path.as_str()),
+            (443, "/")
+        );
+    }
+
+    #[test]
+    fn mqtt5_fields_are_read_and_checked() {
+        let config = parse(
+            "app",
+            &with(&[
+                ("protocolVersion", "5"),
+                ("cleanSession", "false"),
+                ("ttlInSeconds", "1m"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(config.protocol, Protocol::V5);
+        assert_eq!(
+            config.session_expiry_secs,
+            Some(u32::MAX),
+            "kept, as 3.1.1 does"
+        );
+        assert_eq!(config.ttl_secs, Some(60));
+        let config = parse(
+            "app",
+            &with(&[("protocolVersion", "5"), ("sessionExpiryInterval", "3600")]),
+        )
+        .expect("valid");
+        assert_eq!(config.session_expiry_secs, Some(3600));
+        let config = parse("app", &with(&[("protocolVersion", "5")])).expect("valid");
+        assert_eq!(
+            config.session_expiry_secs, None,
+            "clean session: ends with the connection"
+        );
+        for (metadata, error) in [
+            (
+                vec![("protocolVersion", "3")],
+                r#"metadata field "protocolVersion": expected "3.1.1" or "5", got "3""#,
+            ),
+            (
+                vec![("sessionExpiryInterval", "60")],
+                r#"metadata field "sessionExpiryInterval": is an MQTT 5 feature; set the metadata field "protocolVersion" to "5" to use it"#,
+            ),
+            (
+                vec![("protocolVersion", "5"), ("sessionExpiryInterval", "-1")],
+                r#"metadata field "sessionExpiryInterval": expected whole seconds from 0 to 4294967295, such as 3600, 3600s or 1h, got "-1""#,
+            ),
+            (
+                vec![
+                    ("protocolVersion", "5"),
+                    ("sessionExpiryInterval", "4294967296"),
+                ],
+                r#"metadata field "sessionExpiryInterval": expected whole seconds from 0 to 4294967295, such as 3600, 3600s or 1h, got "4294967296""#,
+            ),
+            (
+                vec![("protocolVersion", "5"), ("ttlInSeconds", "0")],
+                r#"metadata field "ttlInSeconds": expected whole seconds from 1 to 4294967295, such as 3600, 3600s or 1h, got "0""#,
+            ),
+            (
+                vec![("ttlInSeconds", "soon")],
+                r#"metadata field "ttlInSeconds": expected whole seconds from 1 to 4294967295, such as 3600, 3600s or 1h, got "soon""#,
+            ),
+        ] {
+            assert_eq!(error_of(&with(&metadata)), error);
+        }
+        let config = parse("app", &with(&[("ttlInSeconds", "10")])).expect("valid at 3.1.1");
+        assert!(
+            config
+                .notes
+                .iter()
+                .any(|n| n.level == NoteLevel::Warn && n.message.contains("ttlInSeconds")),
+            "ignored with a warning: {:?}",
+            config.notes
+        );
     }
 }

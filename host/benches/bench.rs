@@ -1066,7 +1066,7 @@ impl EventHandler for Count {
         if seen == self.target {
             self.done.notify_one();
         }
-        Box::pin(async { Ok(()) })
+        Box::pin(async { Ok(None) })
     }
 }
 

@@ -71,6 +71,13 @@ pub struct BindingStats {
     pub traps: u64,
     /// Of those, the ones stopped for computing past their CPU budget.
     pub interruptions: u64,
+    /// Deliveries to the application after the first of the same message.
+    pub delivery_retries: u64,
+    /// Messages the application never accepted, moved to the dead-letter topic.
+    pub dead_lettered: u64,
+    /// Messages the application never accepted, left unacknowledged (no dead-letter topic,
+    /// or publishing to it failed).
+    pub left_unacknowledged: u64,
 }
 
 /// A running binding. Calls may come from many tasks at once: each `invoke` runs in an
@@ -267,6 +274,9 @@ impl Binding {
                 .saturating_sub(self.permits.available_permits()),
             traps,
             interruptions,
+            delivery_retries: count(&self.host.faults.delivery_retries),
+            dead_lettered: count(&self.host.faults.dead_lettered),
+            left_unacknowledged: count(&self.host.faults.left_unacknowledged),
         }
     }
 
@@ -274,12 +284,7 @@ impl Binding {
     /// those were stopped for computing past their CPU budget.
     pub fn faults(&self) -> (u64, u64) {
         let faults = &self.host.faults;
-        (
-            faults.traps.load(std::sync::atomic::Ordering::Relaxed),
-            faults
-                .interruptions
-                .load(std::sync::atomic::Ordering::Relaxed),
-        )
+        (count(&faults.traps), count(&faults.interruptions))
     }
 
     /// Asks the binding to stop: `read` returns once the message in hand is settled
@@ -306,4 +311,8 @@ fn byte_budget(options: &crate::RuntimeOptions) -> usize {
         1,
         tokio::sync::Semaphore::MAX_PERMITS.min(u32::MAX as usize),
     )
+}
+
+fn count(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(std::sync::atomic::Ordering::Relaxed)
 }

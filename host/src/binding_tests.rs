@@ -31,7 +31,7 @@ impl EventHandler for Gate {
             let _ = self.events.send(event);
             let mut open = self.open.clone();
             let _ = open.wait_for(|open| *open).await;
-            Ok(())
+            Ok(None)
         })
     }
 }

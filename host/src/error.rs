@@ -10,6 +10,7 @@ pub enum Field {
     ClientKey,
     ClientId,
     Host,
+    Path,
 }
 
 impl Field {
@@ -21,6 +22,7 @@ impl Field {
             Field::ClientKey => "client-key",
             Field::ClientId => "client-id",
             Field::Host => "host",
+            Field::Path => "path",
         }
     }
 }

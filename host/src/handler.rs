@@ -9,13 +9,21 @@ use std::pin::Pin;
 pub struct Event {
     pub data: Vec<u8>,
     pub metadata: Vec<(String, String)>,
+    /// Which delivery of this message this is: 1 for the first, 2 for the first retry.
+    pub attempt: u32,
 }
 
+/// What the application answered to an event it accepted: the data of its answer, if it
+/// gave any. When the event was an MQTT 5 request (it has a `responseTopic`), the binding
+/// publishes that data to the response topic before it acknowledges the request.
+pub type Answer = Option<Vec<u8>>;
+
 /// The future an [`EventHandler`] returns.
-pub type Delivery<'a> = Pin<Box<dyn Future<Output = Result<(), String>> + Send + 'a>>;
+pub type Delivery<'a> = Pin<Box<dyn Future<Output = Result<Answer, String>> + Send + 'a>>;
 
 /// The application that receives the input binding's events. `Ok` means accepted (the
-/// message is then acknowledged to the broker); `Err` carries the reason it was not.
+/// message is then acknowledged to the broker), with the application's answer; `Err`
+/// carries the reason it was not.
 pub trait EventHandler: Send + Sync + 'static {
     fn deliver(&self, event: Event) -> Delivery<'_>;
 }

@@ -96,11 +96,18 @@ impl wasmtime::ResourceLimiter for Limits {
     }
 }
 
-/// Counts of a binding's instances that failed, for `/v1.0/metadata`.
+/// Counts of what went wrong in a binding, for `/v1.0/metadata` and the metrics: instances
+/// that failed, and deliveries the application did not accept the first time.
 #[derive(Debug, Default)]
 pub(crate) struct Faults {
     pub traps: std::sync::atomic::AtomicU64,
     pub interruptions: std::sync::atomic::AtomicU64,
+    /// Deliveries after the first of the same message.
+    pub delivery_retries: std::sync::atomic::AtomicU64,
+    /// Messages moved to the dead-letter topic after their retries.
+    pub dead_lettered: std::sync::atomic::AtomicU64,
+    /// Messages left unacknowledged after their retries.
+    pub left_unacknowledged: std::sync::atomic::AtomicU64,
 }
 
 /// The data of one wasmtime `Store`.

@@ -2,6 +2,7 @@
 //! `logging` is `guest_log`'s), implemented on [`HostView`], and the one mapping between
 //! host errors and the WIT's `broker.error`.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use wasmtime::component::Resource;
@@ -10,7 +11,7 @@ use crate::broker::{
     ConnectOptions, Connection, MessageProperties, ProtocolVersion, PublishRequest, Transport,
 };
 use crate::broker_policy;
-use crate::error::BrokerError;
+use crate::error::{BrokerError, Rejection};
 use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, types};
 use crate::handler::Event;
 use crate::host_state::HostView;
@@ -30,7 +31,11 @@ fn to_wit(error: BrokerError) -> broker::Error {
         BrokerError::TooLarge(s) => broker::Error::TooLarge(s),
         BrokerError::Closed => broker::Error::Closed,
         BrokerError::Other(s) => broker::Error::Other(s),
-        rejected @ BrokerError::Rejected(_) => broker::Error::Other(rejected.to_string()),
+        BrokerError::Rejected(rejection) => broker::Error::Rejected(broker::Rejection {
+            reason_code: rejection.code,
+            reason: rejection.reason,
+            retryable: rejection.retryable,
+        }),
     }
 }
 
@@ -49,6 +54,11 @@ pub(crate) fn from_wit(error: broker::Error) -> BrokerError {
         broker::Error::TooLarge(s) => BrokerError::TooLarge(s),
         broker::Error::Closed => BrokerError::Closed,
         broker::Error::Other(s) => BrokerError::Other(s),
+        broker::Error::Rejected(rejection) => BrokerError::Rejected(Rejection {
+            code: rejection.reason_code,
+            reason: rejection.reason,
+            retryable: rejection.retryable,
+        }),
     }
 }
 
@@ -65,6 +75,28 @@ fn wit_qos(qos: rumqttc::QoS) -> types::Qos {
         rumqttc::QoS::AtMostOnce => types::Qos::AtMostOnce,
         rumqttc::QoS::AtLeastOnce => types::Qos::AtLeastOnce,
         rumqttc::QoS::ExactlyOnce => types::Qos::ExactlyOnce,
+    }
+}
+
+fn from_wit_properties(properties: types::Properties) -> MessageProperties {
+    MessageProperties {
+        expiry: properties.expiry_secs,
+        content_type: properties.content_type,
+        response_topic: properties.response_topic,
+        correlation_data: properties.correlation_data.map(Into::into),
+        user_properties: properties.user_properties,
+        utf8_payload: properties.utf8_payload,
+    }
+}
+
+fn wit_properties(properties: MessageProperties) -> types::Properties {
+    types::Properties {
+        expiry_secs: properties.expiry,
+        content_type: properties.content_type,
+        response_topic: properties.response_topic,
+        correlation_data: properties.correlation_data.map(|data| data.to_vec()),
+        user_properties: properties.user_properties,
+        utf8_payload: properties.utf8_payload,
     }
 }
 
@@ -108,15 +140,21 @@ impl broker::HostConnection for HostView<'_> {
             transport: match options.transport {
                 broker::Transport::Tcp => Transport::Tcp,
                 broker::Transport::Tls => Transport::Tls,
+                broker::Transport::Ws => Transport::Ws,
+                broker::Transport::Wss => Transport::Wss,
             },
             host: options.host,
             port: options.port,
-            protocol: ProtocolVersion::V311,
+            path: options.path,
+            protocol: match options.protocol_version {
+                broker::ProtocolVersion::Mqtt311 => ProtocolVersion::V311,
+                broker::ProtocolVersion::Mqtt5 => ProtocolVersion::V5,
+            },
             client_id: options.client_id,
             username: options.username,
             password: options.password,
             clean_session: options.clean_session,
-            session_expiry: None,
+            session_expiry: options.session_expiry_secs,
             keep_alive: Duration::from_secs(u64::from(options.keep_alive_secs)),
             ca_cert: options.ca_cert,
             client_cert: options.client_cert,
@@ -156,20 +194,20 @@ impl broker::HostConnection for HostView<'_> {
         connection: Resource<Connection>,
         topic: String,
         payload: Resource<Payload>,
-        level: types::Qos,
-        retain: bool,
-        timeout_ms: u32,
+        options: broker::PublishOptions,
     ) -> wasmtime::Result<Result<(), broker::Error>> {
         let payload = self.table.get(&payload)?.0.clone();
         let connection = self.table.get(&connection)?;
         let request = PublishRequest {
             topic,
             payload,
-            qos: qos(level),
-            retain,
-            properties: MessageProperties::default(),
+            qos: qos(options.qos),
+            retain: options.retain,
+            properties: from_wit_properties(options.properties),
         };
-        let outcome = connection.publish(request, millis(timeout_ms)).await;
+        let outcome = connection
+            .publish(request, millis(options.timeout_ms))
+            .await;
         Ok(outcome.map_err(to_wit))
     }
 
@@ -212,6 +250,7 @@ impl broker::HostConnection for HostView<'_> {
                 qos: wit_qos(m.qos),
                 retained: m.retain,
                 duplicate: m.duplicate,
+                properties: wit_properties(m.properties),
             });
         }
         Ok(Ok(handed))
@@ -245,7 +284,7 @@ impl delivery::Host for HostView<'_> {
     async fn deliver(
         &mut self,
         event: delivery::Event,
-    ) -> wasmtime::Result<Result<(), delivery::DeliveryError>> {
+    ) -> wasmtime::Result<Result<Option<Resource<Payload>>, delivery::DeliveryError>> {
         let Some(handler) = self.host.handler.clone() else {
             return Ok(Err(delivery::DeliveryError::Failed(
                 "this host has no application to deliver events to".into(),
@@ -255,15 +294,36 @@ impl delivery::Host for HostView<'_> {
         if self.host.shutdown.is_cancelled() {
             return Ok(Err(delivery::DeliveryError::Stopped));
         }
+        if event.attempt > 1 {
+            self.host
+                .faults
+                .delivery_retries
+                .fetch_add(1, Ordering::Relaxed);
+        }
         let event = Event {
             data: self.table.get(&event.data)?.0.to_vec(),
             metadata: event.metadata,
+            attempt: event.attempt,
         };
-        Ok(tokio::select! {
+        let outcome = tokio::select! {
             biased;
             outcome = handler.deliver(event) => outcome.map_err(delivery::DeliveryError::Failed),
             () = self.host.shutdown.cancelled() => Err(delivery::DeliveryError::Stopped),
+        };
+        Ok(match outcome {
+            Ok(Some(answer)) => Ok(Some(self.table.push(Payload(answer.into()))?)),
+            Ok(None) => Ok(None),
+            Err(error) => Err(error),
         })
+    }
+
+    async fn gave_up(&mut self, how: delivery::GivenUp) -> wasmtime::Result<()> {
+        let counter = match how {
+            delivery::GivenUp::DeadLettered => &self.host.faults.dead_lettered,
+            delivery::GivenUp::LeftUnacknowledged => &self.host.faults.left_unacknowledged,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 }
 

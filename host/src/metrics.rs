@@ -169,6 +169,18 @@ impl Metrics {
             "mqtt_binding_component_interruptions_total",
             "Of those, the instances stopped for computing past their CPU budget.",
         );
+        let retries = counter(
+            "mqtt_binding_delivery_retries_total",
+            "Deliveries of a message to the application after its first (the binding's retries).",
+        );
+        let dead_lettered = counter(
+            "mqtt_binding_dead_lettered_total",
+            "Messages the application never accepted, moved to the dead-letter topic.",
+        );
+        let left_unacknowledged = counter(
+            "mqtt_binding_left_unacknowledged_total",
+            "Messages the application never accepted, left unacknowledged for the broker to send again.",
+        );
         for (component, stats) in bindings {
             let labels = [self.app_id.as_str(), component, &self.namespace];
             running
@@ -191,6 +203,15 @@ impl Metrics {
             interruptions
                 .with_label_values(&labels)
                 .inc_by(stats.interruptions);
+            retries
+                .with_label_values(&labels)
+                .inc_by(stats.delivery_retries);
+            dead_lettered
+                .with_label_values(&labels)
+                .inc_by(stats.dead_lettered);
+            left_unacknowledged
+                .with_label_values(&labels)
+                .inc_by(stats.left_unacknowledged);
         }
         let mut families = self.registry.gather();
         families.extend(live.gather());

@@ -21,7 +21,16 @@ async fn each_bad_value_is_refused_naming_its_field() {
         (vec![("url", "http://h"), topic], "url"),
         (vec![("url", "tcp://"), topic], "url"),
         (vec![("url", "tcp://h:70000"), topic], "url"),
-        (vec![("url", "ws://h/mqtt"), topic], "url"),
+        (vec![("url", "ws://h/mqtt#part"), topic], "url"),
+        (
+            vec![url, topic, ("protocolVersion", "6")],
+            "protocolVersion",
+        ),
+        (
+            vec![url, topic, ("sessionExpiryInterval", "60")],
+            "sessionExpiryInterval",
+        ),
+        (vec![url, topic, ("ttlInSeconds", "-5")], "ttlInSeconds"),
         (vec![url], "topic"),
         (vec![url, ("topic", "a/#/b")], "topic"),
         (vec![url, ("topic", "a+")], "topic"),

@@ -577,7 +577,7 @@ impl EventHandler for Recorder {
                 return Err(format!("scripted failure of call {call}"));
             }
             let _ = self.accepted.send(event);
-            Ok(())
+            Ok(None)
         })
     }
 }

@@ -66,6 +66,7 @@ impl FakeBroker {
             transport: Transport::Tcp,
             host: "127.0.0.1".into(),
             port: self.port,
+            path: String::new(),
             protocol: ProtocolVersion::V311,
             client_id: "fake-test".into(),
             username: None,

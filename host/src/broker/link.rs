@@ -1,5 +1,5 @@
-//! One network connection to the broker: TCP (or TLS over TCP), the CONNECT/CONNACK
-//! handshake, and MQTT packets in and out through `codec`, in the connection's MQTT
+//! One network connection to the broker: TCP, TLS over TCP, and WebSockets over either
+//! (the HTTP upgrade, then MQTT in binary frames), the CONNECT/CONNACK handshake, and MQTT packets in and out through `codec`, in the connection's MQTT
 //! version. What to send and what an answer means is left to `driver` and `outbox`.
 
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 
 use super::codec::{self, ProtocolVersion};
 use super::reason;
-use crate::error::BrokerError;
+use crate::error::{BrokerError, Field};
 
 /// Where and how to connect; built once per connection from the component's options.
 #[derive(Clone)]
@@ -24,6 +24,9 @@ pub(super) struct Endpoint {
     pub host: String,
     pub port: u16,
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The WebSocket endpoint's path (and query) for `ws://` and `wss://`; `None` for plain
+    /// MQTT over TCP or TLS.
+    pub websocket_path: Option<String>,
     pub version: ProtocolVersion,
     pub connect: Connect,
     /// User name and password: never shown.
@@ -40,13 +43,14 @@ impl std::fmt::Debug for Endpoint {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("tls", &self.tls.is_some())
+            .field("websocket_path", &self.websocket_path)
             .field("version", &self.version)
             .finish_non_exhaustive()
     }
 }
 
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
 
 /// An open, accepted MQTT connection, in two halves so that reading and writing can wait
 /// at the same time.
@@ -119,6 +123,10 @@ impl Link {
                     .map_err(|e| classify_io(&e))?;
                 Box::new(tls)
             }
+        };
+        let stream = match &endpoint.websocket_path {
+            None => stream,
+            Some(path) => websocket(stream, endpoint, path).await?,
         };
         let (reader, writer) = tokio::io::split(stream);
         let mut link = Link {
@@ -267,6 +275,58 @@ impl Reader {
     pub(super) fn read_buffered(&mut self) -> Result<Option<Packet>, BrokerError> {
         codec::read(self.version, &mut self.buffer, self.max_packet)
     }
+}
+
+/// Upgrades an open connection to a WebSocket at `path` with the subprotocol `mqtt`
+/// (MQTT 5 section 6), and gives back the binary frames as one byte stream.
+async fn websocket(
+    stream: Box<dyn Stream>,
+    endpoint: &Endpoint,
+    path: &str,
+) -> Result<Box<dyn Stream>, BrokerError> {
+    use async_tungstenite::tungstenite::{self, client::IntoClientRequest as _};
+
+    let scheme = if endpoint.tls.is_some() { "wss" } else { "ws" };
+    let host = if endpoint.host.contains(':') {
+        format!("[{}]", endpoint.host)
+    } else {
+        endpoint.host.clone()
+    };
+    let url = format!("{scheme}://{host}:{}{path}", endpoint.port);
+    let mut request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| BrokerError::invalid(Field::Path, format!("{path:?}: {e}")))?;
+    request.headers_mut().insert(
+        "Sec-WebSocket-Protocol",
+        tungstenite::http::HeaderValue::from_static("mqtt"),
+    );
+    // A frame may hold the largest packet this client reads, and then some.
+    let frame_limit = endpoint.max_packet.saturating_add(64 * 1024);
+    let config = tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(frame_limit))
+        .max_frame_size(Some(frame_limit));
+    let (socket, response) =
+        async_tungstenite::tokio::client_async_with_config(request, stream, Some(config))
+            .await
+            .map_err(|error| match error {
+                tungstenite::Error::Io(io) => classify_io(&io),
+                tungstenite::Error::Http(response) => BrokerError::Unreachable(format!(
+                    "{url}: the server refused the WebSocket upgrade with HTTP {}",
+                    response.status()
+                )),
+                other => BrokerError::Unreachable(format!("{url}: WebSocket handshake: {other}")),
+            })?;
+    let subprotocol = response
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|value| value.to_str().ok());
+    if subprotocol.map(str::trim) != Some("mqtt") {
+        return Err(BrokerError::Other(format!(
+            "{url}: the server accepted the WebSocket without the subprotocol \"mqtt\" (it answered {subprotocol:?}); it does not speak MQTT there"
+        )));
+    }
+    Ok(Box::new(ws_stream_tungstenite::WsStream::new(socket)))
 }
 
 /// Sorts an I/O error into what the component can act on. Under TLS 1.3 the server

@@ -84,6 +84,10 @@ pub enum Transport {
     Tcp,
     /// TLS over TCP.
     Tls,
+    /// WebSockets over TCP, to [`ConnectOptions::path`].
+    Ws,
+    /// WebSockets over TLS.
+    Wss,
 }
 
 /// Everything needed to open a connection (the WIT `connect-options`).
@@ -91,6 +95,8 @@ pub struct ConnectOptions {
     pub transport: Transport,
     pub host: String,
     pub port: u16,
+    /// `Ws` and `Wss`: the HTTP path (and query) of the WebSocket endpoint.
+    pub path: String,
     pub protocol: ProtocolVersion,
     pub client_id: String,
     pub username: Option<String>,
@@ -115,6 +121,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("transport", &self.transport)
             .field("host", &self.host)
             .field("port", &self.port)
+            .field("path", &self.path)
             .field("protocol", &self.protocol)
             .field("client_id", &self.client_id)
             .field("username", &self.username)
@@ -495,7 +502,7 @@ fn endpoint(options: ConnectOptions, max_payload: usize) -> Result<Endpoint, Bro
     if options.host.is_empty() {
         return Err(BrokerError::invalid(Field::Host, "is empty"));
     }
-    let tls = if options.transport == Transport::Tls {
+    let tls = if matches!(options.transport, Transport::Tls | Transport::Wss) {
         Some(tls::client_config(&tls::TlsMaterial {
             ca_cert: options.ca_cert.as_deref(),
             client_cert: options.client_cert.as_deref(),
@@ -523,10 +530,21 @@ fn endpoint(options: ConnectOptions, max_payload: usize) -> Result<Endpoint, Bro
     let login = options
         .username
         .map(|username| Login::new(username, options.password.unwrap_or_default()));
+    let websocket_path = match options.transport {
+        Transport::Ws | Transport::Wss if !options.path.starts_with('/') => {
+            return Err(BrokerError::invalid(
+                Field::Path,
+                format!("expected a path starting with /, got {:?}", options.path),
+            ));
+        }
+        Transport::Ws | Transport::Wss => Some(options.path),
+        Transport::Tcp | Transport::Tls => None,
+    };
     Ok(Endpoint {
         host: options.host,
         port: options.port,
         tls,
+        websocket_path,
         version: options.protocol,
         connect,
         login,

@@ -15,7 +15,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::proto::{ReadRequest, ReadResponse};
-use crate::{Delivery, Event, EventHandler};
+use crate::{Answer, Delivery, Event, EventHandler};
 
 /// The events of one `Read`, as tonic sends them.
 pub(crate) type Events = ReceiverStream<Result<ReadResponse, tonic::Status>>;
@@ -32,7 +32,7 @@ struct ReadStream {
     /// Taken when the stream ends, which ends the response stream daprd reads.
     events: Mutex<Option<mpsc::Sender<Result<ReadResponse, tonic::Status>>>>,
     /// daprd's answer for each event sent and not yet answered, by message ID.
-    waiting: Mutex<HashMap<String, oneshot::Sender<Result<(), String>>>>,
+    waiting: Mutex<HashMap<String, oneshot::Sender<Result<Answer, String>>>>,
     ended: CancellationToken,
 }
 
@@ -100,7 +100,7 @@ impl Reader {
         }
     }
 
-    async fn deliver_event(&self, event: Event) -> Result<(), String> {
+    async fn deliver_event(&self, event: Event) -> Result<Answer, String> {
         let mut current = self.current.subscribe();
         loop {
             let open = current
@@ -117,10 +117,16 @@ impl Reader {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner())
                 .insert(message_id.clone(), answered);
+            let content_type = event
+                .metadata
+                .iter()
+                .find(|(name, _)| name == "contentType")
+                .map(|(_, value)| value.clone())
+                .unwrap_or_default();
             let response = ReadResponse {
                 data: event.data.clone(),
                 metadata: event.metadata.iter().cloned().collect(),
-                content_type: String::new(),
+                content_type,
                 message_id,
             };
             if !stream.send(response).await {
@@ -169,7 +175,7 @@ impl ReadStream {
             return;
         };
         let outcome = match answer.response_error {
-            None => Ok(()),
+            None => Ok((!answer.response_data.is_empty()).then_some(answer.response_data)),
             Some(error) if error.message.is_empty() => {
                 Err("daprd reported that the application did not accept the event".into())
             }

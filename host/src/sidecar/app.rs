@@ -12,6 +12,8 @@ use crate::{Delivery, Event, EventHandler};
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the OPTIONS probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest answer the app may give to an event (see `answer`).
+const ANSWER_LIMIT: usize = 16 * 1024 * 1024;
 
 /// The app on `127.0.0.1:port`.
 #[derive(Debug, Clone)]
@@ -116,13 +118,30 @@ impl EventHandler for AppRoute {
                 }
             })?;
             let status = response.status();
-            if status.is_success() {
-                Ok(())
-            } else {
-                Err(format!("POST {}: the app answered {status}", self.url))
+            if !status.is_success() {
+                return Err(format!("POST {}: the app answered {status}", self.url));
             }
+            answer(response)
+                .await
+                .map_err(|e| format!("POST {}: reading the app's answer: {e}", self.url))
         })
     }
+}
+
+/// The body of the app's answer, if it has one: the response to an MQTT 5 request. At most
+/// [`ANSWER_LIMIT`] bytes, so that an app cannot make the sidecar hold more than a message.
+async fn answer(mut response: reqwest::Response) -> Result<Option<Vec<u8>>, String> {
+    if response.content_length() == Some(0) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > ANSWER_LIMIT {
+            return Err(format!("the answer is larger than {ANSWER_LIMIT} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((!body.is_empty()).then_some(body))
 }
 
 /// Waits until the app's port accepts connections, whatever it speaks; `false` if shutdown

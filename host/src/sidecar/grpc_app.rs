@@ -14,7 +14,7 @@ use super::proto::app_callback_client::AppCallbackClient;
 use super::proto::binding_event_response::BindingEventConcurrency;
 use super::proto::{BindingEventRequest, BindingEventResponse};
 use super::state::{InvokeFailure, Sidecar};
-use crate::{Delivery, Event, EventHandler, InvokeRequest};
+use crate::{Answer, Delivery, Event, EventHandler, InvokeRequest};
 
 /// How long the app may take to answer one event (as over HTTP).
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -118,7 +118,9 @@ impl GrpcApp {
         }
     }
 
-    async fn deliver(&self, name: &str, event: Event) -> Result<(), String> {
+    /// Delivers one event; the answer's `data` is the app's answer (see `handler::Answer`),
+    /// after it went on to the bindings in `to`.
+    async fn deliver(&self, name: &str, event: Event) -> Result<Answer, String> {
         let mut client = self.inner.client.clone();
         let request = self.request(BindingEventRequest {
             name: name.to_string(),
@@ -141,7 +143,9 @@ impl GrpcApp {
                     ));
                 }
             };
-        self.send_on(answer).await
+        let data = answer.data.clone();
+        self.send_on(answer).await?;
+        Ok((!data.is_empty()).then_some(data))
     }
 
     /// daprd's handling of `to`: the answer's data goes to each output binding named, one

@@ -130,7 +130,10 @@ impl EventHandler for Forward {
         let sent = self
             .0
             .send((String::from_utf8_lossy(&event.data).into_owned(), topic));
-        Box::pin(async move { sent.map_err(|_| "the demo stopped".to_string()) })
+        Box::pin(async move {
+            sent.map(|()| None)
+                .map_err(|_| "the demo stopped".to_string())
+        })
     }
 }
 

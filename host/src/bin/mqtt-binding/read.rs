@@ -99,7 +99,7 @@ impl EventHandler for Printer {
             if Some(printed) == self.limit {
                 self.done.notify_one();
             }
-            Ok(())
+            Ok(None)
         })
     }
 }

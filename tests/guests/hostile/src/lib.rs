@@ -33,10 +33,12 @@ mod bindings {
 use bindings::exports::mqtt_binding::binding::binding::{
     Error, Guest, InvokeRequest, InvokeResponse,
 };
-use bindings::mqtt_binding::binding::broker::{ConnectOptions, Connection, Transport};
+use bindings::mqtt_binding::binding::broker::{
+    ConnectOptions, Connection, ProtocolVersion, PublishOptions, Transport,
+};
 use bindings::mqtt_binding::binding::lifecycle;
 use bindings::mqtt_binding::binding::logging::{self, Level};
-use bindings::mqtt_binding::binding::types::Qos;
+use bindings::mqtt_binding::binding::types::{Properties, Qos};
 
 struct Bound {
     connection: Connection,
@@ -88,10 +90,13 @@ impl Guest for Hostile {
                 transport: Transport::Tcp,
                 host: host.to_string(),
                 port,
+                path: String::new(),
+                protocol_version: ProtocolVersion::Mqtt311,
                 client_id: value(&metadata, "consumerID").map_or(app_id, str::to_string),
                 username: None,
                 password: None,
                 clean_session: value(&metadata, "cleanSession") != Some("false"),
+                session_expiry_secs: None,
                 keep_alive_secs: 30,
                 ca_cert: None,
                 client_cert: None,
@@ -150,7 +155,23 @@ impl Guest for Hostile {
             let bound = bound.as_ref().ok_or(Error::NotInitialized)?;
             bound
                 .connection
-                .publish(&bound.topic, &request.data, Qos::AtLeastOnce, false, 10_000)
+                .publish(
+                    &bound.topic,
+                    &request.data,
+                    &PublishOptions {
+                        qos: Qos::AtLeastOnce,
+                        retain: false,
+                        properties: Properties {
+                            expiry_secs: None,
+                            content_type: None,
+                            response_topic: None,
+                            correlation_data: None,
+                            user_properties: Vec::new(),
+                            utf8_payload: false,
+                        },
+                        timeout_ms: 10_000,
+                    },
+                )
                 .map_err(Error::Broker)?;
             Ok(InvokeResponse {
                 data: None,
