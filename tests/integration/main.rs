@@ -5,6 +5,7 @@ mod connect;
 mod logs;
 mod metadata;
 mod metrics;
+mod mqtt5;
 mod pluggable;
 mod proxy;
 mod publish;

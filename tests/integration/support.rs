@@ -479,6 +479,8 @@ pub struct Recorder {
     called: tokio::sync::Notify,
     gate: tokio::sync::watch::Sender<bool>,
     hold_after: Option<usize>,
+    /// What the application answers to each event it accepts.
+    answer: Option<Vec<u8>>,
 }
 
 /// What a [`Recorder`] accepted, in order.
@@ -509,6 +511,15 @@ impl Recorder {
         Self::build(0, Some(count))
     }
 
+    /// Accepts everything and answers each event with `answer` (a responder to MQTT 5
+    /// requests).
+    pub fn answering(answer: &[u8]) -> (Arc<Self>, Accepted) {
+        let (recorder, accepted) = Self::build(0, None);
+        let mut recorder = Arc::into_inner(recorder).expect("just built");
+        recorder.answer = Some(answer.to_vec());
+        (Arc::new(recorder), accepted)
+    }
+
     fn build(failures: usize, hold_after: Option<usize>) -> (Arc<Self>, Accepted) {
         let (accepted, rx) = mpsc::unbounded_channel();
         let recorder = Self {
@@ -518,6 +529,7 @@ impl Recorder {
             called: tokio::sync::Notify::new(),
             gate: tokio::sync::watch::Sender::new(hold_after.is_none()),
             hold_after,
+            answer: None,
         };
         (Arc::new(recorder), Accepted(rx))
     }
@@ -577,7 +589,7 @@ impl EventHandler for Recorder {
                 return Err(format!("scripted failure of call {call}"));
             }
             let _ = self.accepted.send(event);
-            Ok(None)
+            Ok(self.answer.clone())
         })
     }
 }

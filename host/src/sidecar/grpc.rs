@@ -34,11 +34,14 @@ impl Dapr for Api {
         &self,
         request: Request<InvokeBindingRequest>,
     ) -> Result<Response<InvokeBindingResponse>, Status> {
+        let headers = request.metadata().clone();
         let request = request.into_inner();
+        let mut metadata: Vec<(String, String)> = request.metadata.into_iter().collect();
+        super::trace::carry(&mut metadata, |name| headers.get(name)?.to_str().ok());
         let invoke = crate::InvokeRequest {
             operation: request.operation,
             data: request.data,
-            metadata: request.metadata.into_iter().collect(),
+            metadata,
         };
         match self.sidecar.invoke(&request.name, invoke).await {
             Ok(answer) => Ok(Response::new(InvokeBindingResponse {

@@ -122,11 +122,24 @@ impl GrpcApp {
     /// after it went on to the bindings in `to`.
     async fn deliver(&self, name: &str, event: Event) -> Result<Answer, String> {
         let mut client = self.inner.client.clone();
-        let request = self.request(BindingEventRequest {
+        let trace: Vec<(
+            &'static str,
+            tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+        )> = super::trace::HEADERS
+            .into_iter()
+            .filter_map(|header| {
+                let (_, value) = event.metadata.iter().find(|(key, _)| key == header)?;
+                Some((header, value.parse().ok()?))
+            })
+            .collect();
+        let mut request = self.request(BindingEventRequest {
             name: name.to_string(),
             data: event.data,
             metadata: event.metadata.into_iter().collect(),
         });
+        for (header, value) in trace {
+            request.metadata_mut().insert(header, value);
+        }
         let answer =
             match tokio::time::timeout(DELIVERY_TIMEOUT, client.on_binding_event(request)).await {
                 Ok(Ok(answer)) => answer.into_inner(),

@@ -214,10 +214,12 @@ async fn invoke(
             );
         }
     };
+    let mut metadata: Vec<(String, String)> = request.metadata.into_iter().collect();
+    super::trace::carry(&mut metadata, |name| headers.get(name)?.to_str().ok());
     let request = InvokeRequest {
         operation,
         data,
-        metadata: request.metadata.into_iter().collect(),
+        metadata,
     };
     match sidecar.invoke(&name, request).await {
         Ok(response) => match response.data {

@@ -13,6 +13,7 @@ pub mod proto;
 mod resources;
 mod secrets;
 mod state;
+mod trace;
 
 use std::future::Future;
 use std::path::PathBuf;

@@ -1,0 +1,503 @@
+//! MQTT 5 against a real mosquitto 2.0, checked by an independent MQTT 5 client: Eclipse
+//! Paho's Python client (paho-mqtt 2.x, `tests/mqtt5/peer.py`). Properties both ways byte for
+//! byte, message expiry, request/response, reason codes, sessions and shared subscriptions.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use mqtt_binding::{BindingError, BrokerError};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt as _, BufReader};
+
+use crate::support::{
+    BrokerConfig, Mosquitto, Reader, Recorder, WAIT, binding, create, meta, python, unique,
+};
+
+const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/mqtt5/peer.py");
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Runs the peer once to the end and returns the JSON line it printed last.
+async fn peer(args: &[&str]) -> Value {
+    let output = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new(python())
+            .arg(PEER)
+            .args(args)
+            .output(),
+    )
+    .await
+    .expect("the MQTT 5 peer finished in time")
+    .expect("the MQTT 5 peer runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "peer {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let last = stdout.lines().last().expect("the peer printed a line");
+    serde_json::from_str(last).expect("a JSON line")
+}
+
+/// A peer subscribed to a topic (the subscription is made when this returns), printing the
+/// messages it receives.
+struct PeerSubscriber {
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
+    _child: tokio::process::Child,
+}
+
+impl PeerSubscriber {
+    async fn start(port: u16, topic: &str, count: usize) -> Self {
+        let mut child = tokio::process::Command::new(python())
+            .arg(PEER)
+            .args(["subscribe", "--port", &port.to_string(), "--topic", topic])
+            .args(["--count", &count.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the MQTT 5 peer runs");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut subscriber = Self {
+            lines: BufReader::new(stdout).lines(),
+            _child: child,
+        };
+        assert_eq!(subscriber.next().await["ready"], true);
+        subscriber
+    }
+
+    async fn next(&mut self) -> Value {
+        let line = tokio::time::timeout(WAIT, self.lines.next_line())
+            .await
+            .expect("the peer printed in time")
+            .expect("reading the peer")
+            .expect("the peer is running");
+        serde_json::from_str(&line).expect("a JSON line")
+    }
+}
+
+fn mqtt5(broker: &Mosquitto, topic: &str) -> Vec<(String, String)> {
+    vec![
+        ("url".into(), broker.url()),
+        ("topic".into(), topic.into()),
+        ("qos".into(), "1".into()),
+        ("protocolVersion".into(), "5".into()),
+    ]
+}
+
+fn pairs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
+    owned
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect()
+}
+
+#[tokio::test]
+async fn properties_go_out_byte_for_byte() {
+    let broker = Mosquitto::start();
+    let topic = format!("mqtt5/out/{}", unique());
+    let mut subscriber = PeerSubscriber::start(broker.port, &topic, 1).await;
+    let metadata = mqtt5(&broker, &topic);
+    let mut binding = binding(&pairs(&metadata)).await.expect("binding");
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    create(
+        &mut binding,
+        b"\x00payload\xff",
+        &[
+            ("contentType", "application/octet-stream"),
+            ("responseTopic", "replies/42"),
+            ("correlationDataBase64", &b64(b"\x00\x01\xfe\xff")),
+            ("userProperty.region", "eu-west"),
+            ("userProperty.Region", "with spaces, and ünïcode"),
+            ("ttlInSeconds", "300"),
+            ("traceparent", traceparent),
+            ("x-unrelated-header", "not a property"),
+        ],
+    )
+    .await
+    .expect("published");
+    let message = subscriber.next().await;
+    assert_eq!(message["payload_b64"], b64(b"\x00payload\xff"));
+    assert_eq!(message["content_type"], "application/octet-stream");
+    assert_eq!(message["response_topic"], "replies/42");
+    assert_eq!(message["correlation_b64"], b64(b"\x00\x01\xfe\xff"));
+    assert_eq!(
+        message["user_properties"],
+        serde_json::json!([
+            ["region", "eu-west"],
+            ["Region", "with spaces, and ünïcode"],
+            ["traceparent", traceparent]
+        ])
+    );
+    let expiry = message["expiry"].as_u64().expect("an expiry");
+    assert!(
+        (1..=300).contains(&expiry),
+        "what is left of 300 s: {expiry}"
+    );
+    binding.close().await;
+}
+
+#[tokio::test]
+async fn properties_come_in_byte_for_byte() {
+    let broker = Mosquitto::start();
+    let topic = format!("mqtt5/in/{}", unique());
+    let (recorder, mut accepted) = Recorder::failing(0);
+    let metadata = mqtt5(&broker, &topic);
+    let reader = Reader::start(&pairs(&metadata), recorder).await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let properties = serde_json::json!({
+        "content_type": "text/plain; charset=utf-8",
+        "correlation_b64": b64(b"\x00\xffbinary"),
+        "expiry": 600,
+        "user_properties": [["a", "1"], ["a", "2"], ["traceparent", traceparent]],
+    });
+    let published = peer(&[
+        "publish",
+        "--port",
+        &broker.port.to_string(),
+        "--topic",
+        &topic,
+        "--payload-b64",
+        &b64(b"hello"),
+        "--properties",
+        &properties.to_string(),
+    ])
+    .await;
+    assert_eq!(published["reason_code"], 0);
+    let event = accepted.next().await;
+    assert_eq!(event.data, b"hello");
+    assert_eq!(meta(&event, "contentType"), "text/plain; charset=utf-8");
+    assert_eq!(
+        meta(&event, "correlationDataBase64"),
+        b64(b"\x00\xffbinary")
+    );
+    assert_eq!(
+        meta(&event, "correlationData"),
+        "",
+        "binary data is not text"
+    );
+    let expiry: u32 = meta(&event, "messageExpiryInterval")
+        .parse()
+        .expect("a number");
+    assert!((1..=600).contains(&expiry), "left of 600 s: {expiry}");
+    let user: Vec<(&str, &str)> = event
+        .metadata
+        .iter()
+        .filter(|(name, _)| name.starts_with("userProperty."))
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    assert_eq!(
+        user,
+        [
+            ("userProperty.a", "1"),
+            ("userProperty.a", "2"),
+            ("userProperty.traceparent", traceparent)
+        ]
+    );
+    assert_eq!(meta(&event, "traceparent"), traceparent);
+    assert_eq!(event.attempt, 1);
+    reader.stop().await.expect("stopped");
+}
+
+#[tokio::test]
+async fn an_expired_retained_message_is_not_delivered() {
+    let broker = Mosquitto::start();
+    let base = format!("mqtt5/expiry/{}", unique());
+    let metadata = mqtt5(&broker, &format!("{base}/#"));
+    let mut binding = binding(&pairs(&metadata)).await.expect("binding");
+    let port = broker.port.to_string();
+    let (short, kept) = (format!("{base}/short"), format!("{base}/kept"));
+    create(
+        &mut binding,
+        b"short-lived",
+        &[("topic", &short), ("retain", "true"), ("ttlInSeconds", "5")],
+    )
+    .await
+    .expect("published");
+    create(
+        &mut binding,
+        b"kept",
+        &[("topic", &kept), ("retain", "true")],
+    )
+    .await
+    .expect("published");
+    let first = peer(&["retained", "--port", &port, "--topic", &short]).await;
+    assert_eq!(
+        first["retained"]["payload_b64"],
+        b64(b"short-lived"),
+        "retained until it expires"
+    );
+    // Expiry is the event: look again until the broker stops handing it out.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let now = peer(&["retained", "--port", &port, "--topic", &short]).await;
+        if now["retained"].is_null() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the message with a 5 s expiry was still retained after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let kept_now = peer(&["retained", "--port", &port, "--topic", &kept]).await;
+    assert_eq!(
+        kept_now["retained"]["payload_b64"],
+        b64(b"kept"),
+        "a message without expiry stays"
+    );
+    binding.close().await;
+}
+
+#[tokio::test]
+async fn an_expired_queued_message_is_not_delivered_to_a_returning_session() {
+    let broker = Mosquitto::start();
+    let topic = format!("mqtt5/queued/{}", unique());
+    let mut metadata = mqtt5(&broker, &topic);
+    metadata.push(("consumerID".into(), format!("queued-{}", unique())));
+    metadata.push(("cleanSession".into(), "false".into()));
+    let (recorder, _) = Recorder::failing(0);
+    let reader = Reader::start(&pairs(&metadata), recorder).await;
+    reader.stop().await.expect("stopped");
+    // The session is kept (sessionExpiryInterval defaults to "never" with cleanSession
+    // false); two messages are queued for it, one that expires in 1 s.
+    let port = broker.port.to_string();
+    let publish = |payload: &'static [u8], properties: &'static str| {
+        let (port, topic) = (port.clone(), topic.clone());
+        async move {
+            peer(&[
+                "publish",
+                "--port",
+                &port,
+                "--topic",
+                &topic,
+                "--payload-b64",
+                &b64(payload),
+                "--properties",
+                properties,
+            ])
+            .await
+        }
+    };
+    publish(b"expires", r#"{"expiry": 1}"#).await;
+    publish(b"stays", "{}").await;
+    // A retained message published after the queued one, with a second more of expiry:
+    // once it is gone, so is the queued one. (mosquitto counts expiry in whole seconds and
+    // drops an expired retained message from the second it expires, a queued one from
+    // the next.)
+    let probe = format!("{topic}/probe");
+    peer(&[
+        "publish",
+        "--port",
+        &port,
+        "--topic",
+        &probe,
+        "--payload-b64",
+        &b64(b"probe"),
+        "--retain",
+        "--properties",
+        r#"{"expiry": 2}"#,
+    ])
+    .await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !peer(&["retained", "--port", &port, "--topic", &probe]).await["retained"].is_null() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the probe never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (recorder, mut accepted) = Recorder::failing(0);
+    let reader = Reader::start(&pairs(&metadata), recorder.clone()).await;
+    assert_eq!(accepted.next().await.data, b"stays");
+    let marker = publish(b"marker", "{}").await;
+    assert_eq!(marker["reason_code"], 0);
+    assert_eq!(accepted.next().await.data, b"marker");
+    assert_eq!(
+        recorder
+            .calls()
+            .iter()
+            .map(|event| event.data.clone())
+            .collect::<Vec<_>>(),
+        [b"stays".to_vec(), b"marker".to_vec()],
+        "the expired message was never delivered"
+    );
+    reader.stop().await.expect("stopped");
+}
+
+#[tokio::test]
+async fn a_request_gets_the_applications_answer_with_its_correlation_data() {
+    let broker = Mosquitto::start();
+    let topic = format!("mqtt5/requests/{}", unique());
+    let (recorder, mut accepted) = Recorder::answering(b"the answer");
+    let metadata = mqtt5(&broker, &topic);
+    let reader = Reader::start(&pairs(&metadata), recorder).await;
+    let replies = format!("mqtt5/replies/{}", unique());
+    let response = peer(&[
+        "request",
+        "--port",
+        &broker.port.to_string(),
+        "--topic",
+        &topic,
+        "--response-topic",
+        &replies,
+        "--correlation-b64",
+        &b64(b"\x01request-7\xff"),
+        "--payload-b64",
+        &b64(b"the question"),
+    ])
+    .await;
+    assert_eq!(response["topic"], replies.as_str());
+    assert_eq!(response["payload_b64"], b64(b"the answer"));
+    assert_eq!(response["correlation_b64"], b64(b"\x01request-7\xff"));
+    let request = accepted.next().await;
+    assert_eq!(request.data, b"the question");
+    assert_eq!(meta(&request, "responseTopic"), replies);
+    reader.stop().await.expect("stopped");
+}
+
+#[tokio::test]
+async fn a_publish_the_acl_denies_fails_with_the_reason_code() {
+    let dir = tempfile::tempdir().expect("dir");
+    let acl = dir.path().join("acl");
+    // As mosquitto's documentation writes an ACL file: anonymous clients may read
+    // everything and write only under allowed/.
+    std::fs::write(&acl, "topic read #\ntopic write allowed/#\n").expect("acl");
+    let broker = Mosquitto::start_with(BrokerConfig {
+        extra: format!("acl_file {}\n", acl.display()),
+        ..Default::default()
+    });
+    let metadata = mqtt5(&broker, "allowed/x");
+    let mut binding = binding(&pairs(&metadata)).await.expect("binding");
+    create(&mut binding, b"ok", &[]).await.expect("allowed");
+    match create(&mut binding, b"no", &[("topic", "denied/x")]).await {
+        Err(BindingError::Broker(BrokerError::Rejected(rejection))) => {
+            assert_eq!(rejection.code, 0x87);
+            assert!(!rejection.retryable);
+            let text = BindingError::Broker(BrokerError::Rejected(rejection)).to_string();
+            assert_eq!(
+                text,
+                "the broker refused it with reason code 0x87 (not authorized); trying again will fail the same way"
+            );
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    binding.close().await;
+}
+
+#[tokio::test]
+async fn a_persistent_session_survives_a_binding_restart() {
+    let broker = Mosquitto::start();
+    let topic = format!("mqtt5/session/{}", unique());
+    let mut metadata = mqtt5(&broker, &topic);
+    metadata.push(("consumerID".into(), format!("session-{}", unique())));
+    metadata.push(("cleanSession".into(), "false".into()));
+    let (recorder, _) = Recorder::failing(0);
+    let reader = Reader::start(&pairs(&metadata), recorder).await;
+    reader.stop().await.expect("stopped");
+    let published = peer(&[
+        "publish",
+        "--port",
+        &broker.port.to_string(),
+        "--topic",
+        &topic,
+        "--payload-b64",
+        &b64(b"while away"),
+    ])
+    .await;
+    assert_eq!(
+        published["reason_code"], 0,
+        "the broker kept the subscription, so someone matches"
+    );
+    let (recorder, mut accepted) = Recorder::failing(0);
+    let reader = Reader::start(&pairs(&metadata), recorder).await;
+    assert_eq!(accepted.next().await.data, b"while away");
+    reader.stop().await.expect("stopped");
+}
+
+#[tokio::test]
+async fn a_shared_subscription_splits_the_messages_between_bindings() {
+    let broker = Mosquitto::start();
+    let topic = format!("mqtt5/shared/{}", unique());
+    let filter = format!("$share/workers/{topic}");
+    let metadata = mqtt5(&broker, &filter);
+    let (first, _) = Recorder::failing(0);
+    let (second, _) = Recorder::failing(0);
+    let readers = [
+        Reader::start(&pairs(&metadata), first.clone()).await,
+        Reader::start(&pairs(&metadata), second.clone()).await,
+    ];
+    let mut output = binding(&pairs(&mqtt5(&broker, &topic)))
+        .await
+        .expect("binding");
+    let count = 20;
+    for n in 0..count {
+        create(&mut output, n.to_string().as_bytes(), &[])
+            .await
+            .expect("published");
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while first.calls().len() + second.calls().len() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {count} delivered",
+            first.calls().len() + second.calls().len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut all: Vec<u32> = first
+        .calls()
+        .iter()
+        .chain(second.calls().iter())
+        .map(|event| {
+            String::from_utf8_lossy(&event.data)
+                .parse()
+                .expect("a number")
+        })
+        .collect();
+    all.sort_unstable();
+    assert_eq!(all, (0..20).collect::<Vec<_>>(), "each message once");
+    assert!(
+        !first.calls().is_empty() && !second.calls().is_empty(),
+        "both bindings took part: {} and {}",
+        first.calls().len(),
+        second.calls().len()
+    );
+    for event in first.calls().iter().chain(second.calls().iter()) {
+        assert_eq!(
+            meta(event, "topic"),
+            topic,
+            "the concrete topic, not the filter"
+        );
+    }
+    output.close().await;
+    for reader in readers {
+        reader.stop().await.expect("stopped");
+    }
+}
+
+#[tokio::test]
+async fn mqtt5_request_fields_are_refused_on_an_mqtt_311_binding() {
+    let broker = Mosquitto::start();
+    let topic = format!("mqtt5/311/{}", unique());
+    let mut binding = binding(&[("url", &broker.url()), ("topic", &topic)])
+        .await
+        .expect("binding");
+    match create(&mut binding, b"x", &[("userProperty.a", "1")]).await {
+        Err(BindingError::InvalidRequest(text)) => assert_eq!(
+            text,
+            r#"request metadata field "userProperty.a": is an MQTT 5 feature; set the metadata field "protocolVersion" to "5" to use it"#
+        ),
+        other => panic!("expected an invalid request, got {other:?}"),
+    }
+    // What a sidecar copies in, and Dapr's ttl, are left out at MQTT 3.1.1.
+    create(
+        &mut binding,
+        b"x",
+        &[("traceparent", "00-ab-cd-01"), ("ttlInSeconds", "5")],
+    )
+    .await
+    .expect("published without them");
+    binding.close().await;
+}
