@@ -501,3 +501,81 @@ async fn mqtt5_request_fields_are_refused_on_an_mqtt_311_binding() {
     .expect("published without them");
     binding.close().await;
 }
+
+#[tokio::test]
+async fn a_refused_connection_names_the_mqtt5_reason_code() {
+    let broker = Mosquitto::start_with(BrokerConfig {
+        user: Some(("app".into(), "right".into())),
+        ..Default::default()
+    });
+    let url = format!("tcp://app:wrong-password@127.0.0.1:{}", broker.port);
+    match binding(&[("url", &url), ("topic", "t"), ("protocolVersion", "5")]).await {
+        Err(error @ BindingError::Broker(BrokerError::NotAuthorized(_))) => {
+            let text = error.to_string();
+            assert!(
+                text.starts_with("broker refused the connection: reason code 0x8"),
+                "{text}"
+            );
+            assert!(!text.contains("wrong-password"), "{text}");
+        }
+        other => panic!("expected not-authorized, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_brokers_receive_maximum_bounds_the_publishes_in_flight() {
+    // mosquitto tells MQTT 5 clients its max_inflight_messages as its receive maximum, and
+    // disconnects a client that sends more unacknowledged publishes than that.
+    let broker = Mosquitto::start_with(BrokerConfig {
+        extra: "max_inflight_messages 2\n".into(),
+        ..Default::default()
+    });
+    let topic = format!("mqtt5/inflight/{}", unique());
+    let metadata = mqtt5(&broker, &topic);
+    let binding = std::sync::Arc::new(binding(&pairs(&metadata)).await.expect("binding"));
+    let invokes: Vec<_> = (0..50)
+        .map(|n| {
+            let binding = binding.clone();
+            tokio::spawn(async move {
+                binding
+                    .invoke(mqtt_binding::InvokeRequest {
+                        operation: "create".into(),
+                        data: n.to_string().into_bytes(),
+                        metadata: Vec::new(),
+                    })
+                    .await
+            })
+        })
+        .collect();
+    for invoke in invokes {
+        tokio::time::timeout(WAIT, invoke)
+            .await
+            .expect("in time")
+            .expect("no panic")
+            .expect("every publish acknowledged");
+    }
+    assert_eq!(binding.stats().await.reconnects, 0, "never disconnected");
+    assert_eq!(broker.log_count("Receive Maximum"), 0, "{}", broker.log());
+}
+
+#[tokio::test]
+async fn a_publish_over_the_brokers_maximum_packet_size_fails_unsent() {
+    let broker = Mosquitto::start_with(BrokerConfig {
+        extra: "max_packet_size 1000\n".into(),
+        ..Default::default()
+    });
+    let topic = format!("mqtt5/size/{}", unique());
+    let metadata = mqtt5(&broker, &topic);
+    let mut binding = binding(&pairs(&metadata)).await.expect("binding");
+    match create(&mut binding, &[b'x'; 5000], &[]).await {
+        Err(BindingError::Broker(BrokerError::TooLarge(text))) => {
+            assert!(text.contains("1000"), "{text}");
+        }
+        other => panic!("expected too-large, got {other:?}"),
+    }
+    create(&mut binding, b"small", &[])
+        .await
+        .expect("the connection is still up");
+    assert_eq!(binding.stats().await.reconnects, 0);
+    binding.close().await;
+}

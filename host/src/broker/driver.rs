@@ -166,6 +166,9 @@ impl Driver {
         if let Some(max) = properties.and_then(|p| p.max_packet_size) {
             link.writer.limit_packet_size(max);
         }
+        self.shared
+            .broker_max_packet
+            .store(link.writer.max_packet(), Ordering::Release);
         if let Some(p) = properties {
             tracing::debug!(
                 connection = %self.shared.label,
@@ -194,8 +197,13 @@ impl Driver {
                 let Some(publish) = self.outbox.next_publish() else {
                     break;
                 };
-                if let Err(error) = link.writer.queue(&Packet::Publish(publish)) {
-                    return Ended::Lost(error);
+                let pkid = publish.pkid;
+                match link.writer.queue(&Packet::Publish(publish)) {
+                    Ok(()) => {}
+                    // Over the broker's maximum packet size: nothing was written, and the
+                    // connection is fine; only this publish fails.
+                    Err(error @ BrokerError::TooLarge(_)) => self.outbox.unsent(pkid, error),
+                    Err(error) => return Ended::Lost(error),
                 }
             }
             let owed = self.outbox.awaiting_answers() || ping_outstanding;

@@ -15,7 +15,7 @@ use super::{BrokerSettings, ConnectOptions, Connection, ProtocolVersion, Transpo
 pub(crate) const WAIT: Duration = Duration::from_secs(10);
 
 pub(crate) struct FakeBroker {
-    listener: TcpListener,
+    pub(crate) listener: TcpListener,
     pub port: u16,
 }
 

@@ -199,7 +199,13 @@ impl Writer {
         self.max_packet = self.max_packet.min(broker_max);
     }
 
-    /// Encodes a packet into the write buffer.
+    /// The largest packet written on this connection.
+    pub(super) fn max_packet(&self) -> usize {
+        self.max_packet
+    }
+
+    /// Encodes a packet into the write buffer; `TooLarge`, with nothing written, when it is
+    /// over the connection's maximum packet size.
     pub(super) fn queue(&mut self, packet: &Packet) -> Result<(), BrokerError> {
         codec::write(self.version, packet, &mut self.buffer, self.max_packet)
     }

@@ -239,6 +239,7 @@ impl Connection {
             done: tokio::sync::watch::Sender::new(false),
             subscribed: tokio::sync::watch::Sender::new(0),
             max_payload,
+            broker_max_packet: std::sync::atomic::AtomicUsize::new(usize::MAX),
             version,
             label,
         });
@@ -324,6 +325,14 @@ impl Connection {
             payload: request.payload,
             properties,
         };
+        // Refused here, not sent: a QoS 0 caller is answered before the write.
+        let broker_max = shared.broker_max_packet.load(Ordering::Acquire);
+        let size = publish.size();
+        if size > broker_max {
+            return Err(BrokerError::TooLarge(format!(
+                "the message makes a packet of {size} bytes, over the broker's maximum packet size of {broker_max} bytes"
+            )));
+        }
         let ticket = Arc::new(Ticket::default());
         if request.qos == QoS::AtMostOnce {
             let job = Job {

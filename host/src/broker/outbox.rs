@@ -398,6 +398,15 @@ impl Outbox {
         }
     }
 
+    /// A publish taken by [`Outbox::next_publish`] could not be written after all (it is
+    /// larger than the broker accepts): its caller gets `error`, and its id is free.
+    pub(super) fn unsent(&mut self, id: u16, error: BrokerError) {
+        if let Some(Slot::Publish { reply, .. }) = self.slots.remove(&id) {
+            self.publishes_in_flight -= 1;
+            let _ = reply.send(Err(error));
+        }
+    }
+
     /// The broker's receive maximum (MQTT 5 CONNACK; `None` at 3.1.1 or when it sent none):
     /// at most this many QoS 1/2 publishes unacknowledged at once, on top of the host's own
     /// limit. Set again on every new connection.

@@ -130,3 +130,61 @@ pub(super) fn suback(code: SubscribeReasonCode) -> Option<Rejection> {
 pub(super) fn disconnect(code: DisconnectReasonCode) -> String {
     format!("reason code {:#04x}, {code:?}", code as u8)
 }
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::v5::mqttbytes::QoS;
+
+    use super::*;
+
+    #[test]
+    fn acknowledgements_that_keep_the_message_are_not_refusals() {
+        assert_eq!(puback(PubAckReason::Success), None);
+        assert_eq!(puback(PubAckReason::NoMatchingSubscribers), None);
+        assert_eq!(pubrec(PubRecReason::NoMatchingSubscribers), None);
+        assert_eq!(suback(SubscribeReasonCode::Success(QoS::AtLeastOnce)), None);
+    }
+
+    #[test]
+    fn refusals_name_their_code_and_whether_to_retry() {
+        let quota = puback(PubAckReason::QuotaExceeded).expect("a refusal");
+        assert_eq!((quota.code, quota.retryable), (0x97, true));
+        let denied = pubrec(PubRecReason::NotAuthorized).expect("a refusal");
+        assert_eq!(
+            denied.to_string(),
+            "the broker refused it with reason code 0x87 (not authorized); trying again will fail the same way"
+        );
+        let shared =
+            suback(SubscribeReasonCode::SharedSubscriptionsNotSupported).expect("a refusal");
+        assert_eq!((shared.code, shared.retryable), (0x9E, false));
+    }
+
+    #[test]
+    fn connack_codes_map_to_what_a_caller_can_do() {
+        let denied = connect_refused(
+            ProtocolVersion::V5,
+            ConnectReturnCode::BadUserNamePassword,
+            None,
+        );
+        assert_eq!(
+            denied,
+            BrokerError::NotAuthorized("reason code 0x86, bad user name or password".into())
+        );
+        let busy = connect_refused(
+            ProtocolVersion::V5,
+            ConnectReturnCode::ServerBusy,
+            Some("try later"),
+        );
+        assert_eq!(
+            busy,
+            BrokerError::Unreachable("reason code 0x89, server busy (try later)".into())
+        );
+        assert!(busy.is_retryable());
+        let v311 = connect_refused(
+            ProtocolVersion::V311,
+            ConnectReturnCode::NotAuthorized,
+            None,
+        );
+        assert_eq!(v311, BrokerError::NotAuthorized("not authorized".into()));
+    }
+}

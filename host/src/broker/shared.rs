@@ -31,6 +31,8 @@ pub(crate) struct Shared {
     /// Counts the subscriptions the broker has accepted (SUBACKs), renewals included.
     pub subscribed: tokio::sync::watch::Sender<u64>,
     pub max_payload: usize,
+    /// The largest packet the broker accepts (its MQTT 5 maximum packet size, else ours).
+    pub broker_max_packet: std::sync::atomic::AtomicUsize,
     /// The MQTT version the connection speaks.
     pub version: super::ProtocolVersion,
     pub label: String,

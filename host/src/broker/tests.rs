@@ -204,3 +204,162 @@ async fn a_broker_that_goes_silent_is_dropped_and_reconnected() {
     );
     drop(silent);
 }
+
+/// MQTT 5 against a scripted broker: what mosquitto 2.0 never sends (a DISCONNECT with a
+/// reason, a PUBACK with a reason string), written with rumqttc's MQTT 5 codec.
+mod mqtt5 {
+    use bytes::BytesMut;
+    use rumqttc::v5::mqttbytes::v5::{
+        ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectProperties,
+        DisconnectReasonCode, Packet, PubAck, PubAckProperties, PubAckReason,
+    };
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::super::{Connection, ProtocolVersion};
+    use super::*;
+
+    struct Scripted {
+        stream: tokio::net::TcpStream,
+        buffer: BytesMut,
+    }
+
+    impl Scripted {
+        async fn read(&mut self) -> Packet {
+            loop {
+                match Packet::read(&mut self.buffer, None) {
+                    Ok(packet) => return packet,
+                    Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => {}
+                    Err(e) => panic!("the client sent garbage: {e}"),
+                }
+                let read = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buffer))
+                    .await
+                    .expect("in time")
+                    .expect("read");
+                assert!(read > 0, "the client closed the connection");
+            }
+        }
+
+        async fn write(&mut self, packet: Packet) {
+            let mut out = BytesMut::new();
+            packet.write(&mut out, None).expect("encodes");
+            self.stream.write_all(&out).await.expect("write");
+        }
+    }
+
+    async fn connected() -> (Connection, Scripted) {
+        let broker = FakeBroker::start().await;
+        let mut options = broker.options();
+        options.protocol = ProtocolVersion::V5;
+        let connecting =
+            tokio::spawn(
+                async move { Connection::connect(options, &BrokerSettings::default()).await },
+            );
+        let (stream, _) = tokio::time::timeout(WAIT, broker.listener.accept())
+            .await
+            .expect("connected in time")
+            .expect("accept");
+        let mut scripted = Scripted {
+            stream,
+            buffer: BytesMut::new(),
+        };
+        assert!(matches!(scripted.read().await, Packet::Connect(..)));
+        scripted
+            .write(Packet::ConnAck(ConnAck {
+                session_present: false,
+                code: ConnectReturnCode::Success,
+                properties: Some(ConnAckProperties {
+                    session_expiry_interval: None,
+                    receive_max: Some(10),
+                    max_qos: None,
+                    retain_available: None,
+                    max_packet_size: None,
+                    assigned_client_identifier: None,
+                    topic_alias_max: None,
+                    reason_string: None,
+                    user_properties: Vec::new(),
+                    wildcard_subscription_available: None,
+                    subscription_identifiers_available: None,
+                    shared_subscription_available: None,
+                    server_keep_alive: None,
+                    response_information: None,
+                    server_reference: None,
+                    authentication_method: None,
+                    authentication_data: None,
+                }),
+            }))
+            .await;
+        let connection = connecting.await.expect("task").expect("connected");
+        (connection, scripted)
+    }
+
+    #[tokio::test]
+    async fn a_puback_reason_string_goes_into_the_error() {
+        let (connection, mut broker) = connected().await;
+        let publishing = spawn_publish(&connection, "a", QoS::AtLeastOnce, WAIT);
+        let Packet::Publish(publish) = broker.read().await else {
+            panic!("expected PUBLISH");
+        };
+        broker
+            .write(Packet::PubAck(PubAck {
+                pkid: publish.pkid,
+                reason: PubAckReason::QuotaExceeded,
+                properties: Some(PubAckProperties {
+                    reason_string: Some("over the daily quota".into()),
+                    user_properties: Vec::new(),
+                }),
+            }))
+            .await;
+        match outcome(publishing).await {
+            Err(BrokerError::Rejected(rejection)) => {
+                assert_eq!(rejection.code, 0x97);
+                assert!(rejection.retryable);
+                assert_eq!(rejection.reason, "quota exceeded: over the daily quota");
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+        let next = spawn_publish(&connection, "b", QoS::AtLeastOnce, WAIT);
+        let Packet::Publish(publish) = broker.read().await else {
+            panic!("expected PUBLISH");
+        };
+        broker
+            .write(Packet::PubAck(PubAck {
+                pkid: publish.pkid,
+                reason: PubAckReason::NoMatchingSubscribers,
+                properties: None,
+            }))
+            .await;
+        assert_eq!(
+            outcome(next).await,
+            Ok(()),
+            "no matching subscribers: the broker has it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_server_disconnect_is_reported_with_its_reason() {
+        let (connection, mut broker) = connected().await;
+        broker
+            .write(Packet::Disconnect(Disconnect {
+                reason_code: DisconnectReasonCode::SessionTakenOver,
+                properties: Some(DisconnectProperties {
+                    session_expiry_interval: None,
+                    reason_string: Some("another client took the ID".into()),
+                    user_properties: Vec::new(),
+                    server_reference: None,
+                }),
+            }))
+            .await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let error = loop {
+            if let Some(error) = connection.status().last_error {
+                break error;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "never lost");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        assert!(
+            error.contains("reason code 0x8e, SessionTakenOver: another client took the ID"),
+            "{error}"
+        );
+    }
+}
