@@ -16,3 +16,4 @@ mod sidecar;
 mod subscribe;
 mod support;
 mod tls;
+mod websocket;

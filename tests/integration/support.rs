@@ -177,7 +177,7 @@ impl Authority {
 }
 
 impl Certificates {
-    fn generate(dir: &Path) -> Self {
+    pub fn generate(dir: &Path) -> Self {
         let ca = Authority::new("mqtt-binding test CA");
         let (server_cert, server_key) = ca.leaf(
             &["127.0.0.1", "localhost"],
