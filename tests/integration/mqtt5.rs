@@ -579,3 +579,112 @@ async fn a_publish_over_the_brokers_maximum_packet_size_fails_unsent() {
     assert_eq!(binding.stats().await.reconnects, 0);
     binding.close().await;
 }
+
+/// Through `mqtt-binding run`: an MQTT 5 request reaches an HTTP app with its properties as
+/// headers, and the app's 200 body goes back to the requester; the caller's `traceparent`
+/// header on an output request becomes a user property of the published message.
+#[tokio::test]
+async fn through_the_http_sidecar_properties_are_headers_and_the_answer_is_the_response() {
+    use axum::http::{HeaderMap, StatusCode};
+
+    use crate::sidecar::{Sidecar, binding_yaml};
+
+    let broker = Mosquitto::start();
+    let requests = format!("mqtt5/http/{}", unique());
+    let out = format!("mqtt5/http-out/{}", unique());
+    let dir = tempfile::tempdir().expect("dir");
+    let url = broker.url();
+    for (name, topic) in [("requests", requests.as_str()), ("out", out.as_str())] {
+        std::fs::write(
+            dir.path().join(format!("{name}.yaml")),
+            binding_yaml(
+                name,
+                &[
+                    ("url", &url),
+                    ("topic", topic),
+                    ("qos", "1"),
+                    ("protocolVersion", "5"),
+                    // Two bindings of one app need client IDs of their own.
+                    ("consumerID", &format!("shop-{name}")),
+                ],
+                None,
+            ),
+        )
+        .expect("write");
+    }
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<HeaderMap>();
+    let app = axum::Router::new().route(
+        "/requests",
+        axum::routing::options(|| async { StatusCode::OK }).post(
+            move |headers: HeaderMap, body: axum::body::Bytes| {
+                let seen_tx = seen_tx.clone();
+                async move {
+                    let _ = seen_tx.send(headers);
+                    let mut answer = b"answered: ".to_vec();
+                    answer.extend_from_slice(&body);
+                    (StatusCode::OK, answer)
+                }
+            },
+        ),
+    );
+    let app_port = crate::support::free_port();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", app_port))
+        .await
+        .expect("app port");
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let sidecar = Sidecar::start(dir.path(), Some(app_port), &[]).await;
+    sidecar.healthy().await;
+    broker
+        .wait_for_log("Received SUBSCRIBE from shop-requests")
+        .await;
+
+    let replies = format!("mqtt5/http-replies/{}", unique());
+    let response = peer(&[
+        "request",
+        "--port",
+        &broker.port.to_string(),
+        "--topic",
+        &requests,
+        "--response-topic",
+        &replies,
+        "--correlation-b64",
+        &b64(b"corr-1"),
+        "--payload-b64",
+        &b64(b"ping"),
+    ])
+    .await;
+    assert_eq!(response["payload_b64"], b64(b"answered: ping"));
+    assert_eq!(response["correlation_b64"], b64(b"corr-1"));
+    let headers = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .expect("the app was called")
+        .expect("headers");
+    assert_eq!(headers["responsetopic"], replies.as_str());
+    assert_eq!(headers["correlationdata"], "corr-1");
+
+    let mut subscriber = PeerSubscriber::start(broker.port, &out, 1).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let answer = sidecar
+        .client
+        .post(sidecar.url("/v1.0/bindings/out"))
+        .header("traceparent", traceparent)
+        .body(r#"{"operation": "create", "data": "traced"}"#)
+        .send()
+        .await
+        .expect("answer");
+    assert_eq!(
+        answer.status(),
+        StatusCode::NO_CONTENT,
+        "{}",
+        answer.text().await.unwrap_or_default()
+    );
+    let message = subscriber.next().await;
+    assert_eq!(
+        message["user_properties"],
+        serde_json::json!([["traceparent", traceparent]])
+    );
+    assert!(sidecar.terminate().await.success());
+    server.abort();
+}
