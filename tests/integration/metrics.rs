@@ -1,6 +1,6 @@
 //! Prometheus metrics of `mqtt-binding run`, scraped with a real HTTP client around real
-//! traffic: invokes that succeed and fail, a delivery the app fails and then accepts, and a
-//! broker restart.
+//! traffic: invokes that succeed and fail, a delivery the app fails and then accepts, a
+//! broker restart, and messages the app never accepts (dead-lettered or left).
 
 use axum::http::StatusCode;
 use rumqttc::QoS;
@@ -185,6 +185,15 @@ async fn metrics_follow_invokes_deliveries_and_a_broker_restart() {
         !text.contains(&topic) && !text.contains("counted"),
         "no topic or payload in the labels"
     );
+    assert_eq!(
+        sample(
+            &text,
+            "mqtt_binding_delivery_retries_total",
+            &[("component", "orders")]
+        ),
+        Some(1.0),
+        "the delivery the app failed once: {text}"
+    );
 
     broker.restart();
     let text = scrape_until(
@@ -199,6 +208,106 @@ async fn metrics_follow_invokes_deliveries_and_a_broker_restart() {
             &text,
             "mqtt_binding_component_traps_total",
             &[("component", "orders")]
+        ),
+        Some(0.0)
+    );
+    assert!(sidecar.terminate().await.success());
+}
+
+#[tokio::test]
+async fn messages_the_app_never_accepts_are_counted_as_dead_lettered_or_left() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (lettered, left) = (
+        format!("lettered/{}", unique()),
+        format!("left/{}", unique()),
+    );
+    for (name, topic, dead_letter) in [
+        ("lettered", &lettered, Some(format!("{lettered}/dead"))),
+        ("left", &left, None),
+    ] {
+        let mut metadata = vec![
+            ("url", broker.url()),
+            ("topic", topic.clone()),
+            ("qos", "1".to_string()),
+            ("consumerID", format!("{name}-{}", unique())),
+            ("backOffMaxRetries", "1".to_string()),
+            ("backOffInterval", "20ms".to_string()),
+        ];
+        if let Some(dead_letter) = dead_letter {
+            metadata.push(("deadLetterTopic", dead_letter));
+        }
+        let metadata: Vec<(&str, &str)> = metadata
+            .iter()
+            .map(|(field, value)| (*field, value.as_str()))
+            .collect();
+        std::fs::write(
+            dir.path().join(format!("{name}.yaml")),
+            binding_yaml(name, &metadata, None),
+        )
+        .expect("component file");
+    }
+    let app_port = free_port();
+    let (_app, _serving) = App::serve(app_port, StatusCode::OK, usize::MAX).await;
+    let sidecar = Sidecar::start(dir.path(), Some(app_port), &[]).await;
+    sidecar.healthy().await;
+    broker.wait_for_log(&lettered).await;
+    broker.wait_for_log(&left).await;
+    publish_all(
+        broker.port,
+        &lettered,
+        QoS::AtLeastOnce,
+        &[b"doomed".to_vec()],
+    )
+    .await;
+    publish_all(broker.port, &left, QoS::AtLeastOnce, &[b"doomed".to_vec()]).await;
+    let text = scrape_until(
+        &sidecar,
+        "mqtt_binding_dead_lettered_total",
+        &[("component", "lettered")],
+        1.0,
+    )
+    .await;
+    let text = if sample(
+        &text,
+        "mqtt_binding_left_unacknowledged_total",
+        &[("component", "left")],
+    ) == Some(1.0)
+    {
+        text
+    } else {
+        scrape_until(
+            &sidecar,
+            "mqtt_binding_left_unacknowledged_total",
+            &[("component", "left")],
+            1.0,
+        )
+        .await
+    };
+    for component in ["lettered", "left"] {
+        assert_eq!(
+            sample(
+                &text,
+                "mqtt_binding_delivery_retries_total",
+                &[("component", component)]
+            ),
+            Some(1.0),
+            "{component}: one retry each: {text}"
+        );
+    }
+    assert_eq!(
+        sample(
+            &text,
+            "mqtt_binding_left_unacknowledged_total",
+            &[("component", "lettered")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "mqtt_binding_dead_lettered_total",
+            &[("component", "left")]
         ),
         Some(0.0)
     );
