@@ -44,8 +44,8 @@ const IN_FLIGHT: usize = 64;
 
 struct Settings {
     full: bool,
-    /// Figure groups to run (`output`, `latency`, `input`, `sandbox`, `faces`, `bindings`,
-    /// `start`, `memory`); all if empty.
+    /// Figure groups to run (`output`, `latency`, `input`, `mqtt5`, `sandbox`, `faces`,
+    /// `bindings`, `start`, `memory`); all if empty.
     only: Vec<String>,
     runs: usize,
     messages: usize,
@@ -130,6 +130,9 @@ async fn measure(settings: &Settings) -> Vec<Row> {
     }
     if settings.wants("input") {
         rows.extend(input_rows(settings, &broker).await);
+    }
+    if settings.wants("mqtt5") {
+        rows.extend(mqtt5_rows(settings, &broker).await);
     }
     if settings.wants("sandbox") {
         rows.extend(sandbox_rows(settings, &broker).await);
@@ -352,6 +355,53 @@ async fn sandbox_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
             }
         }
         rows.extend([output, output_cpu, input, input_cpu]);
+    }
+    rows
+}
+
+/// MQTT 5 against MQTT 3.1.1, the same binding on the same broker, runs interleaved: what
+/// speaking MQTT 5 costs (a properties length in every packet, reason codes to read).
+async fn mqtt5_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
+    let runtime = runtime();
+    let n = settings.messages;
+    let mut rows = Vec::new();
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        let mut output = Row {
+            figure: format!(
+                "MQTT 5 output QoS {}, 100 B, {IN_FLIGHT} in flight",
+                qos as u8
+            ),
+            unit: "msg/s",
+            binding: Vec::new(),
+            reference_name: "MQTT 3.1.1".into(),
+            reference: Vec::new(),
+            higher_is_better: true,
+        };
+        let mut input = Row {
+            figure: format!("MQTT 5 input QoS {}, 100 B", qos as u8),
+            unit: "msg/s",
+            binding: Vec::new(),
+            reference_name: "MQTT 3.1.1".into(),
+            reference: Vec::new(),
+            higher_is_better: true,
+        };
+        for _ in 0..settings.runs {
+            output
+                .binding
+                .push(output_rate_at(runtime, broker, qos, 100, n, "5").await.rate);
+            output.reference.push(
+                output_rate_at(runtime, broker, qos, 100, n, "3.1.1")
+                    .await
+                    .rate,
+            );
+            input
+                .binding
+                .push(binding_rate_at(runtime, broker, qos, n, "5").await.rate);
+            input
+                .reference
+                .push(binding_rate_at(runtime, broker, qos, n, "3.1.1").await.rate);
+        }
+        rows.extend([output, input]);
     }
     rows
 }
@@ -754,7 +804,12 @@ fn metadata(pairs: &[(&str, String)]) -> Vec<(String, String)> {
         .collect()
 }
 
-async fn output_binding(runtime: &Runtime, broker: &Mosquitto, qos: QoS) -> Arc<Binding> {
+async fn output_binding(
+    runtime: &Runtime,
+    broker: &Mosquitto,
+    qos: QoS,
+    version: &str,
+) -> Arc<Binding> {
     let options = BindingOptions {
         name: "bench".into(),
         app_id: format!("bench-out-{}", unique()),
@@ -762,6 +817,7 @@ async fn output_binding(runtime: &Runtime, broker: &Mosquitto, qos: QoS) -> Arc<
             ("url", broker.url()),
             ("topic", format!("bench/out/{}", unique())),
             ("qos", (qos as u8).to_string()),
+            ("protocolVersion", version.to_string()),
         ]),
         handler: None,
     };
@@ -777,7 +833,19 @@ async fn output_rate(
     size: usize,
     messages: usize,
 ) -> Run {
-    let binding = output_binding(runtime, broker, qos).await;
+    output_rate_at(runtime, broker, qos, size, messages, "3.1.1").await
+}
+
+/// [`output_rate`] at MQTT `version` (`3.1.1` or `5`).
+async fn output_rate_at(
+    runtime: &Runtime,
+    broker: &Mosquitto,
+    qos: QoS,
+    size: usize,
+    messages: usize,
+    version: &str,
+) -> Run {
+    let binding = output_binding(runtime, broker, qos, version).await;
     invoke_in_parallel(&binding, 1, size).await;
     let timer = Timer::start();
     invoke_in_parallel(&binding, messages / IN_FLIGHT, size).await;
@@ -899,7 +967,7 @@ async fn mosquitto_pub_rate(broker: &Mosquitto, qos: QoS, size: usize, messages:
 }
 
 async fn invoke_latencies(broker: &Mosquitto, samples: usize) -> Vec<Duration> {
-    let binding = output_binding(runtime(), broker, QoS::AtLeastOnce).await;
+    let binding = output_binding(runtime(), broker, QoS::AtLeastOnce, "3.1.1").await;
     let mut latencies = Vec::with_capacity(samples);
     for _ in 0..samples {
         let request = InvokeRequest {
@@ -1071,6 +1139,18 @@ impl EventHandler for Count {
 }
 
 async fn binding_rate(runtime: &Runtime, broker: &Mosquitto, qos: QoS, messages: usize) -> Run {
+    binding_rate_at(runtime, broker, qos, messages, "3.1.1").await
+}
+
+/// [`binding_rate`] at MQTT `version`. The session is made and filled at MQTT 3.1.1 either
+/// way; the binding takes it over at its own version (a session is not tied to one).
+async fn binding_rate_at(
+    runtime: &Runtime,
+    broker: &Mosquitto,
+    qos: QoS,
+    messages: usize,
+    version: &str,
+) -> Run {
     let client_id = format!("bench-binding-{}", unique());
     let topic = preload(broker, qos, messages, &client_id).await;
     let count = Arc::new(Count {
@@ -1085,6 +1165,7 @@ async fn binding_rate(runtime: &Runtime, broker: &Mosquitto, qos: QoS, messages:
         ("qos", qos_text),
         ("consumerID", client_id),
         ("cleanSession", "false".to_string()),
+        ("protocolVersion", version.to_string()),
     ];
     let options = BindingOptions {
         name: "bench".into(),
