@@ -41,6 +41,53 @@ async fn peer(args: &[&str]) -> Value {
     serde_json::from_str(last).expect("a JSON line")
 }
 
+/// Publishes with the peer at QoS 1 (`properties` as `peer.py` takes them) and returns the
+/// broker's reason code.
+async fn peer_publish(
+    port: u16,
+    topic: &str,
+    payload: &[u8],
+    properties: &str,
+    retain: bool,
+) -> u64 {
+    let (port, payload) = (port.to_string(), b64(payload));
+    let mut args = vec![
+        "publish",
+        "--port",
+        &port,
+        "--topic",
+        topic,
+        "--payload-b64",
+        &payload,
+    ];
+    args.extend(["--properties", properties]);
+    if retain {
+        args.push("--retain");
+    }
+    peer(&args).await["reason_code"]
+        .as_u64()
+        .expect("a reason code")
+}
+
+/// The message the broker retains for `topic` now, as the peer received it (null: none).
+async fn peer_retained(port: u16, topic: &str) -> Value {
+    let port = port.to_string();
+    peer(&["retained", "--port", &port, "--topic", topic]).await["retained"].clone()
+}
+
+/// Waits until the broker no longer retains a message for `topic` (expiry is the event),
+/// failing the test after [`WAIT`].
+async fn wait_until_not_retained(port: u16, topic: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !peer_retained(port, topic).await.is_null() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{topic} was still retained after {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A peer subscribed to a topic (the subscription is made when this returns), printing the
 /// messages it receives.
 struct PeerSubscriber {
@@ -152,19 +199,15 @@ async fn properties_come_in_byte_for_byte() {
         "expiry": 600,
         "user_properties": [["a", "1"], ["a", "2"], ["traceparent", traceparent]],
     });
-    let published = peer(&[
-        "publish",
-        "--port",
-        &broker.port.to_string(),
-        "--topic",
+    let code = peer_publish(
+        broker.port,
         &topic,
-        "--payload-b64",
-        &b64(b"hello"),
-        "--properties",
+        b"hello",
         &properties.to_string(),
-    ])
+        false,
+    )
     .await;
-    assert_eq!(published["reason_code"], 0);
+    assert_eq!(code, 0);
     let event = accepted.next().await;
     assert_eq!(event.data, b"hello");
     assert_eq!(meta(&event, "contentType"), "text/plain; charset=utf-8");
@@ -206,7 +249,6 @@ async fn an_expired_retained_message_is_not_delivered() {
     let base = format!("mqtt5/expiry/{}", unique());
     let metadata = mqtt5(&broker, &format!("{base}/#"));
     let mut binding = binding(&pairs(&metadata)).await.expect("binding");
-    let port = broker.port.to_string();
     let (short, kept) = (format!("{base}/short"), format!("{base}/kept"));
     create(
         &mut binding,
@@ -222,28 +264,14 @@ async fn an_expired_retained_message_is_not_delivered() {
     )
     .await
     .expect("published");
-    let first = peer(&["retained", "--port", &port, "--topic", &short]).await;
     assert_eq!(
-        first["retained"]["payload_b64"],
+        peer_retained(broker.port, &short).await["payload_b64"],
         b64(b"short-lived"),
         "retained until it expires"
     );
-    // Expiry is the event: look again until the broker stops handing it out.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let now = peer(&["retained", "--port", &port, "--topic", &short]).await;
-        if now["retained"].is_null() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the message with a 5 s expiry was still retained after {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let kept_now = peer(&["retained", "--port", &port, "--topic", &kept]).await;
+    wait_until_not_retained(broker.port, &short).await;
     assert_eq!(
-        kept_now["retained"]["payload_b64"],
+        peer_retained(broker.port, &kept).await["payload_b64"],
         b64(b"kept"),
         "a message without expiry stays"
     );
@@ -262,57 +290,22 @@ async fn an_expired_queued_message_is_not_delivered_to_a_returning_session() {
     reader.stop().await.expect("stopped");
     // The session is kept (sessionExpiryInterval defaults to "never" with cleanSession
     // false); two messages are queued for it, one that expires in 1 s.
-    let port = broker.port.to_string();
-    let publish = |payload: &'static [u8], properties: &'static str| {
-        let (port, topic) = (port.clone(), topic.clone());
-        async move {
-            peer(&[
-                "publish",
-                "--port",
-                &port,
-                "--topic",
-                &topic,
-                "--payload-b64",
-                &b64(payload),
-                "--properties",
-                properties,
-            ])
-            .await
-        }
-    };
-    publish(b"expires", r#"{"expiry": 1}"#).await;
-    publish(b"stays", "{}").await;
+    peer_publish(broker.port, &topic, b"expires", r#"{"expiry": 1}"#, false).await;
+    peer_publish(broker.port, &topic, b"stays", "{}", false).await;
     // A retained message published after the queued one, with a second more of expiry:
     // once it is gone, so is the queued one. (mosquitto counts expiry in whole seconds and
     // drops an expired retained message from the second it expires, a queued one from
     // the next.)
     let probe = format!("{topic}/probe");
-    peer(&[
-        "publish",
-        "--port",
-        &port,
-        "--topic",
-        &probe,
-        "--payload-b64",
-        &b64(b"probe"),
-        "--retain",
-        "--properties",
-        r#"{"expiry": 2}"#,
-    ])
-    .await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !peer(&["retained", "--port", &port, "--topic", &probe]).await["retained"].is_null() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the probe never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    peer_publish(broker.port, &probe, b"probe", r#"{"expiry": 2}"#, true).await;
+    wait_until_not_retained(broker.port, &probe).await;
     let (recorder, mut accepted) = Recorder::failing(0);
     let reader = Reader::start(&pairs(&metadata), recorder.clone()).await;
     assert_eq!(accepted.next().await.data, b"stays");
-    let marker = publish(b"marker", "{}").await;
-    assert_eq!(marker["reason_code"], 0);
+    assert_eq!(
+        peer_publish(broker.port, &topic, b"marker", "{}", false).await,
+        0
+    );
     assert_eq!(accepted.next().await.data, b"marker");
     assert_eq!(
         recorder
@@ -396,18 +389,9 @@ async fn a_persistent_session_survives_a_binding_restart() {
     let (recorder, _) = Recorder::failing(0);
     let reader = Reader::start(&pairs(&metadata), recorder).await;
     reader.stop().await.expect("stopped");
-    let published = peer(&[
-        "publish",
-        "--port",
-        &broker.port.to_string(),
-        "--topic",
-        &topic,
-        "--payload-b64",
-        &b64(b"while away"),
-    ])
-    .await;
     assert_eq!(
-        published["reason_code"], 0,
+        peer_publish(broker.port, &topic, b"while away", "{}", false).await,
+        0,
         "the broker kept the subscription, so someone matches"
     );
     let (recorder, mut accepted) = Recorder::failing(0);

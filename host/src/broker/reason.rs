@@ -90,20 +90,20 @@ pub(super) fn puback(reason: PubAckReason) -> Option<Rejection> {
     Some(Rejection::new(code, name, retryable))
 }
 
-/// A PUBREC's reason, as for [`puback`].
+/// A PUBREC's reason, as for [`puback`]: the same codes, in a type of their own.
 pub(super) fn pubrec(reason: PubRecReason) -> Option<Rejection> {
     use PubRecReason as R;
-    let (code, name, retryable) = match reason {
-        R::Success | R::NoMatchingSubscribers => return None,
-        R::UnspecifiedError => (0x80, "unspecified error", false),
-        R::ImplementationSpecificError => (0x83, "implementation specific error", false),
-        R::NotAuthorized => (0x87, "not authorized", false),
-        R::TopicNameInvalid => (0x90, "topic name invalid", false),
-        R::PacketIdentifierInUse => (0x91, "packet identifier in use", true),
-        R::QuotaExceeded => (0x97, "quota exceeded", true),
-        R::PayloadFormatInvalid => (0x99, "payload format invalid", false),
-    };
-    Some(Rejection::new(code, name, retryable))
+    puback(match reason {
+        R::Success => PubAckReason::Success,
+        R::NoMatchingSubscribers => PubAckReason::NoMatchingSubscribers,
+        R::UnspecifiedError => PubAckReason::UnspecifiedError,
+        R::ImplementationSpecificError => PubAckReason::ImplementationSpecificError,
+        R::NotAuthorized => PubAckReason::NotAuthorized,
+        R::TopicNameInvalid => PubAckReason::TopicNameInvalid,
+        R::PacketIdentifierInUse => PubAckReason::PacketIdentifierInUse,
+        R::QuotaExceeded => PubAckReason::QuotaExceeded,
+        R::PayloadFormatInvalid => PubAckReason::PayloadFormatInvalid,
+    })
 }
 
 /// A SUBACK's code for one filter: `None` when the subscription was granted.
