@@ -565,8 +565,10 @@ async fn a_publish_over_the_brokers_maximum_packet_size_fails_unsent() {
 }
 
 /// Through `mqtt-binding run`: an MQTT 5 request reaches an HTTP app with its properties as
-/// headers, and the app's 200 body goes back to the requester; the caller's `traceparent`
-/// header on an output request becomes a user property of the published message.
+/// headers, and the app's 200 body goes back to the requester; a message's `traceparent`
+/// user property reaches the app as the `traceparent` header, and the caller's
+/// `traceparent` header on an output request becomes a user property of the published
+/// message.
 #[tokio::test]
 async fn through_the_http_sidecar_properties_are_headers_and_the_answer_is_the_response() {
     use axum::http::{HeaderMap, StatusCode};
@@ -648,6 +650,25 @@ async fn through_the_http_sidecar_properties_are_headers_and_the_answer_is_the_r
     assert_eq!(headers["responsetopic"], replies.as_str());
     assert_eq!(headers["correlationdata"], "corr-1");
 
+    // W3C Trace Context over MQTT, inbound: the message's traceparent reaches the app as
+    // the traceparent header.
+    let incoming_trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let properties = serde_json::json!({"user_properties": [["traceparent", incoming_trace]]});
+    let code = peer_publish(
+        broker.port,
+        &requests,
+        b"traced in",
+        &properties.to_string(),
+        false,
+    )
+    .await;
+    assert_eq!(code, 0);
+    let headers = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .expect("the app was called")
+        .expect("headers");
+    assert_eq!(headers["traceparent"], incoming_trace);
+
     let mut subscriber = PeerSubscriber::start(broker.port, &out, 1).await;
     let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     let answer = sidecar
@@ -671,4 +692,73 @@ async fn through_the_http_sidecar_properties_are_headers_and_the_answer_is_the_r
     );
     assert!(sidecar.terminate().await.success());
     server.abort();
+}
+
+/// The caller's `traceparent` and `tracestate` gRPC metadata on `InvokeBinding` become user
+/// properties of the published message; a `traceparent` in the request's own metadata wins.
+#[tokio::test]
+async fn grpc_trace_context_becomes_user_properties() {
+    use mqtt_binding::sidecar::proto::InvokeBindingRequest;
+    use mqtt_binding::sidecar::proto::dapr_client::DaprClient;
+
+    use crate::sidecar::{Sidecar, binding_yaml};
+
+    let broker = Mosquitto::start();
+    let topic = format!("mqtt5/grpc-trace/{}", unique());
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("out.yaml"),
+        binding_yaml(
+            "out",
+            &[
+                ("url", &broker.url()),
+                ("topic", &topic),
+                ("qos", "1"),
+                ("protocolVersion", "5"),
+            ],
+            None,
+        ),
+    )
+    .expect("write");
+    let sidecar = Sidecar::start(dir.path(), None, &[]).await;
+    sidecar.healthy().await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{}", sidecar.grpc))
+            .expect("address")
+            .connect()
+            .await
+            .expect("the gRPC API accepts");
+    let mut client = DaprClient::new(channel);
+    let mut subscriber = PeerSubscriber::start(broker.port, &topic, 2).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    for own in [
+        None,
+        Some("00-11111111111111111111111111111111-2222222222222222-01"),
+    ] {
+        let mut request = tonic::Request::new(InvokeBindingRequest {
+            name: "out".into(),
+            data: b"traced".to_vec(),
+            metadata: own
+                .map(|value| ("traceparent".to_string(), value.to_string()))
+                .into_iter()
+                .collect(),
+            operation: "create".into(),
+        });
+        request
+            .metadata_mut()
+            .insert("traceparent", traceparent.parse().expect("ascii"));
+        request
+            .metadata_mut()
+            .insert("tracestate", "vendor=value".parse().expect("ascii"));
+        client.invoke_binding(request).await.expect("InvokeBinding");
+        let message = subscriber.next().await;
+        assert_eq!(
+            message["user_properties"],
+            serde_json::json!([
+                ["traceparent", own.unwrap_or(traceparent)],
+                ["tracestate", "vendor=value"]
+            ])
+        );
+    }
+    assert!(sidecar.terminate().await.success());
 }
