@@ -3,12 +3,14 @@
 //! retries). The decisions they follow (metadata, requests, retry policies) are plain Rust.
 
 use std::cell::RefCell;
+use std::time::Instant;
 
 use base64::Engine as _;
 
 use crate::metadata::{self, Config, NoteLevel, Protocol, Qos, Secret, Transport};
 use crate::request;
 use crate::retry;
+use crate::window::Window;
 
 #[expect(
     unsafe_code,
@@ -31,7 +33,9 @@ use bindings::exports::mqtt_binding::binding::binding::{
     Error, Guest, InvokeRequest, InvokeResponse,
 };
 use bindings::mqtt_binding::binding::broker::{self, ConnectOptions, Connection, PublishOptions};
-use bindings::mqtt_binding::binding::delivery::{self, DeliveryError, Event, GivenUp};
+use bindings::mqtt_binding::binding::delivery::{
+    self, DeliveryError, Event, GivenUp, Pending, Waited,
+};
 use bindings::mqtt_binding::binding::logging::{self, Level};
 use bindings::mqtt_binding::binding::types::Payload;
 use bindings::mqtt_binding::binding::{lifecycle, types};
@@ -129,6 +133,9 @@ fn read_messages(binding: &Binding) -> Result<(), Error> {
         }
     }
     logging::log(Level::Info, &format!("subscribed to {topic:?}"));
+    if binding.config.concurrency > 1 {
+        return read_concurrently(binding, usize::from(binding.config.concurrency));
+    }
     loop {
         let messages = match connection.next_messages(NEXT_MESSAGES_MAX, NEXT_MESSAGES_WAIT_MS) {
             Ok(messages) => messages,
@@ -205,7 +212,18 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
         }
         attempt += 1;
     };
-    let failures = attempt;
+    if give_up(binding, &message, attempt, &reason) {
+        acknowledge(&binding.connection, message.id, message.qos, topic)
+    } else {
+        Settled::Unacknowledged
+    }
+}
+
+/// A message the application did not accept in `failures` deliveries, the last failing
+/// with `reason`: moved to the dead-letter topic if there is one, else left for the broker
+/// to send again. `true` when it is to be acknowledged (the dead-letter topic has it).
+fn give_up(binding: &Binding, message: &broker::Message, failures: u32, reason: &str) -> bool {
+    let topic = &message.topic;
     let Some(dead_letter) = &binding.config.dead_letter_topic else {
         logging::log(
             Level::Error,
@@ -214,7 +232,7 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
             ),
         );
         delivery::gave_up(GivenUp::LeftUnacknowledged);
-        return Settled::Unacknowledged;
+        return false;
     };
     // Published at QoS 1 at least, so the broker has confirmed it before the original is
     // acknowledged: the message is never in neither place. Its MQTT 5 properties go along.
@@ -233,7 +251,7 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
                 ),
             );
             delivery::gave_up(GivenUp::DeadLettered);
-            acknowledge(&binding.connection, message.id, message.qos, topic)
+            true
         }
         Err(error) => {
             logging::log(
@@ -243,7 +261,184 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
                 ),
             );
             delivery::gave_up(GivenUp::LeftUnacknowledged);
-            Settled::Unacknowledged
+            false
+        }
+    }
+}
+
+/// One message of a concurrent input binding, from its first delivery until it is settled.
+struct Flight {
+    message: broker::Message,
+    metadata: Vec<(String, String)>,
+    attempt: u32,
+    state: FlightState,
+}
+
+enum FlightState {
+    Delivering(Pending),
+    /// Failed; delivered again at this time.
+    RetryAt(Instant),
+}
+
+impl Flight {
+    fn start(message: broker::Message, attempt: u32, metadata: Vec<(String, String)>) -> Self {
+        let pending = start_delivery(&message, &metadata, attempt);
+        Self {
+            message,
+            metadata,
+            attempt,
+            state: FlightState::Delivering(pending),
+        }
+    }
+}
+
+fn start_delivery(
+    message: &broker::Message,
+    metadata: &[(String, String)],
+    attempt: u32,
+) -> Pending {
+    let metadata: Vec<(&str, &str)> = metadata
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    delivery::start(Event {
+        data: &message.payload,
+        metadata: &metadata,
+        attempt,
+    })
+}
+
+/// The input loop with up to `concurrency` messages in delivery at once. Each message keeps
+/// its own retries; acknowledgements still leave in arrival order (see `window`), so a
+/// message is acknowledged only once it and every earlier one are settled. On shutdown the
+/// settled front is acknowledged and the rest is left for the broker to send again.
+fn read_concurrently(binding: &Binding, concurrency: usize) -> Result<(), Error> {
+    let connection = &binding.connection;
+    let mut window = Window::default();
+    let mut flights: Vec<Flight> = Vec::new();
+    let mut taken: std::collections::VecDeque<broker::Message> = Default::default();
+    // What acknowledging each message in the window takes: its QoS, and its topic for the log.
+    let mut settling = std::collections::HashMap::new();
+    loop {
+        // Start deliveries while there is room.
+        while window.len() < concurrency {
+            if taken.is_empty() {
+                // Block for the next message only when nothing else is under way.
+                let wait = if window.is_empty() {
+                    NEXT_MESSAGES_WAIT_MS
+                } else {
+                    0
+                };
+                let max = u32::try_from(concurrency - window.len()).unwrap_or(NEXT_MESSAGES_MAX);
+                match connection.next_messages(max.min(NEXT_MESSAGES_MAX), wait) {
+                    Ok(messages) => taken.extend(messages),
+                    Err(broker::Error::Closed) => return Ok(()),
+                    Err(error) => return Err(Error::Broker(error)),
+                }
+            }
+            let Some(message) = taken.pop_front() else {
+                break;
+            };
+            window.push(message.id);
+            settling.insert(message.id, (message.qos, message.topic.clone()));
+            let metadata = event_metadata(&message);
+            flights.push(Flight::start(message, 1, metadata));
+        }
+        if window.is_empty() {
+            continue;
+        }
+        let now = Instant::now();
+        let next_retry = flights
+            .iter()
+            .filter_map(|flight| match &flight.state {
+                FlightState::RetryAt(at) => Some(*at),
+                FlightState::Delivering(_) => None,
+            })
+            .min();
+        let timeout_ms = next_retry.map_or(NEXT_MESSAGES_WAIT_MS, |at| {
+            u32::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u32::MAX)
+        });
+        let (positions, delivering): (Vec<usize>, Vec<&Pending>) = flights
+            .iter()
+            .enumerate()
+            .filter_map(|(position, flight)| match &flight.state {
+                FlightState::Delivering(pending) => Some((position, pending)),
+                FlightState::RetryAt(_) => None,
+            })
+            .unzip();
+        let room = window.len() < concurrency && taken.is_empty();
+        let waited = Pending::wait_any(&delivering, room.then_some(connection), timeout_ms);
+        let mut stopping = false;
+        match waited {
+            Waited::Answered((index, outcome)) => {
+                let position = positions[index as usize];
+                match outcome {
+                    Ok(answer) => {
+                        let flight = flights.swap_remove(position);
+                        let acknowledge = respond(binding, &flight.message, answer);
+                        window.settle(flight.message.id, acknowledge);
+                    }
+                    Err(DeliveryError::Failed(reason)) => {
+                        let flight = &mut flights[position];
+                        let failures = flight.attempt;
+                        match binding
+                            .config
+                            .delivery_backoff
+                            .after_failure(u64::from(failures))
+                        {
+                            Some(wait) => {
+                                logging::log(
+                                    Level::Warn,
+                                    &format!(
+                                        "delivery of a message on {:?} failed (attempt {failures}), retrying in {wait:?}: {reason}",
+                                        flight.message.topic
+                                    ),
+                                );
+                                flight.state = FlightState::RetryAt(Instant::now() + wait);
+                            }
+                            None => {
+                                let flight = flights.swap_remove(position);
+                                let acknowledge =
+                                    give_up(binding, &flight.message, failures, &reason);
+                                window.settle(flight.message.id, acknowledge);
+                            }
+                        }
+                    }
+                    Err(DeliveryError::Stopped) => stopping = true,
+                }
+            }
+            Waited::MessageWaiting => {}
+            Waited::TimedOut => {
+                let now = Instant::now();
+                for flight in &mut flights {
+                    if matches!(&flight.state, FlightState::RetryAt(at) if *at <= now) {
+                        flight.attempt += 1;
+                        let pending =
+                            start_delivery(&flight.message, &flight.metadata, flight.attempt);
+                        flight.state = FlightState::Delivering(pending);
+                    }
+                }
+            }
+            Waited::Stopped => stopping = true,
+        }
+        for (id, settled) in window.release() {
+            let Some((qos, topic)) = settling.remove(&id) else {
+                continue;
+            };
+            if settled {
+                acknowledge(connection, id, qos, &topic);
+            }
+        }
+        if stopping {
+            let topic = &binding.config.topic;
+            logging::log(
+                Level::Info,
+                &format!(
+                    "shutting down: {} messages on {topic:?} in delivery or waiting stay unacknowledged",
+                    window.len()
+                ),
+            );
+            return Ok(());
         }
     }
 }

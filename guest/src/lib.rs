@@ -5,6 +5,7 @@ pub mod metadata;
 pub mod request;
 pub mod retry;
 pub mod topic;
+pub mod window;
 
 #[cfg(target_arch = "wasm32")]
 mod component;

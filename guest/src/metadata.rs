@@ -33,6 +33,7 @@ pub mod field {
     pub const PROTOCOL_VERSION: &str = "protocolVersion";
     pub const SESSION_EXPIRY_INTERVAL: &str = "sessionExpiryInterval";
     pub const TTL_IN_SECONDS: &str = "ttlInSeconds";
+    pub const CONCURRENCY: &str = "concurrency";
 }
 
 /// Names that belong to the host (Dapr's runtime reads them, not the component).
@@ -49,6 +50,11 @@ const DEFAULT_BACK_OFF_INTERVAL: Duration = Duration::from_secs(5);
 /// "Connection"). MQTT carries it in whole seconds, 1 to 65535 (0, "never", is refused: a
 /// dead connection would then go unnoticed while idle).
 const DEFAULT_KEEP_ALIVE_SECS: u16 = 30;
+
+/// The most messages in delivery at once. A broker holds no more unacknowledged QoS 1/2
+/// messages for a client than its in-flight window (mosquitto: 20 by default), and each
+/// delivery in flight is a handle the host counts against the component's limit.
+pub const MAX_CONCURRENCY: u16 = 256;
 
 /// A validated binding configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +81,8 @@ pub struct Config {
     /// Where a message goes when its deliveries are exhausted, instead of staying
     /// unacknowledged.
     pub dead_letter_topic: Option<String>,
+    /// Input: how many messages may be in delivery at once (1 to [`MAX_CONCURRENCY`]).
+    pub concurrency: u16,
     /// Things worth logging that did not stop the parse (unknown names, ignored fields).
     pub notes: Vec<Note>,
 }
@@ -390,6 +398,11 @@ pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, Meta
         })?;
     }
 
+    let concurrency = match fields.optional(field::CONCURRENCY) {
+        Some(value) => parse_concurrency(&value)?,
+        None => 1,
+    };
+
     for host_field in HOST_FIELDS {
         fields.take(host_field);
     }
@@ -414,6 +427,7 @@ pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, Meta
         tls,
         delivery_backoff,
         dead_letter_topic,
+        concurrency,
         notes,
     })
 }
@@ -481,6 +495,19 @@ fn parse_interval(value: &str) -> Result<Duration, MetadataError> {
         ));
     }
     Ok(interval)
+}
+
+/// Parses how many messages may be in delivery at once.
+fn parse_concurrency(value: &str) -> Result<u16, MetadataError> {
+    let expected = format!("a whole number from 1 to {MAX_CONCURRENCY}");
+    match value.trim().parse::<u16>() {
+        Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => Ok(n),
+        _ => Err(MetadataError::expected(
+            field::CONCURRENCY,
+            &expected,
+            value,
+        )),
+    }
 }
 
 /// Parses `3.1.1` or `5` (and the spellings people use for them).
@@ -738,6 +765,7 @@ mod tests {
         assert_eq!(config.protocol, Protocol::V311);
         assert_eq!(config.session_expiry_secs, None);
         assert_eq!(config.ttl_secs, None);
+        assert_eq!(config.concurrency, 1);
         assert_eq!(config.topic, "orders");
         assert_eq!(config.client_id, "my-app");
         assert_eq!(config.qos, Qos::AtMostOnce);
@@ -1264,5 +1292,19 @@ mod tests {
             "ignored with a warning: {:?}",
             config.notes
         );
+    }
+
+    #[test]
+    fn concurrency_is_a_small_whole_number() {
+        let config = parse("app", &with(&[("concurrency", "16")])).expect("valid");
+        assert_eq!(config.concurrency, 16);
+        for bad in ["0", "-1", "257", "many", "1.5"] {
+            assert_eq!(
+                error_of(&with(&[("concurrency", bad)])),
+                format!(
+                    r#"metadata field "concurrency": expected a whole number from 1 to 256, got "{bad}""#
+                )
+            );
+        }
     }
 }

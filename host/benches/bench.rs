@@ -45,7 +45,7 @@ const IN_FLIGHT: usize = 64;
 struct Settings {
     full: bool,
     /// Figure groups to run (`output`, `latency`, `input`, `mqtt5`, `sandbox`, `faces`,
-    /// `bindings`, `start`, `memory`); all if empty.
+    /// `concurrency`, `bindings`, `start`, `memory`); all if empty.
     only: Vec<String>,
     runs: usize,
     messages: usize,
@@ -139,6 +139,9 @@ async fn measure(settings: &Settings) -> Vec<Row> {
     }
     if settings.wants("faces") {
         rows.extend(faces::rows(settings, &broker).await);
+    }
+    if settings.wants("concurrency") {
+        rows.extend(faces::concurrency_rows(settings, &broker).await);
     }
     if settings.wants("bindings") {
         rows.extend(bindings::rows(settings, &broker).await);

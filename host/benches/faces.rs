@@ -64,7 +64,9 @@ pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
         grpc.binding.push(grpc_output(broker, n).await);
         grpc.reference.push(http);
         input.binding.push(socket_input(broker, n).await);
-        input.reference.push(http_input(broker, n).await);
+        input
+            .reference
+            .push(http_input(broker, n, 1, Duration::ZERO).await);
     }
     vec![output, grpc, input]
 }
@@ -379,7 +381,37 @@ async fn grpc_output(broker: &Mosquitto, messages: usize) -> f64 {
 #[derive(Clone, Default)]
 struct Arrivals(Arc<Mutex<Vec<Instant>>>, Arc<tokio::sync::Notify>, usize);
 
-async fn http_input(broker: &Mosquitto, messages: usize) -> f64 {
+/// Input to an HTTP app through `mqtt-binding run` with metadata `concurrency`, the app
+/// taking `app_time` per event: the app's `concurrency` ingest rate, QoS 1, 100 B, with the
+/// metric `concurrency: 1` beside it in the same run. The target is 10× with 16 and
+/// an app that takes 1 ms.
+pub(crate) async fn concurrency_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
+    // An app taking 1 ms tops out near 1,000 events a second one at a time: fewer messages
+    // than the other groups keep the runs short.
+    let n = (settings.messages / 15).max(100);
+    let app_time = Duration::from_millis(1);
+    let mut row = Row {
+        figure: "input to an HTTP app taking 1 ms per event, `concurrency: 16`, QoS 1, 100 B"
+            .into(),
+        unit: "msg/s",
+        binding: Vec::new(),
+        reference_name: "`concurrency: 1`".into(),
+        reference: Vec::new(),
+        higher_is_better: true,
+    };
+    for _ in 0..settings.runs {
+        row.binding.push(http_input(broker, n, 16, app_time).await);
+        row.reference.push(http_input(broker, n, 1, app_time).await);
+    }
+    vec![row]
+}
+
+async fn http_input(
+    broker: &Mosquitto,
+    messages: usize,
+    concurrency: u16,
+    app_time: Duration,
+) -> f64 {
     let client_id = format!("bench-faces-{}", unique());
     let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
     let arrivals = Arrivals(Arc::default(), Arc::default(), messages);
@@ -387,7 +419,10 @@ async fn http_input(broker: &Mosquitto, messages: usize) -> f64 {
         .route(
             "/bench",
             axum::routing::post(
-                |axum::extract::State(arrivals): axum::extract::State<Arrivals>| async move {
+                move |axum::extract::State(arrivals): axum::extract::State<Arrivals>| async move {
+                    if !app_time.is_zero() {
+                        tokio::time::sleep(app_time).await;
+                    }
                     let mut times = arrivals.0.lock().expect("lock");
                     times.push(Instant::now());
                     if times.len() == arrivals.2 {
@@ -411,6 +446,7 @@ async fn http_input(broker: &Mosquitto, messages: usize) -> f64 {
             ("qos", "1".into()),
             ("consumerID", client_id),
             ("cleanSession", "false".into()),
+            ("concurrency", concurrency.to_string()),
         ],
         Some(app_port),
     )

@@ -9,5 +9,6 @@ wasmtime::component::bindgen!({
     with: {
         "mqtt-binding:binding/broker.connection": crate::broker::Connection,
         "mqtt-binding:binding/types.payload": crate::payload::Payload,
+        "mqtt-binding:binding/delivery.pending": crate::pending::Pending,
     },
 });

@@ -16,6 +16,7 @@ use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, types
 use crate::handler::Event;
 use crate::host_state::HostView;
 use crate::payload::Payload;
+use crate::pending::{Pending, Refused};
 
 /// The one mapping from host errors to the guest's `broker.error`.
 fn to_wit(error: BrokerError) -> broker::Error {
@@ -317,6 +318,32 @@ impl delivery::Host for HostView<'_> {
         })
     }
 
+    async fn start(&mut self, event: delivery::Event) -> wasmtime::Result<Resource<Pending>> {
+        let pending = match self.host.handler.clone() {
+            None => Pending::answered(Err(Refused::Failed(
+                "this host has no application to deliver events to".into(),
+            ))),
+            Some(_) if self.host.shutdown.is_cancelled() => {
+                Pending::answered(Err(Refused::Stopped))
+            }
+            Some(handler) => {
+                if event.attempt > 1 {
+                    self.host
+                        .faults
+                        .delivery_retries
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                let event = Event {
+                    data: self.table.get(&event.data)?.0.to_vec(),
+                    metadata: event.metadata,
+                    attempt: event.attempt,
+                };
+                Pending::start(handler, event, self.host.shutdown.clone())
+            }
+        };
+        Ok(self.table.push(pending)?)
+    }
+
     async fn gave_up(&mut self, how: delivery::GivenUp) -> wasmtime::Result<()> {
         let counter = match how {
             delivery::GivenUp::DeadLettered => &self.host.faults.dead_lettered,
@@ -324,6 +351,99 @@ impl delivery::Host for HostView<'_> {
         };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+impl delivery::HostPending for HostView<'_> {
+    async fn wait_any(
+        &mut self,
+        deliveries: Vec<Resource<Pending>>,
+        connection: Option<Resource<Connection>>,
+        timeout_ms: u32,
+    ) -> wasmtime::Result<delivery::Waited> {
+        let mut waiting = Vec::with_capacity(deliveries.len());
+        for (index, pending) in deliveries.iter().enumerate() {
+            if let Some(answer) = self.table.get_mut(pending)?.take() {
+                waiting.push((index, answer));
+            }
+        }
+        let connection = match connection {
+            Some(connection) => Some(self.table.get(&connection)?.clone()),
+            None => None,
+        };
+        let shutdown = self.host.shutdown.clone();
+        // The first of: an answer (its position in `waiting`), or another reason to return.
+        let first = {
+            let answered = async {
+                if waiting.is_empty() {
+                    std::future::pending().await
+                } else {
+                    let answers = waiting.iter_mut().map(|(_, answer)| answer);
+                    let (outcome, position, _) = futures_util::future::select_all(answers).await;
+                    (position, outcome)
+                }
+            };
+            let arrived = async {
+                match &connection {
+                    Some(connection) => connection.message_waiting().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                (position, outcome) = answered => Ok((position, outcome)),
+                () = shutdown.cancelled() => Err(delivery::Waited::Stopped),
+                () = arrived => Err(delivery::Waited::MessageWaiting),
+                () = tokio::time::sleep(millis(timeout_ms)) => Err(delivery::Waited::TimedOut),
+            }
+        };
+        let (position, outcome) = match first {
+            Ok(answered) => answered,
+            Err(waited) => return self.put_back(&deliveries, waiting, None, waited),
+        };
+        let index = u32::try_from(waiting[position].0).unwrap_or(u32::MAX);
+        let outcome = match outcome {
+            Ok(Ok(Some(answer))) => Ok(Some(self.table.push(Payload(answer.into()))?)),
+            Ok(Ok(None)) => Ok(None),
+            Ok(Err(Refused::Failed(why))) => Err(delivery::DeliveryError::Failed(why)),
+            Ok(Err(Refused::Stopped)) => Err(delivery::DeliveryError::Stopped),
+            Err(_) => Err(delivery::DeliveryError::Failed(
+                "the delivery ended without an answer".into(),
+            )),
+        };
+        self.put_back(
+            &deliveries,
+            waiting,
+            Some(position),
+            delivery::Waited::Answered((index, outcome)),
+        )
+    }
+
+    async fn drop(&mut self, pending: Resource<Pending>) -> wasmtime::Result<()> {
+        self.table.delete(pending)?;
+        Ok(())
+    }
+}
+
+impl HostView<'_> {
+    /// Gives the answers that did not come back to their deliveries (all but `spent`), and
+    /// returns `waited`.
+    fn put_back(
+        &mut self,
+        deliveries: &[Resource<Pending>],
+        waiting: Vec<(
+            usize,
+            tokio::sync::oneshot::Receiver<crate::pending::Outcome>,
+        )>,
+        spent: Option<usize>,
+        waited: delivery::Waited,
+    ) -> wasmtime::Result<delivery::Waited> {
+        for (position, (index, answer)) in waiting.into_iter().enumerate() {
+            if Some(position) != spent {
+                self.table.get_mut(&deliveries[index])?.put_back(answer);
+            }
+        }
+        Ok(waited)
     }
 }
 

@@ -40,6 +40,7 @@ mod instance;
 #[cfg(any(feature = "sidecar", feature = "pluggable"))]
 pub mod metrics;
 mod payload;
+mod pending;
 #[cfg(feature = "pluggable")]
 pub mod pluggable;
 mod runtime;

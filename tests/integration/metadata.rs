@@ -31,6 +31,7 @@ async fn each_bad_value_is_refused_naming_its_field() {
             "sessionExpiryInterval",
         ),
         (vec![url, topic, ("ttlInSeconds", "-5")], "ttlInSeconds"),
+        (vec![url, topic, ("concurrency", "0")], "concurrency"),
         (vec![url], "topic"),
         (vec![url, ("topic", "a/#/b")], "topic"),
         (vec![url, ("topic", "a+")], "topic"),

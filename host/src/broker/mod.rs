@@ -421,6 +421,20 @@ impl Connection {
         }
     }
 
+    /// Returns once a message waits to be taken with [`Connection::next_messages`], or the
+    /// connection is closing.
+    pub async fn message_waiting(&self) {
+        let shared = &self.shared;
+        loop {
+            // Registered before looking, so a message that arrives in between still wakes us.
+            let arrived = shared.arrived.notified();
+            if shared.closing.load(Ordering::Acquire) || shared.inbox().waiting() > 0 {
+                return;
+            }
+            arrived.await;
+        }
+    }
+
     /// Acknowledges a message from [`Connection::next_messages`]. A message from an earlier
     /// connection is not acknowledged: its packet id may now name another message, and the
     /// broker sends it again anyway.
