@@ -24,6 +24,7 @@
 
 mod bindings;
 mod faces;
+mod floors;
 #[path = "../../tests/integration/support.rs"]
 #[allow(dead_code, reason = "the benchmark uses part of the test helpers")]
 mod support;
@@ -45,7 +46,7 @@ const IN_FLIGHT: usize = 64;
 struct Settings {
     full: bool,
     /// Figure groups to run (`output`, `latency`, `input`, `mqtt5`, `sandbox`, `faces`,
-    /// `concurrency`, `bindings`, `start`, `memory`); all if empty.
+    /// `floors`, `concurrency`, `bindings`, `start`, `memory`); all if empty.
     only: Vec<String>,
     runs: usize,
     messages: usize,
@@ -71,6 +72,11 @@ impl Settings {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // This binary is also the hand-written servers the `floors` group measures against.
+    if args.get(1).map(String::as_str) == Some("floor-server") {
+        return floors::serve(&args[2..]);
+    }
     let full = std::env::args().any(|arg| arg == "--bench");
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -139,6 +145,9 @@ async fn measure(settings: &Settings) -> Vec<Row> {
     }
     if settings.wants("faces") {
         rows.extend(faces::rows(settings, &broker).await);
+    }
+    if settings.wants("floors") {
+        rows.extend(floors::rows(settings, &broker).await);
     }
     if settings.wants("concurrency") {
         rows.extend(faces::concurrency_rows(settings, &broker).await);

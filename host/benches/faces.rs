@@ -72,14 +72,14 @@ pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
 }
 
 /// A face's process; killed when dropped.
-struct Process {
-    child: Child,
+pub(crate) struct Process {
+    pub(crate) child: Child,
     /// Its files (component file, socket), removed with it.
-    _folder: tempfile::TempDir,
+    pub(crate) _folder: tempfile::TempDir,
 }
 
 impl Process {
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             let _ = Command::new("kill")
                 .args(["-TERM", &pid.to_string()])
@@ -102,7 +102,10 @@ fn spawn(args: &[&str]) -> Child {
 
 /// Invokes per second with [`IN_FLIGHT`] workers each calling `invoke` in a row, once every
 /// worker has made one call (steady state).
-async fn steady_rate<F>(messages: usize, invoke: impl Fn() -> F + Clone + Send + 'static) -> f64
+pub(crate) async fn steady_rate<F>(
+    messages: usize,
+    invoke: impl Fn() -> F + Clone + Send + 'static,
+) -> f64
 where
     F: Future<Output = ()> + Send,
 {
@@ -142,7 +145,7 @@ pub(crate) async fn until_ready<T, E: std::fmt::Debug>(
 
 // ---- the pluggable socket ----
 
-async fn pluggable() -> (Process, tonic::transport::Channel) {
+pub(crate) async fn pluggable() -> (Process, tonic::transport::Channel) {
     let folder = tempfile::tempdir().expect("dir");
     let child = spawn(&[
         "pluggable",
@@ -165,7 +168,9 @@ async fn pluggable() -> (Process, tonic::transport::Channel) {
 }
 
 /// One HTTP/2 connection to the socket, as daprd has one per component.
-async fn connect(socket: &Path) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+pub(crate) async fn connect(
+    socket: &Path,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     let socket = PathBuf::from(socket);
     tonic::transport::Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_| {
@@ -179,7 +184,7 @@ async fn connect(socket: &Path) -> Result<tonic::transport::Channel, tonic::tran
         .await
 }
 
-fn addressed<T>(message: T) -> tonic::Request<T> {
+pub(crate) fn addressed<T>(message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request
         .metadata_mut()
@@ -187,7 +192,7 @@ fn addressed<T>(message: T) -> tonic::Request<T> {
     request
 }
 
-fn init_metadata(pairs: &[(&str, String)]) -> Option<MetadataRequest> {
+pub(crate) fn init_metadata(pairs: &[(&str, String)]) -> Option<MetadataRequest> {
     Some(MetadataRequest {
         properties: pairs
             .iter()
@@ -273,7 +278,10 @@ async fn socket_input(broker: &Mosquitto, messages: usize) -> f64 {
 
 /// `mqtt-binding run` with one binding `bench` of `metadata`, healthy; its HTTP and gRPC
 /// ports.
-async fn sidecar(metadata: &[(&str, String)], app_port: Option<u16>) -> (Process, u16, u16) {
+pub(crate) async fn sidecar(
+    metadata: &[(&str, String)],
+    app_port: Option<u16>,
+) -> (Process, u16, u16) {
     let folder = tempfile::tempdir().expect("dir");
     let mut yaml = String::from(
         "kind: Component\nmetadata: {name: bench}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n",
@@ -341,7 +349,7 @@ async fn http_output(broker: &Mosquitto, messages: usize) -> f64 {
     rate
 }
 
-fn output_metadata(broker: &Mosquitto) -> Vec<(&'static str, String)> {
+pub(crate) fn output_metadata(broker: &Mosquitto) -> Vec<(&'static str, String)> {
     vec![
         ("url", broker.url()),
         ("topic", format!("bench/faces/{}", unique())),
@@ -414,31 +422,7 @@ async fn http_input(
 ) -> f64 {
     let client_id = format!("bench-faces-{}", unique());
     let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
-    let arrivals = Arrivals(Arc::default(), Arc::default(), messages);
-    let app = axum::Router::new()
-        .route(
-            "/bench",
-            axum::routing::post(
-                move |axum::extract::State(arrivals): axum::extract::State<Arrivals>| async move {
-                    if !app_time.is_zero() {
-                        tokio::time::sleep(app_time).await;
-                    }
-                    let mut times = arrivals.0.lock().expect("lock");
-                    times.push(Instant::now());
-                    if times.len() == arrivals.2 {
-                        arrivals.1.notify_one();
-                    }
-                    axum::http::StatusCode::OK
-                },
-            )
-            .options(|| async { axum::http::StatusCode::OK }),
-        )
-        .with_state(arrivals.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("app port");
-    let app_port = listener.local_addr().expect("address").port();
-    let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+    let app = TimedApp::start(messages, app_time).await;
     let (process, _, _) = sidecar(
         &[
             ("url", broker.url()),
@@ -448,17 +432,66 @@ async fn http_input(
             ("cleanSession", "false".into()),
             ("concurrency", concurrency.to_string()),
         ],
-        Some(app_port),
+        Some(app.port),
     )
     .await;
-    tokio::time::timeout(Duration::from_secs(300), arrivals.1.notified())
-        .await
-        .expect("every event reached the app");
-    let times = arrivals.0.lock().expect("lock").clone();
+    let rate = app.rate().await;
     process.stop().await;
-    serving.abort();
-    (messages - 1) as f64
-        / times[times.len() - 1]
-            .duration_since(times[0])
-            .as_secs_f64()
+    rate
+}
+
+/// An HTTP app that answers `POST /bench` with 200 after `app_time`, and times the events
+/// from the first to the last of `messages`.
+pub(crate) struct TimedApp {
+    arrivals: Arrivals,
+    pub(crate) port: u16,
+    serving: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl TimedApp {
+    pub(crate) async fn start(messages: usize, app_time: Duration) -> Self {
+        let arrivals = Arrivals(Arc::default(), Arc::default(), messages);
+        let app = axum::Router::new()
+            .route(
+                "/bench",
+                axum::routing::post(
+                    move |axum::extract::State(arrivals): axum::extract::State<Arrivals>| async move {
+                        if !app_time.is_zero() {
+                            tokio::time::sleep(app_time).await;
+                        }
+                        let mut times = arrivals.0.lock().expect("lock");
+                        times.push(Instant::now());
+                        if times.len() == arrivals.2 {
+                            arrivals.1.notify_one();
+                        }
+                        axum::http::StatusCode::OK
+                    },
+                )
+                .options(|| async { axum::http::StatusCode::OK }),
+            )
+            .with_state(arrivals.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("app port");
+        let port = listener.local_addr().expect("address").port();
+        let serving = tokio::spawn(async move { axum::serve(listener, app).await });
+        Self {
+            arrivals,
+            port,
+            serving,
+        }
+    }
+
+    /// Waits for every event; events per second from the first to the last.
+    pub(crate) async fn rate(self) -> f64 {
+        tokio::time::timeout(Duration::from_secs(300), self.arrivals.1.notified())
+            .await
+            .expect("every event reached the app");
+        let times = self.arrivals.0.lock().expect("lock").clone();
+        self.serving.abort();
+        (times.len() - 1) as f64
+            / times[times.len() - 1]
+                .duration_since(times[0])
+                .as_secs_f64()
+    }
 }

@@ -1,0 +1,570 @@
+//! The `floors` group: each way users reach the binding against what a careful engineer
+//! would write by hand for the same job, with no component and no sidecar logic, in a
+//! process of its own as the binding's face is (this benchmark binary, started again with
+//! `floor-server`), on the same broker, in the same run:
+//!
+//! - output over HTTP: an axum server whose handler publishes the request's `data` with
+//!   rumqttc at QoS 1 and answers 204 on the PUBACK;
+//! - output over gRPC (`InvokeBinding`) and through the pluggable socket (`Invoke`): a tonic
+//!   server doing the same;
+//! - input to an HTTP app: rumqttc with manual acknowledgements, posting each message to the
+//!   app with reqwest, one at a time, acknowledging after the answer.
+//!
+//! Output is measured with 64 requests in flight (requests per second) and with one at a
+//! time (p50 and p99 latency). rumqttc does not say which PUBACK answers which publish, so
+//! the hand-written servers do what such a service does: callers queue in publish order
+//! under one lock, and each PUBACK answers the oldest (brokers acknowledge QoS 1 in order,
+//! MQTT 3.1.1 section 4.6).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mqtt_binding::pluggable::proto::output_binding_client::OutputBindingClient;
+use mqtt_binding::pluggable::proto::output_binding_server::{OutputBinding, OutputBindingServer};
+use mqtt_binding::pluggable::proto::{
+    InvokeRequest, InvokeResponse, ListOperationsRequest, ListOperationsResponse,
+    OutputBindingInitRequest, OutputBindingInitResponse, PingRequest, PingResponse,
+};
+use mqtt_binding::sidecar::proto::dapr_client::DaprClient;
+use mqtt_binding::sidecar::proto::dapr_server::{Dapr, DaprServer};
+use mqtt_binding::sidecar::proto::{
+    GetMetadataRequest, GetMetadataResponse, InvokeBindingRequest, InvokeBindingResponse,
+};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::process::Command;
+use tokio::sync::oneshot;
+
+use super::faces::{
+    Process, TimedApp, addressed, connect, init_metadata, output_metadata, pluggable, sidecar,
+    steady_rate, until_ready,
+};
+use super::{IN_FLIGHT, Row, Settings, percentiles, preload};
+use crate::support::{Mosquitto, free_port, unique};
+
+pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
+    let n = settings.messages;
+    let samples = settings.latency_samples;
+    let mut rows = Vec::new();
+    for face in [Face::Http, Face::Grpc, Face::Socket] {
+        let mut rate = Row {
+            figure: format!("{}, QoS 1, 100 B, {IN_FLIGHT} in flight", face.name()),
+            unit: "msg/s",
+            binding: Vec::new(),
+            reference_name: format!("hand-written {}", face.floor()),
+            reference: Vec::new(),
+            higher_is_better: true,
+        };
+        let latency = |what: &str| Row {
+            figure: format!("{}, QoS 1, one at a time, {what}", face.name()),
+            unit: "µs",
+            binding: Vec::new(),
+            reference_name: format!("hand-written {}", face.floor()),
+            reference: Vec::new(),
+            higher_is_better: false,
+        };
+        let (mut p50, mut p99) = (latency("p50"), latency("p99"));
+        for _ in 0..settings.runs {
+            for floor in [false, true] {
+                let server = Server::start(broker, face, floor).await;
+                let measured = server.rate(n).await;
+                let (median, tail) = percentiles(server.latencies(samples).await);
+                server.stop().await;
+                let (rates, p50s, p99s) = if floor {
+                    (&mut rate.reference, &mut p50.reference, &mut p99.reference)
+                } else {
+                    (&mut rate.binding, &mut p50.binding, &mut p99.binding)
+                };
+                rates.push(measured);
+                p50s.push(median);
+                p99s.push(tail);
+            }
+        }
+        rows.extend([rate, p50, p99]);
+    }
+    let mut input = Row {
+        figure: "input to an HTTP app answering 200 at once (`mqtt-binding run`), QoS 1, 100 B"
+            .into(),
+        unit: "msg/s",
+        binding: Vec::new(),
+        reference_name: "hand-written rumqttc + reqwest, manual acks".into(),
+        reference: Vec::new(),
+        higher_is_better: true,
+    };
+    for _ in 0..settings.runs {
+        input.binding.push(binding_input(broker, n).await);
+        input.reference.push(floor_input(broker, n).await);
+    }
+    rows.push(input);
+    rows
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Face {
+    Http,
+    Grpc,
+    Socket,
+}
+
+impl Face {
+    fn name(self) -> &'static str {
+        match self {
+            Face::Http => "output over HTTP (`mqtt-binding run`, POST /v1.0/bindings)",
+            Face::Grpc => "output over gRPC (`mqtt-binding run`, InvokeBinding)",
+            Face::Socket => "output through the pluggable socket (Invoke)",
+        }
+    }
+
+    fn floor(self) -> &'static str {
+        match self {
+            Face::Http => "axum + rumqttc",
+            Face::Grpc => "tonic + rumqttc (InvokeBinding)",
+            Face::Socket => "tonic + rumqttc on a Unix socket (Invoke)",
+        }
+    }
+
+    fn arg(self) -> &'static str {
+        match self {
+            Face::Http => "http",
+            Face::Grpc => "grpc",
+            Face::Socket => "socket",
+        }
+    }
+}
+
+/// A running output face (the binding's or a floor) and a client for it.
+struct Server {
+    process: Process,
+    client: Client,
+}
+
+#[derive(Clone)]
+enum Client {
+    Http(reqwest::Client, String),
+    Grpc(DaprClient<tonic::transport::Channel>),
+    Socket(OutputBindingClient<tonic::transport::Channel>),
+}
+
+impl Server {
+    async fn start(broker: &Mosquitto, face: Face, floor: bool) -> Self {
+        let metadata = output_metadata(broker);
+        if floor {
+            return Self::floor(broker, face).await;
+        }
+        match face {
+            Face::Http | Face::Grpc => {
+                let (process, http, grpc) = sidecar(&metadata, None).await;
+                let client = match face {
+                    Face::Http => Client::Http(
+                        reqwest::Client::new(),
+                        format!("http://127.0.0.1:{http}/v1.0/bindings/bench"),
+                    ),
+                    _ => Client::Grpc(DaprClient::new(grpc_channel(grpc).await)),
+                };
+                Self { process, client }
+            }
+            Face::Socket => {
+                let (process, channel) = pluggable().await;
+                let mut client = OutputBindingClient::new(channel);
+                client
+                    .init(addressed(OutputBindingInitRequest {
+                        metadata: init_metadata(&metadata),
+                    }))
+                    .await
+                    .expect("Init");
+                Self {
+                    process,
+                    client: Client::Socket(client),
+                }
+            }
+        }
+    }
+
+    /// This benchmark binary again, as the hand-written server for `face`.
+    async fn floor(broker: &Mosquitto, face: Face) -> Self {
+        let folder = tempfile::tempdir().expect("dir");
+        let port = free_port();
+        let socket = folder.path().join("floor.sock");
+        let address = match face {
+            Face::Socket => socket.to_str().expect("path").to_string(),
+            _ => port.to_string(),
+        };
+        let child = Command::new(std::env::current_exe().expect("this binary"))
+            .args(["floor-server", face.arg(), &address])
+            .args([
+                &broker.port.to_string(),
+                &format!("bench/floor/{}", unique()),
+            ])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the floor server starts");
+        let client = match face {
+            Face::Http => {
+                let client = reqwest::Client::new();
+                let url = format!("http://127.0.0.1:{port}/v1.0/bindings/bench");
+                until_ready("the HTTP floor", async || {
+                    tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                })
+                .await;
+                Client::Http(client, url)
+            }
+            Face::Grpc => {
+                let channel = until_ready("the gRPC floor", async || {
+                    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+                        .expect("address")
+                        .connect()
+                        .await
+                })
+                .await;
+                Client::Grpc(DaprClient::new(channel))
+            }
+            Face::Socket => {
+                let channel =
+                    until_ready("the socket floor", async || connect(&socket).await).await;
+                Client::Socket(OutputBindingClient::new(channel))
+            }
+        };
+        Self {
+            process: Process {
+                child,
+                _folder: folder,
+            },
+            client,
+        }
+    }
+
+    async fn rate(&self, messages: usize) -> f64 {
+        let client = self.client.clone();
+        steady_rate(messages, move || {
+            let client = client.clone();
+            async move { client.invoke().await }
+        })
+        .await
+    }
+
+    async fn latencies(&self, samples: usize) -> Vec<Duration> {
+        self.client.invoke().await;
+        let mut latencies = Vec::with_capacity(samples);
+        for _ in 0..samples {
+            let started = Instant::now();
+            self.client.invoke().await;
+            latencies.push(started.elapsed());
+        }
+        latencies
+    }
+
+    async fn stop(self) {
+        self.process.stop().await;
+    }
+}
+
+impl Client {
+    /// One `create` of 100 bytes at QoS 1, until it is answered.
+    async fn invoke(&self) {
+        match self {
+            Client::Http(client, url) => {
+                let body = format!(r#"{{"data": "{}", "operation": "create"}}"#, "x".repeat(98));
+                let answer = client.post(url).body(body).send().await.expect("answered");
+                assert_eq!(answer.status(), reqwest::StatusCode::NO_CONTENT);
+            }
+            Client::Grpc(client) => {
+                let request = InvokeBindingRequest {
+                    name: "bench".into(),
+                    data: vec![b'x'; 100],
+                    metadata: Default::default(),
+                    operation: "create".into(),
+                };
+                client
+                    .clone()
+                    .invoke_binding(request)
+                    .await
+                    .expect("InvokeBinding");
+            }
+            Client::Socket(client) => {
+                let request = InvokeRequest {
+                    data: vec![b'x'; 100],
+                    metadata: Default::default(),
+                    operation: "create".into(),
+                };
+                client
+                    .clone()
+                    .invoke(addressed(request))
+                    .await
+                    .expect("Invoke");
+            }
+        }
+    }
+}
+
+async fn grpc_channel(port: u16) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        .expect("address")
+        .connect()
+        .await
+        .expect("the gRPC API accepts")
+}
+
+async fn binding_input(broker: &Mosquitto, messages: usize) -> f64 {
+    let client_id = format!("bench-floor-in-{}", unique());
+    let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
+    let app = TimedApp::start(messages, Duration::ZERO).await;
+    let (process, _, _) = sidecar(
+        &[
+            ("url", broker.url()),
+            ("topic", topic),
+            ("qos", "1".into()),
+            ("consumerID", client_id),
+            ("cleanSession", "false".into()),
+        ],
+        Some(app.port),
+    )
+    .await;
+    let rate = app.rate().await;
+    process.stop().await;
+    rate
+}
+
+async fn floor_input(broker: &Mosquitto, messages: usize) -> f64 {
+    let client_id = format!("bench-floor-in-{}", unique());
+    let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
+    let app = TimedApp::start(messages, Duration::ZERO).await;
+    let mut child = Command::new(std::env::current_exe().expect("this binary"))
+        .args(["floor-server", "input", &app.port.to_string()])
+        .args([&broker.port.to_string(), &topic, &client_id])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the input floor starts");
+    let rate = app.rate().await;
+    let _ = child.kill().await;
+    rate
+}
+
+// ---- the hand-written servers, in their own process ----
+
+/// Runs a floor server as `floor-server KIND ADDRESS BROKER_PORT TOPIC [CLIENT_ID]` asks, on
+/// a current-thread runtime like the binding's default, until killed.
+pub(crate) fn serve(args: &[String]) {
+    let [kind, address, broker_port, topic, rest @ ..] = args else {
+        panic!("floor-server KIND ADDRESS BROKER_PORT TOPIC [CLIENT_ID]: {args:?}");
+    };
+    let broker_port: u16 = broker_port.parse().expect("a broker port");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        match kind.as_str() {
+            "http" => serve_http(address, broker_port, topic).await,
+            "grpc" => serve_grpc(address, broker_port, topic).await,
+            "socket" => serve_socket(address, broker_port, topic).await,
+            "input" => {
+                let client_id = rest.first().expect("a client ID");
+                serve_input(address, broker_port, topic, client_id).await;
+            }
+            other => panic!("no floor server {other:?}"),
+        }
+    });
+}
+
+/// rumqttc publishing at QoS 1, each caller waiting for its own PUBACK (see the module
+/// documentation).
+#[derive(Clone)]
+struct Publisher {
+    client: AsyncClient,
+    topic: String,
+    waiting: Arc<Mutex<VecDeque<oneshot::Sender<()>>>>,
+}
+
+impl Publisher {
+    async fn connect(broker_port: u16, topic: &str) -> Self {
+        let mut options = MqttOptions::new(
+            format!("floor-{}", std::process::id()),
+            "127.0.0.1",
+            broker_port,
+        );
+        options.set_inflight(u16::try_from(IN_FLIGHT * 2).expect("small"));
+        let (client, mut eventloop) = AsyncClient::new(options, 1024);
+        let waiting: Arc<Mutex<VecDeque<oneshot::Sender<()>>>> = Arc::default();
+        let answering = waiting.clone();
+        let (connected_tx, connected) = oneshot::channel();
+        tokio::spawn(async move {
+            let mut connected_tx = Some(connected_tx);
+            loop {
+                match eventloop.poll().await.expect("the floor's connection") {
+                    Event::Incoming(Packet::ConnAck(_)) => {
+                        if let Some(tx) = connected_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Event::Incoming(Packet::PubAck(_)) => {
+                        let oldest = answering.lock().expect("lock").pop_front();
+                        if let Some(oldest) = oldest {
+                            let _ = oldest.send(());
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        });
+        connected.await.expect("connected");
+        Self {
+            client,
+            topic: topic.to_string(),
+            waiting,
+        }
+    }
+
+    async fn publish(&self, payload: Vec<u8>) {
+        let (acked, ack) = oneshot::channel();
+        {
+            let mut waiting = self.waiting.lock().expect("lock");
+            waiting.push_back(acked);
+            self.client
+                .try_publish(&self.topic, QoS::AtLeastOnce, false, payload)
+                .expect("queued");
+        }
+        ack.await.expect("acknowledged");
+    }
+}
+
+async fn serve_http(port: &str, broker_port: u16, topic: &str) {
+    let publisher = Publisher::connect(broker_port, topic).await;
+    let app = axum::Router::new()
+        .route(
+            "/v1.0/bindings/{name}",
+            axum::routing::post(
+                |axum::extract::State(publisher): axum::extract::State<Publisher>,
+                 body: axum::body::Bytes| async move {
+                    #[derive(serde::Deserialize)]
+                    struct Request {
+                        data: serde_json::Value,
+                    }
+                    let Ok(request) = serde_json::from_slice::<Request>(&body) else {
+                        return axum::http::StatusCode::BAD_REQUEST;
+                    };
+                    let data = serde_json::to_vec(&request.data).expect("JSON");
+                    publisher.publish(data).await;
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
+        )
+        .with_state(publisher);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port.parse().expect("port")))
+        .await
+        .expect("the floor's port");
+    axum::serve(listener, app).await.expect("serving");
+}
+
+struct GrpcFloor(Publisher);
+
+#[tonic::async_trait]
+impl Dapr for GrpcFloor {
+    async fn invoke_binding(
+        &self,
+        request: tonic::Request<InvokeBindingRequest>,
+    ) -> Result<tonic::Response<InvokeBindingResponse>, tonic::Status> {
+        self.0.publish(request.into_inner().data).await;
+        Ok(tonic::Response::new(InvokeBindingResponse::default()))
+    }
+
+    async fn get_metadata(
+        &self,
+        _: tonic::Request<GetMetadataRequest>,
+    ) -> Result<tonic::Response<GetMetadataResponse>, tonic::Status> {
+        Ok(tonic::Response::new(GetMetadataResponse::default()))
+    }
+}
+
+async fn serve_grpc(port: &str, broker_port: u16, topic: &str) {
+    let publisher = Publisher::connect(broker_port, topic).await;
+    let address = format!("127.0.0.1:{port}").parse().expect("address");
+    tonic::transport::Server::builder()
+        .add_service(DaprServer::new(GrpcFloor(publisher)))
+        .serve(address)
+        .await
+        .expect("serving");
+}
+
+struct SocketFloor(Publisher);
+
+#[tonic::async_trait]
+impl OutputBinding for SocketFloor {
+    async fn init(
+        &self,
+        _: tonic::Request<OutputBindingInitRequest>,
+    ) -> Result<tonic::Response<OutputBindingInitResponse>, tonic::Status> {
+        Ok(tonic::Response::new(OutputBindingInitResponse::default()))
+    }
+
+    async fn invoke(
+        &self,
+        request: tonic::Request<InvokeRequest>,
+    ) -> Result<tonic::Response<InvokeResponse>, tonic::Status> {
+        self.0.publish(request.into_inner().data).await;
+        Ok(tonic::Response::new(InvokeResponse::default()))
+    }
+
+    async fn list_operations(
+        &self,
+        _: tonic::Request<ListOperationsRequest>,
+    ) -> Result<tonic::Response<ListOperationsResponse>, tonic::Status> {
+        Ok(tonic::Response::new(ListOperationsResponse {
+            operations: vec!["create".into()],
+        }))
+    }
+
+    async fn ping(
+        &self,
+        _: tonic::Request<PingRequest>,
+    ) -> Result<tonic::Response<PingResponse>, tonic::Status> {
+        Ok(tonic::Response::new(PingResponse::default()))
+    }
+}
+
+async fn serve_socket(path: &str, broker_port: u16, topic: &str) {
+    let publisher = Publisher::connect(broker_port, topic).await;
+    let listener = tokio::net::UnixListener::bind(path).expect("the floor's socket");
+    tonic::transport::Server::builder()
+        .add_service(OutputBindingServer::new(SocketFloor(publisher)))
+        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+        .await
+        .expect("serving");
+}
+
+/// rumqttc with manual acknowledgements takes over the preloaded session and posts each
+/// message to the app with reqwest, one at a time, acknowledging it after the app's answer.
+async fn serve_input(app_port: &str, broker_port: u16, topic: &str, client_id: &str) {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", broker_port);
+    options.set_clean_session(false).set_manual_acks(true);
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    client
+        .subscribe(topic, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    let http = reqwest::Client::new();
+    let url = format!("http://127.0.0.1:{app_port}/bench");
+    let (messages, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            if let Event::Incoming(Packet::Publish(publish)) =
+                eventloop.poll().await.expect("the floor's connection")
+            {
+                let _ = messages.send(publish);
+            }
+        }
+    });
+    while let Some(publish) = arrived.recv().await {
+        let answer = http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("topic", publish.topic.as_str())
+            .body(publish.payload.to_vec())
+            .send()
+            .await
+            .expect("the app answers");
+        assert!(answer.status().is_success());
+        client.ack(&publish).await.expect("ack queued");
+    }
+}
