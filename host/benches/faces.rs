@@ -146,8 +146,16 @@ pub(crate) async fn until_ready<T, E: std::fmt::Debug>(
 // ---- the pluggable socket ----
 
 pub(crate) async fn pluggable() -> (Process, tonic::transport::Channel) {
+    pluggable_on(1).await
+}
+
+/// [`pluggable`] with `--threads threads`.
+pub(crate) async fn pluggable_on(threads: usize) -> (Process, tonic::transport::Channel) {
     let folder = tempfile::tempdir().expect("dir");
+    let threads = threads.to_string();
     let child = spawn(&[
+        "--threads",
+        &threads,
         "pluggable",
         "--enable-metrics",
         "false",
@@ -282,6 +290,16 @@ pub(crate) async fn sidecar(
     metadata: &[(&str, String)],
     app_port: Option<u16>,
 ) -> (Process, u16, u16) {
+    sidecar_on(metadata, app_port, 1).await
+}
+
+/// [`sidecar`] with `--threads threads`.
+pub(crate) async fn sidecar_on(
+    metadata: &[(&str, String)],
+    app_port: Option<u16>,
+    threads: usize,
+) -> (Process, u16, u16) {
+    let threads_text = threads.to_string();
     let folder = tempfile::tempdir().expect("dir");
     let mut yaml = String::from(
         "kind: Component\nmetadata: {name: bench}\nspec:\n  type: bindings.mqtt\n  version: v1\n  metadata:\n",
@@ -307,6 +325,8 @@ pub(crate) async fn sidecar(
         &grpc_text,
         "--enable-metrics",
         "false",
+        "--threads",
+        &threads_text,
     ];
     if let Some(app) = &app_text {
         args.extend(["--app-port", app]);

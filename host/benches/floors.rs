@@ -11,7 +11,8 @@
 //!   app with reqwest, one at a time, acknowledging after the answer.
 //!
 //! Output is measured with 64 requests in flight (requests per second) and with one at a
-//! time (p50 and p99 latency). rumqttc does not say which PUBACK answers which publish, so
+//! time (p50 and p99 latency), each on one thread (the binding's default, a current-thread
+//! runtime on both sides) and on two (`--threads 2`, a two-worker runtime for the floor). rumqttc does not say which PUBACK answers which publish, so
 //! the hand-written servers do what such a service does: callers queue in publish order
 //! under one lock, and each PUBACK answers the oldest (brokers acknowledge QoS 1 in order,
 //! MQTT 3.1.1 section 4.6).
@@ -36,8 +37,8 @@ use tokio::process::Command;
 use tokio::sync::oneshot;
 
 use super::faces::{
-    Process, TimedApp, addressed, connect, init_metadata, output_metadata, pluggable, sidecar,
-    steady_rate, until_ready,
+    Process, TimedApp, addressed, connect, init_metadata, output_metadata, pluggable_on, sidecar,
+    sidecar_on, steady_rate, until_ready,
 };
 use super::{IN_FLIGHT, Row, Settings, percentiles, preload};
 use crate::support::{Mosquitto, free_port, unique};
@@ -46,9 +47,16 @@ pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
     let n = settings.messages;
     let samples = settings.latency_samples;
     let mut rows = Vec::new();
-    for face in [Face::Http, Face::Grpc, Face::Socket] {
+    for (face, threads) in [Face::Http, Face::Grpc, Face::Socket]
+        .into_iter()
+        .flat_map(|face| [(face, 1), (face, 2)])
+    {
         let mut rate = Row {
-            figure: format!("{}, QoS 1, 100 B, {IN_FLIGHT} in flight", face.name()),
+            figure: format!(
+                "{}, QoS 1, 100 B, {IN_FLIGHT} in flight, {}",
+                face.name(),
+                on_threads(threads)
+            ),
             unit: "msg/s",
             binding: Vec::new(),
             reference_name: format!("hand-written {}", face.floor()),
@@ -56,7 +64,11 @@ pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
             higher_is_better: true,
         };
         let latency = |what: &str| Row {
-            figure: format!("{}, QoS 1, one at a time, {what}", face.name()),
+            figure: format!(
+                "{}, QoS 1, one at a time, {what}, {}",
+                face.name(),
+                on_threads(threads)
+            ),
             unit: "µs",
             binding: Vec::new(),
             reference_name: format!("hand-written {}", face.floor()),
@@ -66,7 +78,7 @@ pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
         let (mut p50, mut p99) = (latency("p50"), latency("p99"));
         for _ in 0..settings.runs {
             for floor in [false, true] {
-                let server = Server::start(broker, face, floor).await;
+                let server = Server::start(broker, face, floor, threads).await;
                 let measured = server.rate(n).await;
                 let (median, tail) = percentiles(server.latencies(samples).await);
                 server.stop().await;
@@ -97,6 +109,13 @@ pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
     }
     rows.push(input);
     rows
+}
+
+fn on_threads(threads: usize) -> String {
+    match threads {
+        1 => "1 thread".into(),
+        n => format!("{n} threads"),
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -146,14 +165,14 @@ enum Client {
 }
 
 impl Server {
-    async fn start(broker: &Mosquitto, face: Face, floor: bool) -> Self {
+    async fn start(broker: &Mosquitto, face: Face, floor: bool, threads: usize) -> Self {
         let metadata = output_metadata(broker);
         if floor {
-            return Self::floor(broker, face).await;
+            return Self::floor(broker, face, threads).await;
         }
         match face {
             Face::Http | Face::Grpc => {
-                let (process, http, grpc) = sidecar(&metadata, None).await;
+                let (process, http, grpc) = sidecar_on(&metadata, None, threads).await;
                 let client = match face {
                     Face::Http => Client::Http(
                         reqwest::Client::new(),
@@ -164,7 +183,7 @@ impl Server {
                 Self { process, client }
             }
             Face::Socket => {
-                let (process, channel) = pluggable().await;
+                let (process, channel) = pluggable_on(threads).await;
                 let mut client = OutputBindingClient::new(channel);
                 client
                     .init(addressed(OutputBindingInitRequest {
@@ -181,7 +200,7 @@ impl Server {
     }
 
     /// This benchmark binary again, as the hand-written server for `face`.
-    async fn floor(broker: &Mosquitto, face: Face) -> Self {
+    async fn floor(broker: &Mosquitto, face: Face, threads: usize) -> Self {
         let folder = tempfile::tempdir().expect("dir");
         let port = free_port();
         let socket = folder.path().join("floor.sock");
@@ -190,7 +209,7 @@ impl Server {
             _ => port.to_string(),
         };
         let child = Command::new(std::env::current_exe().expect("this binary"))
-            .args(["floor-server", face.arg(), &address])
+            .args(["floor-server", &threads.to_string(), face.arg(), &address])
             .args([
                 &broker.port.to_string(),
                 &format!("bench/floor/{}", unique()),
@@ -330,7 +349,7 @@ async fn floor_input(broker: &Mosquitto, messages: usize) -> f64 {
     let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
     let app = TimedApp::start(messages, Duration::ZERO).await;
     let mut child = Command::new(std::env::current_exe().expect("this binary"))
-        .args(["floor-server", "input", &app.port.to_string()])
+        .args(["floor-server", "1", "input", &app.port.to_string()])
         .args([&broker.port.to_string(), &topic, &client_id])
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -343,17 +362,26 @@ async fn floor_input(broker: &Mosquitto, messages: usize) -> f64 {
 
 // ---- the hand-written servers, in their own process ----
 
-/// Runs a floor server as `floor-server KIND ADDRESS BROKER_PORT TOPIC [CLIENT_ID]` asks, on
-/// a current-thread runtime like the binding's default, until killed.
+/// Runs a floor server as `floor-server THREADS KIND ADDRESS BROKER_PORT TOPIC [CLIENT_ID]`
+/// asks, until killed: on a current-thread runtime for 1 thread, like the binding's
+/// default, else on a multi-thread runtime with that many workers, like `--threads`.
 pub(crate) fn serve(args: &[String]) {
-    let [kind, address, broker_port, topic, rest @ ..] = args else {
-        panic!("floor-server KIND ADDRESS BROKER_PORT TOPIC [CLIENT_ID]: {args:?}");
+    let [threads, kind, address, broker_port, topic, rest @ ..] = args else {
+        panic!("floor-server THREADS KIND ADDRESS BROKER_PORT TOPIC [CLIENT_ID]: {args:?}");
     };
     let broker_port: u16 = broker_port.parse().expect("a broker port");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let threads: usize = threads.parse().expect("a thread count");
+    let rt = if threads > 1 {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    }
+    .expect("runtime");
     rt.block_on(async move {
         match kind.as_str() {
             "http" => serve_http(address, broker_port, topic).await,
