@@ -241,16 +241,31 @@ async fn socket_input(broker: &Mosquitto, messages: usize) -> f64 {
     let client_id = format!("bench-faces-{}", unique());
     let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
     let (process, channel) = pluggable().await;
-    let mut client = InputBindingClient::new(channel);
-    let metadata = init_metadata(&[
+    let metadata = [
         ("url", broker.url()),
         ("topic", topic),
         ("qos", "1".into()),
         ("consumerID", client_id),
         ("cleanSession", "false".into()),
-    ]);
+    ];
+    let rate = read_rate(channel, &metadata, messages).await;
+    process.stop().await;
+    rate
+}
+
+/// As daprd reads a pluggable input binding: `Init` with `metadata`, then one `Read`
+/// stream, each event answered at once. Events per second from the first to the last of
+/// `messages`.
+pub(crate) async fn read_rate(
+    channel: tonic::transport::Channel,
+    metadata: &[(&str, String)],
+    messages: usize,
+) -> f64 {
+    let mut client = InputBindingClient::new(channel);
     client
-        .init(addressed(InputBindingInitRequest { metadata }))
+        .init(addressed(InputBindingInitRequest {
+            metadata: init_metadata(metadata),
+        }))
         .await
         .expect("Init");
     let (answers, outgoing) = tokio::sync::mpsc::unbounded_channel();
@@ -278,7 +293,6 @@ async fn socket_input(broker: &Mosquitto, messages: usize) -> f64 {
             .expect("answering");
     }
     let elapsed = first.expect("events came").elapsed();
-    process.stop().await;
     (messages - 1) as f64 / elapsed.as_secs_f64()
 }
 
@@ -298,6 +312,16 @@ pub(crate) async fn sidecar_on(
     metadata: &[(&str, String)],
     app_port: Option<u16>,
     threads: usize,
+) -> (Process, u16, u16) {
+    sidecar_with(metadata, app_port, threads, &[]).await
+}
+
+/// [`sidecar_on`] with more arguments for `run` (`--app-protocol grpc`, say).
+pub(crate) async fn sidecar_with(
+    metadata: &[(&str, String)],
+    app_port: Option<u16>,
+    threads: usize,
+    extra: &[&str],
 ) -> (Process, u16, u16) {
     let threads_text = threads.to_string();
     let folder = tempfile::tempdir().expect("dir");
@@ -331,6 +355,7 @@ pub(crate) async fn sidecar_on(
     if let Some(app) = &app_text {
         args.extend(["--app-port", app]);
     }
+    args.extend(extra);
     let child = spawn(&args);
     let client = reqwest::Client::new();
     let health = format!("http://127.0.0.1:{port}/v1.0/healthz");
@@ -405,9 +430,36 @@ async fn grpc_output(broker: &Mosquitto, messages: usize) -> f64 {
     rate
 }
 
-/// The times the app got each event.
+/// The times an app got each event, until it has the `usize` it waits for.
 #[derive(Clone, Default)]
-struct Arrivals(Arc<Mutex<Vec<Instant>>>, Arc<tokio::sync::Notify>, usize);
+pub(crate) struct Arrivals(Arc<Mutex<Vec<Instant>>>, Arc<tokio::sync::Notify>, usize);
+
+impl Arrivals {
+    pub(crate) fn expecting(messages: usize) -> Self {
+        Self(Arc::default(), Arc::default(), messages)
+    }
+
+    /// Records one event, now.
+    pub(crate) fn record(&self) {
+        let mut times = self.0.lock().expect("lock");
+        times.push(Instant::now());
+        if times.len() == self.2 {
+            self.1.notify_one();
+        }
+    }
+
+    /// Waits for every event; events per second from the first to the last.
+    pub(crate) async fn rate(&self) -> f64 {
+        tokio::time::timeout(Duration::from_secs(300), self.1.notified())
+            .await
+            .expect("every event reached the app");
+        let times = self.0.lock().expect("lock").clone();
+        (times.len() - 1) as f64
+            / times[times.len() - 1]
+                .duration_since(times[0])
+                .as_secs_f64()
+    }
+}
 
 /// Input to an HTTP app through `mqtt-binding run` with metadata `concurrency`, the app
 /// taking `app_time` per event: the app's `concurrency` ingest rate, QoS 1, 100 B, with the
@@ -470,7 +522,7 @@ pub(crate) struct TimedApp {
 
 impl TimedApp {
     pub(crate) async fn start(messages: usize, app_time: Duration) -> Self {
-        let arrivals = Arrivals(Arc::default(), Arc::default(), messages);
+        let arrivals = Arrivals::expecting(messages);
         let app = axum::Router::new()
             .route(
                 "/bench",
@@ -479,11 +531,7 @@ impl TimedApp {
                         if !app_time.is_zero() {
                             tokio::time::sleep(app_time).await;
                         }
-                        let mut times = arrivals.0.lock().expect("lock");
-                        times.push(Instant::now());
-                        if times.len() == arrivals.2 {
-                            arrivals.1.notify_one();
-                        }
+                        arrivals.record();
                         axum::http::StatusCode::OK
                     },
                 )
@@ -504,14 +552,8 @@ impl TimedApp {
 
     /// Waits for every event; events per second from the first to the last.
     pub(crate) async fn rate(self) -> f64 {
-        tokio::time::timeout(Duration::from_secs(300), self.arrivals.1.notified())
-            .await
-            .expect("every event reached the app");
-        let times = self.arrivals.0.lock().expect("lock").clone();
+        let rate = self.arrivals.rate().await;
         self.serving.abort();
-        (times.len() - 1) as f64
-            / times[times.len() - 1]
-                .duration_since(times[0])
-                .as_secs_f64()
+        rate
     }
 }

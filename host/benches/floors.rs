@@ -8,7 +8,9 @@
 //! - output over gRPC (`InvokeBinding`) and through the pluggable socket (`Invoke`): a tonic
 //!   server doing the same;
 //! - input to an HTTP app: rumqttc with manual acknowledgements, posting each message to the
-//!   app with reqwest, one at a time, acknowledging after the answer.
+//!   app with reqwest, one at a time, acknowledging after the answer; to a gRPC app the same
+//!   with tonic's `OnBindingEvent`; through a pluggable socket's `Read`, a hand-written
+//!   pluggable component (tonic and rumqttc) answering daprd's stream one event at a time.
 //!
 //! Output is measured with 64 requests in flight (requests per second) and with one at a
 //! time (p50 and p99 latency), each on one thread (the binding's default, a current-thread
@@ -21,24 +23,29 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mqtt_binding::pluggable::proto::input_binding_server::{InputBinding, InputBindingServer};
 use mqtt_binding::pluggable::proto::output_binding_client::OutputBindingClient;
 use mqtt_binding::pluggable::proto::output_binding_server::{OutputBinding, OutputBindingServer};
 use mqtt_binding::pluggable::proto::{
-    InvokeRequest, InvokeResponse, ListOperationsRequest, ListOperationsResponse,
-    OutputBindingInitRequest, OutputBindingInitResponse, PingRequest, PingResponse,
+    InputBindingInitRequest, InputBindingInitResponse, InvokeRequest, InvokeResponse,
+    ListOperationsRequest, ListOperationsResponse, OutputBindingInitRequest,
+    OutputBindingInitResponse, PingRequest, PingResponse, ReadRequest, ReadResponse,
 };
+use mqtt_binding::sidecar::proto::app_callback_client::AppCallbackClient;
+use mqtt_binding::sidecar::proto::app_callback_server::{AppCallback, AppCallbackServer};
 use mqtt_binding::sidecar::proto::dapr_client::DaprClient;
 use mqtt_binding::sidecar::proto::dapr_server::{Dapr, DaprServer};
 use mqtt_binding::sidecar::proto::{
-    GetMetadataRequest, GetMetadataResponse, InvokeBindingRequest, InvokeBindingResponse,
+    BindingEventRequest, BindingEventResponse, GetMetadataRequest, GetMetadataResponse,
+    InvokeBindingRequest, InvokeBindingResponse, ListInputBindingsResponse,
 };
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::process::Command;
 use tokio::sync::oneshot;
 
 use super::faces::{
-    Process, TimedApp, addressed, connect, init_metadata, output_metadata, pluggable_on, sidecar,
-    sidecar_on, steady_rate, until_ready,
+    Arrivals, Process, TimedApp, addressed, connect, init_metadata, output_metadata, pluggable_on,
+    read_rate, sidecar, sidecar_on, sidecar_with, steady_rate, until_ready,
 };
 use super::{IN_FLIGHT, Row, Settings, percentiles, preload};
 use crate::support::{Mosquitto, free_port, unique};
@@ -103,11 +110,39 @@ pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
         reference: Vec::new(),
         higher_is_better: true,
     };
+    let mut grpc_input = Row {
+        figure: "input to a gRPC app answering at once (`mqtt-binding run --app-protocol grpc`, OnBindingEvent), QoS 1, 100 B".into(),
+        unit: "msg/s",
+        binding: Vec::new(),
+        reference_name: "hand-written rumqttc + tonic OnBindingEvent, manual acks".into(),
+        reference: Vec::new(),
+        higher_is_better: true,
+    };
+    let mut read_input = Row {
+        figure: "input through the pluggable socket (Read, answered at once), QoS 1, 100 B".into(),
+        unit: "msg/s",
+        binding: Vec::new(),
+        reference_name: "hand-written pluggable component (tonic + rumqttc, manual acks)".into(),
+        reference: Vec::new(),
+        higher_is_better: true,
+    };
     for _ in 0..settings.runs {
         input.binding.push(binding_input(broker, n).await);
         input.reference.push(floor_input(broker, n).await);
+        grpc_input
+            .binding
+            .push(grpc_app_input(broker, n, false).await);
+        grpc_input
+            .reference
+            .push(grpc_app_input(broker, n, true).await);
+        read_input
+            .binding
+            .push(read_input_rate(broker, n, false).await);
+        read_input
+            .reference
+            .push(read_input_rate(broker, n, true).await);
     }
-    rows.push(input);
+    rows.extend([input, grpc_input, read_input]);
     rows
 }
 
@@ -360,6 +395,115 @@ async fn floor_input(broker: &Mosquitto, messages: usize) -> f64 {
     rate
 }
 
+/// A gRPC app that answers `OnBindingEvent` at once and records when each event came.
+struct TimedGrpcApp(Arrivals);
+
+#[tonic::async_trait]
+impl AppCallback for TimedGrpcApp {
+    async fn list_input_bindings(
+        &self,
+        _: tonic::Request<()>,
+    ) -> Result<tonic::Response<ListInputBindingsResponse>, tonic::Status> {
+        Ok(tonic::Response::new(ListInputBindingsResponse {
+            bindings: vec!["bench".into()],
+        }))
+    }
+
+    async fn on_binding_event(
+        &self,
+        _: tonic::Request<BindingEventRequest>,
+    ) -> Result<tonic::Response<BindingEventResponse>, tonic::Status> {
+        self.0.record();
+        Ok(tonic::Response::new(BindingEventResponse::default()))
+    }
+}
+
+/// Input to a gRPC app: through `mqtt-binding run --app-protocol grpc`, or (`floor`) from
+/// rumqttc calling `OnBindingEvent` itself.
+async fn grpc_app_input(broker: &Mosquitto, messages: usize, floor: bool) -> f64 {
+    let client_id = format!("bench-floor-grpc-{}", unique());
+    let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
+    let arrivals = Arrivals::expecting(messages);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("app port");
+    let app_port = listener.local_addr().expect("address").port();
+    let serving = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AppCallbackServer::new(TimedGrpcApp(arrivals.clone())))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let rate = if floor {
+        let mut child = Command::new(std::env::current_exe().expect("this binary"))
+            .args(["floor-server", "1", "grpc-input", &app_port.to_string()])
+            .args([&broker.port.to_string(), &topic, &client_id])
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the gRPC input floor starts");
+        let rate = arrivals.rate().await;
+        let _ = child.kill().await;
+        rate
+    } else {
+        let (process, _, _) = sidecar_with(
+            &[
+                ("url", broker.url()),
+                ("topic", topic),
+                ("qos", "1".into()),
+                ("consumerID", client_id),
+                ("cleanSession", "false".into()),
+            ],
+            Some(app_port),
+            1,
+            &["--app-protocol", "grpc"],
+        )
+        .await;
+        let rate = arrivals.rate().await;
+        process.stop().await;
+        rate
+    };
+    serving.abort();
+    rate
+}
+
+/// Input through a pluggable component's `Read`, as daprd reads it: `mqtt-binding
+/// pluggable`, or (`floor`) a hand-written pluggable component.
+async fn read_input_rate(broker: &Mosquitto, messages: usize, floor: bool) -> f64 {
+    let client_id = format!("bench-floor-read-{}", unique());
+    let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
+    let metadata = [
+        ("url", broker.url()),
+        ("topic", topic),
+        ("qos", "1".into()),
+        ("consumerID", client_id),
+        ("cleanSession", "false".into()),
+    ];
+    if !floor {
+        let (process, channel) = pluggable_on(1).await;
+        let rate = read_rate(channel, &metadata, messages).await;
+        process.stop().await;
+        return rate;
+    }
+    let folder = tempfile::tempdir().expect("dir");
+    let socket = folder.path().join("floor.sock");
+    let child = Command::new(std::env::current_exe().expect("this binary"))
+        .args(["floor-server", "1", "read", socket.to_str().expect("path")])
+        .args([&broker.port.to_string(), "-"])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the Read floor starts");
+    let channel = until_ready("the Read floor", async || connect(&socket).await).await;
+    let rate = read_rate(channel, &metadata, messages).await;
+    Process {
+        child,
+        _folder: folder,
+    }
+    .stop()
+    .await;
+    rate
+}
+
 // ---- the hand-written servers, in their own process ----
 
 /// Runs a floor server as `floor-server THREADS KIND ADDRESS BROKER_PORT TOPIC [CLIENT_ID]`
@@ -391,6 +535,11 @@ pub(crate) fn serve(args: &[String]) {
                 let client_id = rest.first().expect("a client ID");
                 serve_input(address, broker_port, topic, client_id).await;
             }
+            "grpc-input" => {
+                let client_id = rest.first().expect("a client ID");
+                serve_grpc_input(address, broker_port, topic, client_id).await;
+            }
+            "read" => serve_read(address, broker_port).await,
             other => panic!("no floor server {other:?}"),
         }
     });
@@ -564,25 +713,9 @@ async fn serve_socket(path: &str, broker_port: u16, topic: &str) {
 /// rumqttc with manual acknowledgements takes over the preloaded session and posts each
 /// message to the app with reqwest, one at a time, acknowledging it after the app's answer.
 async fn serve_input(app_port: &str, broker_port: u16, topic: &str, client_id: &str) {
-    let mut options = MqttOptions::new(client_id, "127.0.0.1", broker_port);
-    options.set_clean_session(false).set_manual_acks(true);
-    let (client, mut eventloop) = AsyncClient::new(options, 1024);
-    client
-        .subscribe(topic, QoS::AtLeastOnce)
-        .await
-        .expect("subscribe queued");
     let http = reqwest::Client::new();
     let url = format!("http://127.0.0.1:{app_port}/bench");
-    let (messages, mut arrived) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        loop {
-            if let Event::Incoming(Packet::Publish(publish)) =
-                eventloop.poll().await.expect("the floor's connection")
-            {
-                let _ = messages.send(publish);
-            }
-        }
-    });
+    let (client, mut arrived) = subscribe_manual(broker_port, topic, client_id).await;
     while let Some(publish) = arrived.recv().await {
         let answer = http
             .post(&url)
@@ -595,4 +728,145 @@ async fn serve_input(app_port: &str, broker_port: u16, topic: &str, client_id: &
         assert!(answer.status().is_success());
         client.ack(&publish).await.expect("ack queued");
     }
+}
+
+/// rumqttc with manual acknowledgements taking over the preloaded session: the client (to
+/// acknowledge with) and the messages as they come.
+async fn subscribe_manual(
+    broker_port: u16,
+    topic: &str,
+    client_id: &str,
+) -> (
+    AsyncClient,
+    tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+) {
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", broker_port);
+    options.set_clean_session(false).set_manual_acks(true);
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    client
+        .subscribe(topic, QoS::AtLeastOnce)
+        .await
+        .expect("subscribe queued");
+    let (messages, arrived) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            if let Event::Incoming(Packet::Publish(publish)) =
+                eventloop.poll().await.expect("the floor's connection")
+            {
+                let _ = messages.send(publish);
+            }
+        }
+    });
+    (client, arrived)
+}
+
+/// rumqttc calling a gRPC app's `OnBindingEvent` for each message, one at a time.
+async fn serve_grpc_input(app_port: &str, broker_port: u16, topic: &str, client_id: &str) {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{app_port}"))
+        .expect("address")
+        .connect()
+        .await
+        .expect("the app accepts");
+    let mut app = AppCallbackClient::new(channel);
+    let (client, mut arrived) = subscribe_manual(broker_port, topic, client_id).await;
+    while let Some(publish) = arrived.recv().await {
+        let request = BindingEventRequest {
+            name: "bench".into(),
+            data: publish.payload.to_vec(),
+            metadata: [("topic".to_string(), publish.topic.clone())].into(),
+        };
+        app.on_binding_event(request)
+            .await
+            .expect("the app answers");
+        client.ack(&publish).await.expect("ack queued");
+    }
+}
+
+/// A hand-written pluggable input binding: `Init` connects rumqttc (manual acks) with the
+/// metadata's topic and client ID; `Read` sends each message and acknowledges it to the
+/// broker once daprd's answer for it comes, one at a time.
+struct ReadFloor {
+    broker_port: u16,
+    subscription: Mutex<Option<(String, String)>>,
+}
+
+#[tonic::async_trait]
+impl InputBinding for ReadFloor {
+    async fn init(
+        &self,
+        request: tonic::Request<InputBindingInitRequest>,
+    ) -> Result<tonic::Response<InputBindingInitResponse>, tonic::Status> {
+        let properties = request
+            .into_inner()
+            .metadata
+            .map(|metadata| metadata.properties)
+            .unwrap_or_default();
+        let topic = properties.get("topic").cloned().unwrap_or_default();
+        let client_id = properties.get("consumerID").cloned().unwrap_or_default();
+        *self.subscription.lock().expect("lock") = Some((topic, client_id));
+        Ok(tonic::Response::new(InputBindingInitResponse::default()))
+    }
+
+    type ReadStream =
+        tokio_stream::wrappers::UnboundedReceiverStream<Result<ReadResponse, tonic::Status>>;
+
+    async fn read(
+        &self,
+        request: tonic::Request<tonic::Streaming<ReadRequest>>,
+    ) -> Result<tonic::Response<Self::ReadStream>, tonic::Status> {
+        let (topic, client_id) = self
+            .subscription
+            .lock()
+            .expect("lock")
+            .clone()
+            .ok_or_else(|| tonic::Status::failed_precondition("Init first"))?;
+        let mut answers = request.into_inner();
+        let (events, stream) = tokio::sync::mpsc::unbounded_channel();
+        let broker_port = self.broker_port;
+        tokio::spawn(async move {
+            let (client, mut arrived) = subscribe_manual(broker_port, &topic, &client_id).await;
+            let mut next_id = 0u64;
+            while let Some(publish) = arrived.recv().await {
+                next_id += 1;
+                let message_id = next_id.to_string();
+                let event = ReadResponse {
+                    data: publish.payload.to_vec(),
+                    metadata: [("topic".to_string(), publish.topic.clone())].into(),
+                    content_type: String::new(),
+                    message_id: message_id.clone(),
+                };
+                if events.send(Ok(event)).is_err() {
+                    return;
+                }
+                match answers.message().await {
+                    Ok(Some(answer)) if answer.message_id == message_id => {
+                        client.ack(&publish).await.expect("ack queued");
+                    }
+                    _ => return,
+                }
+            }
+        });
+        Ok(tonic::Response::new(
+            tokio_stream::wrappers::UnboundedReceiverStream::new(stream),
+        ))
+    }
+
+    async fn ping(
+        &self,
+        _: tonic::Request<PingRequest>,
+    ) -> Result<tonic::Response<PingResponse>, tonic::Status> {
+        Ok(tonic::Response::new(PingResponse::default()))
+    }
+}
+
+async fn serve_read(path: &str, broker_port: u16) {
+    let listener = tokio::net::UnixListener::bind(path).expect("the floor's socket");
+    tonic::transport::Server::builder()
+        .add_service(InputBindingServer::new(ReadFloor {
+            broker_port,
+            subscription: Mutex::new(None),
+        }))
+        .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+        .await
+        .expect("serving");
 }
