@@ -45,7 +45,7 @@ use tokio::sync::oneshot;
 
 use super::faces::{
     Arrivals, Process, TimedApp, addressed, connect, init_metadata, output_metadata, pluggable_on,
-    read_rate, sidecar, sidecar_on, sidecar_with, steady_rate, until_ready,
+    read_rate, sidecar_on, sidecar_with, steady_rate, until_ready,
 };
 use super::{IN_FLIGHT, Row, Settings, percentiles, preload};
 use crate::support::{Mosquitto, free_port, unique};
@@ -101,48 +101,45 @@ pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
         }
         rows.extend([rate, p50, p99]);
     }
-    let mut input = Row {
-        figure: "input to an HTTP app answering 200 at once (`mqtt-binding run`), QoS 1, 100 B"
-            .into(),
-        unit: "msg/s",
-        binding: Vec::new(),
-        reference_name: "hand-written rumqttc + reqwest, manual acks".into(),
-        reference: Vec::new(),
-        higher_is_better: true,
-    };
-    let mut grpc_input = Row {
-        figure: "input to a gRPC app answering at once (`mqtt-binding run --app-protocol grpc`, OnBindingEvent), QoS 1, 100 B".into(),
-        unit: "msg/s",
-        binding: Vec::new(),
-        reference_name: "hand-written rumqttc + tonic OnBindingEvent, manual acks".into(),
-        reference: Vec::new(),
-        higher_is_better: true,
-    };
-    let mut read_input = Row {
-        figure: "input through the pluggable socket (Read, answered at once), QoS 1, 100 B".into(),
-        unit: "msg/s",
-        binding: Vec::new(),
-        reference_name: "hand-written pluggable component (tonic + rumqttc, manual acks)".into(),
-        reference: Vec::new(),
-        higher_is_better: true,
-    };
-    for _ in 0..settings.runs {
-        input.binding.push(binding_input(broker, n).await);
-        input.reference.push(floor_input(broker, n).await);
-        grpc_input
-            .binding
-            .push(grpc_app_input(broker, n, false).await);
-        grpc_input
-            .reference
-            .push(grpc_app_input(broker, n, true).await);
-        read_input
-            .binding
-            .push(read_input_rate(broker, n, false).await);
-        read_input
-            .reference
-            .push(read_input_rate(broker, n, true).await);
+    for threads in [1, 2] {
+        let row = |figure: &str, floor: &str| Row {
+            figure: format!("{figure}, QoS 1, 100 B, {}", on_threads(threads)),
+            unit: "msg/s",
+            binding: Vec::new(),
+            reference_name: format!("hand-written {floor}"),
+            reference: Vec::new(),
+            higher_is_better: true,
+        };
+        let mut http = row(
+            "input to an HTTP app answering 200 at once (`mqtt-binding run`)",
+            "rumqttc + reqwest, manual acks",
+        );
+        let mut grpc = row(
+            "input to a gRPC app answering at once (`mqtt-binding run --app-protocol grpc`, OnBindingEvent)",
+            "rumqttc + tonic OnBindingEvent, manual acks",
+        );
+        let mut read = row(
+            "input through the pluggable socket (Read, answered at once)",
+            "pluggable component (tonic + rumqttc, manual acks)",
+        );
+        for _ in 0..settings.runs {
+            for floor in [false, true] {
+                let measured = [
+                    http_app_input(broker, n, floor, threads).await,
+                    grpc_app_input(broker, n, floor, threads).await,
+                    read_input_rate(broker, n, floor, threads).await,
+                ];
+                for (row, rate) in [&mut http, &mut grpc, &mut read].into_iter().zip(measured) {
+                    if floor {
+                        row.reference.push(rate);
+                    } else {
+                        row.binding.push(rate);
+                    }
+                }
+            }
+        }
+        rows.extend([http, grpc, read]);
     }
-    rows.extend([input, grpc_input, read_input]);
     rows
 }
 
@@ -243,14 +240,11 @@ impl Server {
             Face::Socket => socket.to_str().expect("path").to_string(),
             _ => port.to_string(),
         };
-        let child = Command::new(std::env::current_exe().expect("this binary"))
-            .args(["floor-server", &threads.to_string(), face.arg(), &address])
+        let child = floor_server(threads, face.arg(), &address)
             .args([
                 &broker.port.to_string(),
                 &format!("bench/floor/{}", unique()),
             ])
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("the floor server starts");
         let client = match face {
@@ -359,11 +353,22 @@ async fn grpc_channel(port: u16) -> tonic::transport::Channel {
         .expect("the gRPC API accepts")
 }
 
-async fn binding_input(broker: &Mosquitto, messages: usize) -> f64 {
+/// Input to an HTTP app answering 200 at once: through `mqtt-binding run`, or (`floor`) from
+/// rumqttc posting each message with reqwest.
+async fn http_app_input(broker: &Mosquitto, messages: usize, floor: bool, threads: usize) -> f64 {
     let client_id = format!("bench-floor-in-{}", unique());
     let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
     let app = TimedApp::start(messages, Duration::ZERO).await;
-    let (process, _, _) = sidecar(
+    if floor {
+        let mut child = floor_server(threads, "input", &app.port.to_string())
+            .args([&broker.port.to_string(), &topic, &client_id])
+            .spawn()
+            .expect("the input floor starts");
+        let rate = app.rate().await;
+        let _ = child.kill().await;
+        return rate;
+    }
+    let (process, _, _) = sidecar_on(
         &[
             ("url", broker.url()),
             ("topic", topic),
@@ -372,6 +377,7 @@ async fn binding_input(broker: &Mosquitto, messages: usize) -> f64 {
             ("cleanSession", "false".into()),
         ],
         Some(app.port),
+        threads,
     )
     .await;
     let rate = app.rate().await;
@@ -379,20 +385,15 @@ async fn binding_input(broker: &Mosquitto, messages: usize) -> f64 {
     rate
 }
 
-async fn floor_input(broker: &Mosquitto, messages: usize) -> f64 {
-    let client_id = format!("bench-floor-in-{}", unique());
-    let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
-    let app = TimedApp::start(messages, Duration::ZERO).await;
-    let mut child = Command::new(std::env::current_exe().expect("this binary"))
-        .args(["floor-server", "1", "input", &app.port.to_string()])
-        .args([&broker.port.to_string(), &topic, &client_id])
+/// This benchmark binary again, as the hand-written server `kind` at `address` on
+/// `threads` threads; the caller adds the rest of the arguments.
+fn floor_server(threads: usize, kind: &str, address: &str) -> Command {
+    let mut command = Command::new(std::env::current_exe().expect("this binary"));
+    command
+        .args(["floor-server", &threads.to_string(), kind, address])
         .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("the input floor starts");
-    let rate = app.rate().await;
-    let _ = child.kill().await;
-    rate
+        .kill_on_drop(true);
+    command
 }
 
 /// A gRPC app that answers `OnBindingEvent` at once and records when each event came.
@@ -420,7 +421,7 @@ impl AppCallback for TimedGrpcApp {
 
 /// Input to a gRPC app: through `mqtt-binding run --app-protocol grpc`, or (`floor`) from
 /// rumqttc calling `OnBindingEvent` itself.
-async fn grpc_app_input(broker: &Mosquitto, messages: usize, floor: bool) -> f64 {
+async fn grpc_app_input(broker: &Mosquitto, messages: usize, floor: bool, threads: usize) -> f64 {
     let client_id = format!("bench-floor-grpc-{}", unique());
     let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
     let arrivals = Arrivals::expecting(messages);
@@ -434,11 +435,8 @@ async fn grpc_app_input(broker: &Mosquitto, messages: usize, floor: bool) -> f64
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     let rate = if floor {
-        let mut child = Command::new(std::env::current_exe().expect("this binary"))
-            .args(["floor-server", "1", "grpc-input", &app_port.to_string()])
+        let mut child = floor_server(threads, "grpc-input", &app_port.to_string())
             .args([&broker.port.to_string(), &topic, &client_id])
-            .stdin(std::process::Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("the gRPC input floor starts");
         let rate = arrivals.rate().await;
@@ -454,7 +452,7 @@ async fn grpc_app_input(broker: &Mosquitto, messages: usize, floor: bool) -> f64
                 ("cleanSession", "false".into()),
             ],
             Some(app_port),
-            1,
+            threads,
             &["--app-protocol", "grpc"],
         )
         .await;
@@ -468,7 +466,7 @@ async fn grpc_app_input(broker: &Mosquitto, messages: usize, floor: bool) -> f64
 
 /// Input through a pluggable component's `Read`, as daprd reads it: `mqtt-binding
 /// pluggable`, or (`floor`) a hand-written pluggable component.
-async fn read_input_rate(broker: &Mosquitto, messages: usize, floor: bool) -> f64 {
+async fn read_input_rate(broker: &Mosquitto, messages: usize, floor: bool, threads: usize) -> f64 {
     let client_id = format!("bench-floor-read-{}", unique());
     let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
     let metadata = [
@@ -479,18 +477,15 @@ async fn read_input_rate(broker: &Mosquitto, messages: usize, floor: bool) -> f6
         ("cleanSession", "false".into()),
     ];
     if !floor {
-        let (process, channel) = pluggable_on(1).await;
+        let (process, channel) = pluggable_on(threads).await;
         let rate = read_rate(channel, &metadata, messages).await;
         process.stop().await;
         return rate;
     }
     let folder = tempfile::tempdir().expect("dir");
     let socket = folder.path().join("floor.sock");
-    let child = Command::new(std::env::current_exe().expect("this binary"))
-        .args(["floor-server", "1", "read", socket.to_str().expect("path")])
+    let child = floor_server(threads, "read", socket.to_str().expect("path"))
         .args([&broker.port.to_string(), "-"])
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true)
         .spawn()
         .expect("the Read floor starts");
     let channel = until_ready("the Read floor", async || connect(&socket).await).await;
