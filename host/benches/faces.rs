@@ -143,6 +143,36 @@ pub(crate) async fn until_ready<T, E: std::fmt::Debug>(
     }
 }
 
+/// A persistent session preloaded with QoS 1 messages of 100 B, for an input figure.
+pub(crate) struct Session {
+    pub(crate) topic: String,
+    pub(crate) client_id: String,
+    url: String,
+}
+
+impl Session {
+    pub(crate) async fn preload(broker: &Mosquitto, messages: usize, label: &str) -> Self {
+        let client_id = format!("bench-{label}-{}", unique());
+        let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
+        Self {
+            topic,
+            client_id,
+            url: broker.url(),
+        }
+    }
+
+    /// The metadata of a binding that takes the session over.
+    pub(crate) fn metadata(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("url", self.url.clone()),
+            ("topic", self.topic.clone()),
+            ("qos", "1".into()),
+            ("consumerID", self.client_id.clone()),
+            ("cleanSession", "false".into()),
+        ]
+    }
+}
+
 // ---- the pluggable socket ----
 
 pub(crate) async fn pluggable() -> (Process, tonic::transport::Channel) {
@@ -238,17 +268,9 @@ async fn socket_output(broker: &Mosquitto, messages: usize) -> f64 {
 }
 
 async fn socket_input(broker: &Mosquitto, messages: usize) -> f64 {
-    let client_id = format!("bench-faces-{}", unique());
-    let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
+    let session = Session::preload(broker, messages, "faces").await;
     let (process, channel) = pluggable().await;
-    let metadata = [
-        ("url", broker.url()),
-        ("topic", topic),
-        ("qos", "1".into()),
-        ("consumerID", client_id),
-        ("cleanSession", "false".into()),
-    ];
-    let rate = read_rate(channel, &metadata, messages).await;
+    let rate = read_rate(channel, &session.metadata(), messages).await;
     process.stop().await;
     rate
 }
@@ -492,21 +514,11 @@ async fn http_input(
     concurrency: u16,
     app_time: Duration,
 ) -> f64 {
-    let client_id = format!("bench-faces-{}", unique());
-    let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
+    let session = Session::preload(broker, messages, "faces").await;
     let app = TimedApp::start(messages, app_time).await;
-    let (process, _, _) = sidecar(
-        &[
-            ("url", broker.url()),
-            ("topic", topic),
-            ("qos", "1".into()),
-            ("consumerID", client_id),
-            ("cleanSession", "false".into()),
-            ("concurrency", concurrency.to_string()),
-        ],
-        Some(app.port),
-    )
-    .await;
+    let mut metadata = session.metadata();
+    metadata.push(("concurrency", concurrency.to_string()));
+    let (process, _, _) = sidecar(&metadata, Some(app.port)).await;
     let rate = app.rate().await;
     process.stop().await;
     rate

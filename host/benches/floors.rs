@@ -44,10 +44,10 @@ use tokio::process::Command;
 use tokio::sync::oneshot;
 
 use super::faces::{
-    Arrivals, Process, TimedApp, addressed, connect, init_metadata, output_metadata, pluggable_on,
-    read_rate, sidecar_on, sidecar_with, steady_rate, until_ready,
+    Arrivals, Process, Session, TimedApp, addressed, connect, init_metadata, output_metadata,
+    pluggable_on, read_rate, sidecar_on, sidecar_with, steady_rate, until_ready,
 };
-use super::{IN_FLIGHT, Row, Settings, percentiles, preload};
+use super::{IN_FLIGHT, Row, Settings, percentiles};
 use crate::support::{Mosquitto, free_port, unique};
 
 pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
@@ -356,30 +356,18 @@ async fn grpc_channel(port: u16) -> tonic::transport::Channel {
 /// Input to an HTTP app answering 200 at once: through `mqtt-binding run`, or (`floor`) from
 /// rumqttc posting each message with reqwest.
 async fn http_app_input(broker: &Mosquitto, messages: usize, floor: bool, threads: usize) -> f64 {
-    let client_id = format!("bench-floor-in-{}", unique());
-    let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
+    let session = Session::preload(broker, messages, "floor-in").await;
     let app = TimedApp::start(messages, Duration::ZERO).await;
     if floor {
         let mut child = floor_server(threads, "input", &app.port.to_string())
-            .args([&broker.port.to_string(), &topic, &client_id])
+            .args([&broker.port.to_string(), &session.topic, &session.client_id])
             .spawn()
             .expect("the input floor starts");
         let rate = app.rate().await;
         let _ = child.kill().await;
         return rate;
     }
-    let (process, _, _) = sidecar_on(
-        &[
-            ("url", broker.url()),
-            ("topic", topic),
-            ("qos", "1".into()),
-            ("consumerID", client_id),
-            ("cleanSession", "false".into()),
-        ],
-        Some(app.port),
-        threads,
-    )
-    .await;
+    let (process, _, _) = sidecar_on(&session.metadata(), Some(app.port), threads).await;
     let rate = app.rate().await;
     process.stop().await;
     rate
@@ -422,8 +410,7 @@ impl AppCallback for TimedGrpcApp {
 /// Input to a gRPC app: through `mqtt-binding run --app-protocol grpc`, or (`floor`) from
 /// rumqttc calling `OnBindingEvent` itself.
 async fn grpc_app_input(broker: &Mosquitto, messages: usize, floor: bool, threads: usize) -> f64 {
-    let client_id = format!("bench-floor-grpc-{}", unique());
-    let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
+    let session = Session::preload(broker, messages, "floor-grpc").await;
     let arrivals = Arrivals::expecting(messages);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -436,7 +423,7 @@ async fn grpc_app_input(broker: &Mosquitto, messages: usize, floor: bool, thread
     );
     let rate = if floor {
         let mut child = floor_server(threads, "grpc-input", &app_port.to_string())
-            .args([&broker.port.to_string(), &topic, &client_id])
+            .args([&broker.port.to_string(), &session.topic, &session.client_id])
             .spawn()
             .expect("the gRPC input floor starts");
         let rate = arrivals.rate().await;
@@ -444,13 +431,7 @@ async fn grpc_app_input(broker: &Mosquitto, messages: usize, floor: bool, thread
         rate
     } else {
         let (process, _, _) = sidecar_with(
-            &[
-                ("url", broker.url()),
-                ("topic", topic),
-                ("qos", "1".into()),
-                ("consumerID", client_id),
-                ("cleanSession", "false".into()),
-            ],
+            &session.metadata(),
             Some(app_port),
             threads,
             &["--app-protocol", "grpc"],
@@ -467,15 +448,9 @@ async fn grpc_app_input(broker: &Mosquitto, messages: usize, floor: bool, thread
 /// Input through a pluggable component's `Read`, as daprd reads it: `mqtt-binding
 /// pluggable`, or (`floor`) a hand-written pluggable component.
 async fn read_input_rate(broker: &Mosquitto, messages: usize, floor: bool, threads: usize) -> f64 {
-    let client_id = format!("bench-floor-read-{}", unique());
-    let topic = preload(broker, QoS::AtLeastOnce, messages, &client_id).await;
-    let metadata = [
-        ("url", broker.url()),
-        ("topic", topic),
-        ("qos", "1".into()),
-        ("consumerID", client_id),
-        ("cleanSession", "false".into()),
-    ];
+    let metadata = Session::preload(broker, messages, "floor-read")
+        .await
+        .metadata();
     if !floor {
         let (process, channel) = pluggable_on(threads).await;
         let rate = read_rate(channel, &metadata, messages).await;

@@ -295,17 +295,7 @@ impl delivery::Host for HostView<'_> {
         if self.host.shutdown.is_cancelled() {
             return Ok(Err(delivery::DeliveryError::Stopped));
         }
-        if event.attempt > 1 {
-            self.host
-                .faults
-                .delivery_retries
-                .fetch_add(1, Ordering::Relaxed);
-        }
-        let event = Event {
-            data: self.table.get(&event.data)?.0.to_vec(),
-            metadata: event.metadata,
-            attempt: event.attempt,
-        };
+        let event = self.event_for_app(event)?;
         let outcome = tokio::select! {
             biased;
             outcome = handler.deliver(event) => outcome.map_err(delivery::DeliveryError::Failed),
@@ -327,17 +317,7 @@ impl delivery::Host for HostView<'_> {
                 Pending::answered(Err(Refused::Stopped))
             }
             Some(handler) => {
-                if event.attempt > 1 {
-                    self.host
-                        .faults
-                        .delivery_retries
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                let event = Event {
-                    data: self.table.get(&event.data)?.0.to_vec(),
-                    metadata: event.metadata,
-                    attempt: event.attempt,
-                };
+                let event = self.event_for_app(event)?;
                 Pending::start(handler, event, self.host.shutdown.clone())
             }
         };
@@ -426,6 +406,22 @@ impl delivery::HostPending for HostView<'_> {
 }
 
 impl HostView<'_> {
+    /// The application's copy of an event, counted as a retry when it is not the first
+    /// delivery of its message.
+    fn event_for_app(&mut self, event: delivery::Event) -> wasmtime::Result<Event> {
+        if event.attempt > 1 {
+            self.host
+                .faults
+                .delivery_retries
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Event {
+            data: self.table.get(&event.data)?.0.to_vec(),
+            metadata: event.metadata,
+            attempt: event.attempt,
+        })
+    }
+
     /// Gives the answers that did not come back to their deliveries (all but `spent`), and
     /// returns `waited`.
     fn put_back(
