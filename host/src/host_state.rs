@@ -31,6 +31,9 @@ pub(crate) struct BindingHost {
     /// with no per-direction suffix). The first instance to connect opens it; the binding's other
     /// instances join it.
     pub connection: tokio::sync::Mutex<Option<Connection>>,
+    /// The client IDs of every binding of the runtime, and this binding's hold on its own.
+    pub client_ids: Arc<crate::client_ids::ClientIds>,
+    pub client_id: std::sync::Mutex<Option<crate::client_ids::Claim>>,
     /// Instances of this binding thrown away after a trap, and (among them) those stopped
     /// for computing past their CPU budget.
     pub faults: Faults,

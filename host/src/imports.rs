@@ -167,6 +167,17 @@ impl broker::HostConnection for HostView<'_> {
             return Ok(Ok(self.table.push(open.clone())?));
         }
         tracing::debug!(binding = %self.host.name, ?options, "connecting");
+        let claim = self.host.client_ids.claim(
+            &options.host,
+            options.port,
+            &options.client_id,
+            &self.host.name,
+        );
+        *self
+            .host
+            .client_id
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(claim);
         let connection = tokio::select! {
             connected = Connection::connect(options, &self.host.settings) => connected,
             () = self.host.shutdown.cancelled() => Err(BrokerError::Closed),

@@ -28,6 +28,7 @@ mod binding;
 mod binding_tests;
 mod broker;
 mod broker_policy;
+mod client_ids;
 #[cfg(feature = "sidecar")]
 pub mod component_file;
 mod error;

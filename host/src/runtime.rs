@@ -28,6 +28,7 @@ const EMBEDDED_SHA256: &str = env!("GUEST_WASM_SHA256");
 #[derive(Clone)]
 pub struct Runtime {
     instances: Arc<Instances>,
+    client_ids: Arc<crate::client_ids::ClientIds>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -72,6 +73,7 @@ impl Runtime {
             .context("the component does not export the mqtt-binding world")?;
         Ok(Self {
             instances: Arc::new(Instances::new(engine, pre, options)),
+            client_ids: Arc::default(),
         })
     }
 
@@ -122,6 +124,8 @@ impl Runtime {
             max_log_line_bytes: self.instances.options().max_log_line_bytes,
             faults: Default::default(),
             connection: tokio::sync::Mutex::new(None),
+            client_ids: self.client_ids.clone(),
+            client_id: std::sync::Mutex::new(None),
         })
     }
 }

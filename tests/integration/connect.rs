@@ -122,3 +122,57 @@ async fn publish_to_a_vanished_broker_fails_within_its_retries() {
     );
     binding.close().await;
 }
+
+/// Two bindings of one process with the same client ID to the same broker take the
+/// connection from each other in turn: the host says so, naming both; a binding that
+/// closed frees its client ID.
+#[tokio::test]
+async fn two_bindings_with_one_client_id_are_named_in_a_warning() {
+    let broker = Mosquitto::start();
+    let (captured, _logging) = crate::support::Captured::logs(tracing::Level::WARN);
+    let client_id = format!("shared-{}", unique());
+    let pairs = [
+        ("url", broker.url()),
+        ("topic", "t".to_string()),
+        ("consumerID", client_id.clone()),
+    ];
+    let start = |name: &'static str| {
+        let metadata = crate::support::metadata(
+            &pairs
+                .iter()
+                .map(|(k, v)| (*k, v.as_str()))
+                .collect::<Vec<_>>(),
+        );
+        async move {
+            crate::support::runtime()
+                .binding(mqtt_binding::BindingOptions {
+                    name: name.into(),
+                    app_id: "shop".into(),
+                    metadata,
+                    handler: None,
+                })
+                .await
+                .expect("binding")
+        }
+    };
+    let orders = start("orders").await;
+    orders.close().await;
+    drop(orders);
+    let alerts = start("alerts").await;
+    assert!(
+        !captured.text().contains("same client ID"),
+        "orders had closed: {}",
+        captured.text()
+    );
+    let audit = start("audit").await;
+    let text = captured.text();
+    assert!(
+        text.contains(&format!(
+            "bindings \"alerts\" and \"audit\" connect to 127.0.0.1:{} with the same client ID {client_id:?}",
+            broker.port
+        )),
+        "{text}"
+    );
+    audit.close().await;
+    alerts.close().await;
+}
