@@ -630,3 +630,64 @@ async fn a_misbehaving_instance_does_not_stall_the_others() {
     assert!(n > 0, "no invoke ran while the spinner spun");
     assert!(pluggable.terminate().await.success());
 }
+
+/// MQTT 5 request/response through the socket: daprd's `response_data` for a request event
+/// is published to the request's response topic with its correlation data, and the request's
+/// properties reach daprd as event metadata (and `contentType` as the event's content type).
+#[tokio::test]
+async fn daprds_response_data_answers_an_mqtt5_request() {
+    let broker = Mosquitto::start();
+    let folder = tempfile::tempdir().expect("temp dir");
+    let topic = format!("requests/{}", unique());
+    let metadata = [
+        ("url", broker.url()),
+        ("topic", topic.clone()),
+        ("qos", "1".to_string()),
+        ("protocolVersion", "5".to_string()),
+    ];
+    let pluggable = Pluggable::start(folder.path(), &[]).await;
+    let mut daprd = Daprd::start(&pluggable.socket).await;
+    daprd.init_both("requests", &pairs(&metadata)).await;
+    daprd.open_read("requests", "requests").await;
+    broker.wait_for_log(&topic).await;
+    let replies = format!("replies/{}", unique());
+    let requester = {
+        let (port, topic, replies) = (broker.port.to_string(), topic.clone(), replies.clone());
+        tokio::spawn(async move {
+            tokio::process::Command::new(crate::support::python())
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../tests/mqtt5/peer.py"
+                ))
+                .args(["request", "--port", &port, "--topic", &topic])
+                .args([
+                    "--response-topic",
+                    &replies,
+                    "--correlation-b64",
+                    "Y29yci05",
+                ])
+                .args(["--payload-b64", "cGluZw=="])
+                .output()
+                .await
+                .expect("the MQTT 5 peer runs")
+        })
+    };
+    let event = daprd.event("requests").await;
+    assert_eq!(event["data"], json!("ping"));
+    assert_eq!(event["metadata"]["responseTopic"], json!(replies));
+    assert_eq!(event["metadata"]["correlationData"], json!("corr-9"));
+    let answer = daprd
+        .call(json!({"cmd": "ack", "stream": "requests", "message_id": event["message_id"], "response_data": "pong"}))
+        .await;
+    assert_eq!(answer, json!({"ok": true}));
+    let output = tokio::time::timeout(WAIT, requester)
+        .await
+        .expect("the requester got its answer in time")
+        .expect("the requester task");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let response: Value =
+        serde_json::from_str(stdout.lines().last().expect("a line")).expect("JSON");
+    assert_eq!(response["payload_b64"], json!("cG9uZw=="), "pong");
+    assert_eq!(response["correlation_b64"], json!("Y29yci05"), "corr-9");
+    assert_eq!(response["topic"], json!(replies));
+}

@@ -161,6 +161,8 @@ class StandIn:
     def ack(self, command):
         _, acks, _ = self.streams[command["stream"]]
         request = self.pb.ReadRequest(message_id=command["message_id"])
+        if "response_data" in command:
+            request.response_data = command["response_data"].encode()
         if "error" in command:
             request.response_error.message = command["error"]
         acks.put(request)
