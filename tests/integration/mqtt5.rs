@@ -762,3 +762,125 @@ async fn grpc_trace_context_becomes_user_properties() {
     }
     assert!(sidecar.terminate().await.success());
 }
+
+/// Through `mqtt-binding run --app-protocol grpc`: a gRPC app's `data` answers an MQTT 5
+/// request, and a message's `traceparent` reaches the app as gRPC metadata too.
+#[tokio::test]
+async fn through_a_grpc_app_the_answer_is_the_response_and_traceparent_is_grpc_metadata() {
+    use mqtt_binding::sidecar::proto::app_callback_server::{AppCallback, AppCallbackServer};
+    use mqtt_binding::sidecar::proto::{
+        BindingEventRequest, BindingEventResponse, ListInputBindingsResponse,
+    };
+
+    use crate::sidecar::{Sidecar, binding_yaml};
+
+    struct App(
+        tokio::sync::mpsc::UnboundedSender<(tonic::metadata::MetadataMap, BindingEventRequest)>,
+    );
+
+    #[tonic::async_trait]
+    impl AppCallback for App {
+        async fn list_input_bindings(
+            &self,
+            _: tonic::Request<()>,
+        ) -> Result<tonic::Response<ListInputBindingsResponse>, tonic::Status> {
+            Ok(tonic::Response::new(ListInputBindingsResponse {
+                bindings: vec!["requests".into()],
+            }))
+        }
+
+        async fn on_binding_event(
+            &self,
+            request: tonic::Request<BindingEventRequest>,
+        ) -> Result<tonic::Response<BindingEventResponse>, tonic::Status> {
+            let headers = request.metadata().clone();
+            let event = request.into_inner();
+            let mut data = b"answered: ".to_vec();
+            data.extend_from_slice(&event.data);
+            let _ = self.0.send((headers, event));
+            Ok(tonic::Response::new(BindingEventResponse {
+                data,
+                ..Default::default()
+            }))
+        }
+    }
+
+    let broker = Mosquitto::start();
+    let topic = format!("mqtt5/grpc-app/{}", unique());
+    let dir = tempfile::tempdir().expect("dir");
+    std::fs::write(
+        dir.path().join("requests.yaml"),
+        binding_yaml(
+            "requests",
+            &[
+                ("url", &broker.url()),
+                ("topic", &topic),
+                ("qos", "1"),
+                ("protocolVersion", "5"),
+            ],
+            None,
+        ),
+    )
+    .expect("write");
+    let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("app port");
+    let app_port = listener.local_addr().expect("address").port();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AppCallbackServer::new(App(seen_tx)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let sidecar =
+        Sidecar::start_with_args(dir.path(), Some(app_port), &[], &["--app-protocol", "grpc"])
+            .await;
+    sidecar.healthy().await;
+    broker.wait_for_log("Received SUBSCRIBE from shop").await;
+
+    let replies = format!("mqtt5/grpc-replies/{}", unique());
+    let response = peer(&[
+        "request",
+        "--port",
+        &broker.port.to_string(),
+        "--topic",
+        &topic,
+        "--response-topic",
+        &replies,
+        "--correlation-b64",
+        &b64(b"\x00grpc"),
+        "--payload-b64",
+        &b64(b"ping"),
+    ])
+    .await;
+    assert_eq!(response["payload_b64"], b64(b"answered: ping"));
+    assert_eq!(response["correlation_b64"], b64(b"\x00grpc"));
+    let (_, request) = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .expect("the app was called")
+        .expect("an event");
+    assert_eq!(request.metadata["responseTopic"], replies);
+
+    let trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let properties = serde_json::json!({"user_properties": [["traceparent", trace]]});
+    let code = peer_publish(
+        broker.port,
+        &topic,
+        b"traced",
+        &properties.to_string(),
+        false,
+    )
+    .await;
+    assert_eq!(code, 0);
+    let (headers, event) = tokio::time::timeout(WAIT, seen.recv())
+        .await
+        .expect("the app was called")
+        .expect("an event");
+    assert_eq!(event.metadata["traceparent"], trace);
+    assert_eq!(
+        headers.get("traceparent").and_then(|v| v.to_str().ok()),
+        Some(trace)
+    );
+    assert!(sidecar.terminate().await.success());
+    server.abort();
+}
