@@ -93,8 +93,7 @@ impl Inbox {
         }
         self.queue.push_back(Message {
             id,
-            // MQTT requires UTF-8; a broker that breaks the rule gets U+FFFD in its place.
-            topic: String::from_utf8_lossy(&publish.topic).into_owned(),
+            topic: topic_text(publish.topic),
             payload: publish.payload,
             qos: qos_from_v5(publish.qos),
             retain: publish.retain,
@@ -163,6 +162,14 @@ impl Inbox {
             self.released.clear();
         }
     }
+}
+
+/// A topic as text. At MQTT 3.1.1 the codec hands over the bytes of the topic's own
+/// `String`, taken back without a copy; MQTT requires UTF-8, and a broker that breaks the
+/// rule gets U+FFFD in its place.
+fn topic_text(topic: Bytes) -> String {
+    String::from_utf8(Vec::from(topic))
+        .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
 }
 
 #[cfg(test)]
