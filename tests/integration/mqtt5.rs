@@ -133,6 +133,21 @@ fn mqtt5(broker: &Mosquitto, topic: &str) -> Vec<(String, String)> {
     ]
 }
 
+/// Writes `dir/NAME.yaml`: an MQTT 5 binding component on `topic` at QoS 1, plus `extra`,
+/// for `mqtt-binding run`.
+fn write_component(
+    dir: &std::path::Path,
+    name: &str,
+    broker: &Mosquitto,
+    topic: &str,
+    extra: &[(&str, &str)],
+) {
+    let mut metadata = mqtt5(broker, topic);
+    metadata.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let yaml = crate::sidecar::binding_yaml(name, &pairs(&metadata), None);
+    std::fs::write(dir.join(format!("{name}.yaml")), yaml).expect("writing the component");
+}
+
 fn pairs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
     owned
         .iter()
@@ -573,30 +588,22 @@ async fn a_publish_over_the_brokers_maximum_packet_size_fails_unsent() {
 async fn through_the_http_sidecar_properties_are_headers_and_the_answer_is_the_response() {
     use axum::http::{HeaderMap, StatusCode};
 
-    use crate::sidecar::{Sidecar, binding_yaml};
+    use crate::sidecar::Sidecar;
 
     let broker = Mosquitto::start();
     let requests = format!("mqtt5/http/{}", unique());
     let out = format!("mqtt5/http-out/{}", unique());
     let dir = tempfile::tempdir().expect("dir");
-    let url = broker.url();
     for (name, topic) in [("requests", requests.as_str()), ("out", out.as_str())] {
-        std::fs::write(
-            dir.path().join(format!("{name}.yaml")),
-            binding_yaml(
-                name,
-                &[
-                    ("url", &url),
-                    ("topic", topic),
-                    ("qos", "1"),
-                    ("protocolVersion", "5"),
-                    // Two bindings of one app need client IDs of their own.
-                    ("consumerID", &format!("shop-{name}")),
-                ],
-                None,
-            ),
-        )
-        .expect("write");
+        // Two bindings of one app need client IDs of their own.
+        let client_id = format!("shop-{name}");
+        write_component(
+            dir.path(),
+            name,
+            &broker,
+            topic,
+            &[("consumerID", &client_id)],
+        );
     }
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel::<HeaderMap>();
     let app = axum::Router::new().route(
@@ -701,25 +708,12 @@ async fn grpc_trace_context_becomes_user_properties() {
     use mqtt_binding::sidecar::proto::InvokeBindingRequest;
     use mqtt_binding::sidecar::proto::dapr_client::DaprClient;
 
-    use crate::sidecar::{Sidecar, binding_yaml};
+    use crate::sidecar::Sidecar;
 
     let broker = Mosquitto::start();
     let topic = format!("mqtt5/grpc-trace/{}", unique());
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("out.yaml"),
-        binding_yaml(
-            "out",
-            &[
-                ("url", &broker.url()),
-                ("topic", &topic),
-                ("qos", "1"),
-                ("protocolVersion", "5"),
-            ],
-            None,
-        ),
-    )
-    .expect("write");
+    write_component(dir.path(), "out", &broker, &topic, &[]);
     let sidecar = Sidecar::start(dir.path(), None, &[]).await;
     sidecar.healthy().await;
     let channel =
@@ -772,7 +766,7 @@ async fn through_a_grpc_app_the_answer_is_the_response_and_traceparent_is_grpc_m
         BindingEventRequest, BindingEventResponse, ListInputBindingsResponse,
     };
 
-    use crate::sidecar::{Sidecar, binding_yaml};
+    use crate::sidecar::Sidecar;
 
     struct App(
         tokio::sync::mpsc::UnboundedSender<(tonic::metadata::MetadataMap, BindingEventRequest)>,
@@ -808,20 +802,7 @@ async fn through_a_grpc_app_the_answer_is_the_response_and_traceparent_is_grpc_m
     let broker = Mosquitto::start();
     let topic = format!("mqtt5/grpc-app/{}", unique());
     let dir = tempfile::tempdir().expect("dir");
-    std::fs::write(
-        dir.path().join("requests.yaml"),
-        binding_yaml(
-            "requests",
-            &[
-                ("url", &broker.url()),
-                ("topic", &topic),
-                ("qos", "1"),
-                ("protocolVersion", "5"),
-            ],
-            None,
-        ),
-    )
-    .expect("write");
+    write_component(dir.path(), "requests", &broker, &topic, &[]);
     let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
