@@ -4,7 +4,8 @@
 //! `cargo bench -p mqtt-binding --bench bench` runs it in full and writes the table into
 //! `docs/BENCHMARKS.md` (between its table markers; the text around them is kept).
 //! `cargo bench -p mqtt-binding --bench bench -- output input` runs only those groups
-//! (`output`, `latency`, `input`, `sandbox`, `faces`, `bindings`, `start`, `memory`) and
+//! (`output`, `latency`, `input`, `mqtt5`, `sandbox`, `faces`, `floors` or one of its halves
+//! `floors-output` and `floors-input`, `concurrency`, `bindings`, `start`, `memory`) and
 //! writes nothing.
 //! `cargo test -p mqtt-binding --bench bench` (no `--bench` argument) runs every figure once
 //! with a few hundred messages, so that the code cannot rot.
@@ -46,7 +47,8 @@ const IN_FLIGHT: usize = 64;
 struct Settings {
     full: bool,
     /// Figure groups to run (`output`, `latency`, `input`, `mqtt5`, `sandbox`, `faces`,
-    /// `floors`, `concurrency`, `bindings`, `start`, `memory`); all if empty.
+    /// `floors` or `floors-output` and `floors-input`, `concurrency`, `bindings`, `start`,
+    /// `memory`); all if empty.
     only: Vec<String>,
     runs: usize,
     messages: usize,
@@ -146,8 +148,11 @@ async fn measure(settings: &Settings) -> Vec<Row> {
     if settings.wants("faces") {
         rows.extend(faces::rows(settings, &broker).await);
     }
-    if settings.wants("floors") {
-        rows.extend(floors::rows(settings, &broker).await);
+    if settings.wants("floors") || settings.wants("floors-output") {
+        rows.extend(floors::output_rows(settings, &broker).await);
+    }
+    if settings.wants("floors") || settings.wants("floors-input") {
+        rows.extend(floors::input_rows(settings, &broker).await);
     }
     if settings.wants("concurrency") {
         rows.extend(faces::concurrency_rows(settings, &broker).await);

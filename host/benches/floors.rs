@@ -14,7 +14,9 @@
 //!
 //! Output is measured with 64 requests in flight (requests per second) and with one at a
 //! time (p50 and p99 latency), each on one thread (the binding's default, a current-thread
-//! runtime on both sides) and on two (`--threads 2`, a two-worker runtime for the floor). rumqttc does not say which PUBACK answers which publish, so
+//! runtime on both sides) and on two (`--threads 2`, a two-worker runtime for the floor).
+//! `-- floors-output` and `-- floors-input` run one half. rumqttc does not say which PUBACK
+//! answers which publish, so
 //! the hand-written servers do what such a service does: callers queue in publish order
 //! under one lock, and each PUBACK answers the oldest (brokers acknowledge QoS 1 in order,
 //! MQTT 3.1.1 section 4.6).
@@ -50,7 +52,9 @@ use super::faces::{
 use super::{IN_FLIGHT, Row, Settings, percentiles};
 use crate::support::{Mosquitto, free_port, unique};
 
-pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
+/// The output rows (`floors-output`): each face's rate and latencies, on one thread and on
+/// two.
+pub(crate) async fn output_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
     let n = settings.messages;
     let samples = settings.latency_samples;
     let mut rows = Vec::new();
@@ -101,6 +105,13 @@ pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
         }
         rows.extend([rate, p50, p99]);
     }
+    rows
+}
+
+/// The input rows (`floors-input`): the three input paths, on one thread and on two.
+pub(crate) async fn input_rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
+    let n = settings.messages;
+    let mut rows = Vec::new();
     for threads in [1, 2] {
         let row = |figure: &str, floor: &str| Row {
             figure: format!("{figure}, QoS 1, 100 B, {}", on_threads(threads)),
