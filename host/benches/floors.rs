@@ -15,11 +15,11 @@
 //! Output is measured with 64 requests in flight (requests per second) and with one at a
 //! time (p50 and p99 latency), each on one thread (the binding's default, a current-thread
 //! runtime on both sides) and on two (`--threads 2`, a two-worker runtime for the floor).
-//! `-- floors-output` and `-- floors-input` run one half. rumqttc does not say which PUBACK
-//! answers which publish, so
-//! the hand-written servers do what such a service does: callers queue in publish order
-//! under one lock, and each PUBACK answers the oldest (brokers acknowledge QoS 1 in order,
-//! MQTT 3.1.1 section 4.6).
+//! `-- floors-output` and `-- floors-input` run one half each.
+//!
+//! rumqttc does not say which PUBACK answers which publish, so the hand-written servers do
+//! what such a service does: callers queue in publish order under one lock, and each PUBACK
+//! answers the oldest (brokers acknowledge QoS 1 in order, MQTT 3.1.1 section 4.6).
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
