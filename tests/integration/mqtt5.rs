@@ -148,6 +148,19 @@ fn write_component(
     std::fs::write(dir.join(format!("{name}.yaml")), yaml).expect("writing the component");
 }
 
+/// The metadata of an MQTT 5 binding on `topic` with a persistent session (its own client
+/// ID, `cleanSession: false`) that has subscribed once and stopped, so the broker now
+/// queues the topic's messages for it.
+async fn left_persistent_session(broker: &Mosquitto, topic: &str) -> Vec<(String, String)> {
+    let mut metadata = mqtt5(broker, topic);
+    metadata.push(("consumerID".into(), format!("session-{}", unique())));
+    metadata.push(("cleanSession".into(), "false".into()));
+    let (recorder, _) = Recorder::failing(0);
+    let reader = Reader::start(&pairs(&metadata), recorder).await;
+    reader.stop().await.expect("stopped");
+    metadata
+}
+
 fn pairs(owned: &[(String, String)]) -> Vec<(&str, &str)> {
     owned
         .iter()
@@ -297,12 +310,7 @@ async fn an_expired_retained_message_is_not_delivered() {
 async fn an_expired_queued_message_is_not_delivered_to_a_returning_session() {
     let broker = Mosquitto::start();
     let topic = format!("mqtt5/queued/{}", unique());
-    let mut metadata = mqtt5(&broker, &topic);
-    metadata.push(("consumerID".into(), format!("queued-{}", unique())));
-    metadata.push(("cleanSession".into(), "false".into()));
-    let (recorder, _) = Recorder::failing(0);
-    let reader = Reader::start(&pairs(&metadata), recorder).await;
-    reader.stop().await.expect("stopped");
+    let metadata = left_persistent_session(&broker, &topic).await;
     // The session is kept (sessionExpiryInterval defaults to "never" with cleanSession
     // false); two messages are queued for it, one that expires in 1 s.
     peer_publish(broker.port, &topic, b"expires", r#"{"expiry": 1}"#, false).await;
@@ -398,12 +406,7 @@ async fn a_publish_the_acl_denies_fails_with_the_reason_code() {
 async fn a_persistent_session_survives_a_binding_restart() {
     let broker = Mosquitto::start();
     let topic = format!("mqtt5/session/{}", unique());
-    let mut metadata = mqtt5(&broker, &topic);
-    metadata.push(("consumerID".into(), format!("session-{}", unique())));
-    metadata.push(("cleanSession".into(), "false".into()));
-    let (recorder, _) = Recorder::failing(0);
-    let reader = Reader::start(&pairs(&metadata), recorder).await;
-    reader.stop().await.expect("stopped");
+    let metadata = left_persistent_session(&broker, &topic).await;
     assert_eq!(
         peer_publish(broker.port, &topic, b"while away", "{}", false).await,
         0,
