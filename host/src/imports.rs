@@ -2,6 +2,7 @@
 //! `logging` is `guest_log`'s), implemented on [`HostView`], and the one mapping between
 //! host errors and the WIT's `broker.error`.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use crate::broker::{
 use crate::broker_policy;
 use crate::error::{BrokerError, Rejection};
 use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, types};
-use crate::handler::Event;
+use crate::handler::{Event, EventHandler};
 use crate::host_state::HostView;
 use crate::payload::Payload;
 use crate::pending::{Pending, Refused};
@@ -297,15 +298,10 @@ impl delivery::Host for HostView<'_> {
         &mut self,
         event: delivery::Event,
     ) -> wasmtime::Result<Result<Option<Resource<Payload>>, delivery::DeliveryError>> {
-        let Some(handler) = self.host.handler.clone() else {
-            return Ok(Err(delivery::DeliveryError::Failed(
-                "this host has no application to deliver events to".into(),
-            )));
+        let handler = match self.handler_to_deliver() {
+            Ok(handler) => handler,
+            Err(refused) => return Ok(Err(refused.into())),
         };
-        // Nothing new is delivered once shutdown began; a delivery under way may finish.
-        if self.host.shutdown.is_cancelled() {
-            return Ok(Err(delivery::DeliveryError::Stopped));
-        }
         let event = self.event_for_app(event)?;
         let outcome = tokio::select! {
             biased;
@@ -320,17 +316,12 @@ impl delivery::Host for HostView<'_> {
     }
 
     async fn start(&mut self, event: delivery::Event) -> wasmtime::Result<Resource<Pending>> {
-        let pending = match self.host.handler.clone() {
-            None => Pending::answered(Err(Refused::Failed(
-                "this host has no application to deliver events to".into(),
-            ))),
-            Some(_) if self.host.shutdown.is_cancelled() => {
-                Pending::answered(Err(Refused::Stopped))
-            }
-            Some(handler) => {
+        let pending = match self.handler_to_deliver() {
+            Ok(handler) => {
                 let event = self.event_for_app(event)?;
                 Pending::start(handler, event, self.host.shutdown.clone())
             }
+            Err(refused) => Pending::answered(Err(refused)),
         };
         Ok(self.table.push(pending)?)
     }
@@ -396,8 +387,7 @@ impl delivery::HostPending for HostView<'_> {
         let outcome = match outcome {
             Ok(Ok(Some(answer))) => Ok(Some(self.table.push(Payload(answer.into()))?)),
             Ok(Ok(None)) => Ok(None),
-            Ok(Err(Refused::Failed(why))) => Err(delivery::DeliveryError::Failed(why)),
-            Ok(Err(Refused::Stopped)) => Err(delivery::DeliveryError::Stopped),
+            Ok(Err(refused)) => Err(refused.into()),
             Err(_) => Err(delivery::DeliveryError::Failed(
                 "the delivery ended without an answer".into(),
             )),
@@ -416,7 +406,30 @@ impl delivery::HostPending for HostView<'_> {
     }
 }
 
+impl From<Refused> for delivery::DeliveryError {
+    fn from(refused: Refused) -> Self {
+        match refused {
+            Refused::Failed(why) => Self::Failed(why),
+            Refused::Stopped => Self::Stopped,
+        }
+    }
+}
+
 impl HostView<'_> {
+    /// The application to hand a new event to, unless there is none or shutdown began
+    /// (nothing new is delivered then; a delivery under way may finish).
+    fn handler_to_deliver(&self) -> Result<Arc<dyn EventHandler>, Refused> {
+        let Some(handler) = self.host.handler.clone() else {
+            return Err(Refused::Failed(
+                "this host has no application to deliver events to".into(),
+            ));
+        };
+        if self.host.shutdown.is_cancelled() {
+            return Err(Refused::Stopped);
+        }
+        Ok(handler)
+    }
+
     /// The application's copy of an event, counted as a retry when it is not the first
     /// delivery of its message.
     fn event_for_app(&mut self, event: delivery::Event) -> wasmtime::Result<Event> {
