@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
@@ -190,20 +190,9 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
             Err(DeliveryError::Failed(reason)) => reason,
             Err(DeliveryError::Stopped) => return Settled::Stopped,
         };
-        let failures = attempt;
-        let Some(wait) = binding
-            .config
-            .delivery_backoff
-            .after_failure(u64::from(failures))
-        else {
+        let Some(wait) = retry_after(binding, topic, attempt, &reason) else {
             break reason;
         };
-        logging::log(
-            Level::Warn,
-            &format!(
-                "delivery of a message on {topic:?} failed (attempt {failures}), retrying in {wait:?}: {reason}"
-            ),
-        );
         if !sleep(wait) {
             logging::log(
                 Level::Info,
@@ -218,6 +207,22 @@ fn deliver(binding: &Binding, message: broker::Message) -> Settled {
     } else {
         Settled::Unacknowledged
     }
+}
+
+/// How long to wait before delivering a message on `topic` again after its delivery
+/// number `failures` failed with `reason` (logged), or `None` when the retries are spent.
+fn retry_after(binding: &Binding, topic: &str, failures: u32, reason: &str) -> Option<Duration> {
+    let wait = binding
+        .config
+        .delivery_backoff
+        .after_failure(u64::from(failures))?;
+    logging::log(
+        Level::Warn,
+        &format!(
+            "delivery of a message on {topic:?} failed (attempt {failures}), retrying in {wait:?}: {reason}"
+        ),
+    );
+    Some(wait)
 }
 
 /// A message the application did not accept in `failures` deliveries, the last failing
@@ -385,19 +390,8 @@ fn read_concurrently(binding: &Binding, concurrency: usize) -> Result<(), Error>
                     Err(DeliveryError::Failed(reason)) => {
                         let flight = &mut flights[position];
                         let failures = flight.attempt;
-                        match binding
-                            .config
-                            .delivery_backoff
-                            .after_failure(u64::from(failures))
-                        {
+                        match retry_after(binding, &flight.message.topic, failures, &reason) {
                             Some(wait) => {
-                                logging::log(
-                                    Level::Warn,
-                                    &format!(
-                                        "delivery of a message on {:?} failed (attempt {failures}), retrying in {wait:?}: {reason}",
-                                        flight.message.topic
-                                    ),
-                                );
                                 flight.state = FlightState::RetryAt(Instant::now() + wait);
                             }
                             None => {
@@ -627,7 +621,7 @@ fn publish_with_retries(
 }
 
 /// Waits `wait` through the host, which ends the wait early on shutdown (`false`).
-fn sleep(wait: std::time::Duration) -> bool {
+fn sleep(wait: Duration) -> bool {
     lifecycle::sleep(u32::try_from(wait.as_millis()).unwrap_or(u32::MAX))
 }
 
