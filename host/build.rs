@@ -1,8 +1,14 @@
 //! Builds the guest component for wasm32-wasip2 so the host can embed the component it was
 //! built with. The guest gets its own target directory: the outer cargo holds the lock on
-//! ours, and host flags must not leak into a wasm build. With the `pluggable` feature, also
-//! compiles the project's `.proto` files (protox, no `protoc`) into Rust and into the
-//! encoded descriptor set the reflection service serves.
+//! ours, and host flags must not leak into a wasm build. With the `portable` feature, also
+//! builds the broker plug and the driver and composes them with that very guest into the
+//! portable component (`portable.rs`). With the `pluggable` feature, also compiles the
+//! project's `.proto` files (protox, no `protoc`) into Rust and into the encoded descriptor
+//! set the reflection service serves.
+
+#[cfg(feature = "portable")]
+#[path = "build/portable.rs"]
+mod portable;
 
 use std::env;
 use std::path::PathBuf;
@@ -31,6 +37,11 @@ fn main() {
         "../guest/Cargo.toml",
         "../tests/guests/hostile/src",
         "../tests/guests/hostile/Cargo.toml",
+        "../broker/src",
+        "../broker/Cargo.toml",
+        "../cli/src",
+        "../cli/Cargo.toml",
+        "../portable",
         "../wit",
         "../Cargo.lock",
     ] {
@@ -97,6 +108,9 @@ fn main() {
     )
     .expect("copying the hostile test component into OUT_DIR");
     println!("cargo:rustc-env=HOSTILE_GUEST_WASM={}", hostile.display());
+
+    #[cfg(feature = "portable")]
+    portable::build(&root, &out_dir, &wasm);
 
     #[cfg(feature = "sidecar")]
     compile_protos(

@@ -64,19 +64,19 @@ pub(crate) fn from_wit(error: broker::Error) -> BrokerError {
     }
 }
 
-fn qos(qos: types::Qos) -> rumqttc::QoS {
+fn qos(qos: types::Qos) -> crate::broker::QoS {
     match qos {
-        types::Qos::AtMostOnce => rumqttc::QoS::AtMostOnce,
-        types::Qos::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
-        types::Qos::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+        types::Qos::AtMostOnce => crate::broker::QoS::AtMostOnce,
+        types::Qos::AtLeastOnce => crate::broker::QoS::AtLeastOnce,
+        types::Qos::ExactlyOnce => crate::broker::QoS::ExactlyOnce,
     }
 }
 
-fn wit_qos(qos: rumqttc::QoS) -> types::Qos {
+fn wit_qos(qos: crate::broker::QoS) -> types::Qos {
     match qos {
-        rumqttc::QoS::AtMostOnce => types::Qos::AtMostOnce,
-        rumqttc::QoS::AtLeastOnce => types::Qos::AtLeastOnce,
-        rumqttc::QoS::ExactlyOnce => types::Qos::ExactlyOnce,
+        crate::broker::QoS::AtMostOnce => types::Qos::AtMostOnce,
+        crate::broker::QoS::AtLeastOnce => types::Qos::AtLeastOnce,
+        crate::broker::QoS::ExactlyOnce => types::Qos::ExactlyOnce,
     }
 }
 

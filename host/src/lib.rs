@@ -22,15 +22,11 @@
 //! # }
 //! ```
 
-mod backoff;
 mod binding;
 #[cfg(test)]
 mod binding_tests;
-mod broker;
 mod broker_policy;
 mod client_ids;
-#[cfg(feature = "sidecar")]
-pub mod component_file;
 mod error;
 mod generated;
 mod guest_log;
@@ -49,7 +45,21 @@ mod runtime_options;
 #[cfg(feature = "sidecar")]
 pub mod sidecar;
 pub mod supervisor;
-mod tls;
+
+/// The portable component: this binding composed with a broker plug (the same MQTT
+/// connection code as this host's, over `wasi:sockets`) and a command driver (`invoke` and
+/// `read`), into one component whose only imports are `wasi:*`, for the wasmtime CLI, jco
+/// or any other WASI runtime. The binding inside is byte for byte the embedded one.
+#[cfg(feature = "portable")]
+pub const PORTABLE_COMPONENT: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/mqtt_binding_portable.wasm"));
+
+/// Dapr Component files, shared with the portable driver.
+#[cfg(feature = "sidecar")]
+pub use mqtt_binding_cli::component_file;
+
+/// The broker connection, a crate of its own so that the broker plug builds it for wasm too.
+use mqtt_binding_broker as broker;
 
 pub use binding::{Binding, BindingOptions, BindingStats, InvokeRequest, InvokeResponse};
 pub use broker::{BrokerSettings, LinkStatus};

@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Backoff;
+use crate::broker::Backoff;
 use crate::binding::{Binding, BindingOptions};
 use crate::error::BindingError;
 use crate::error::one_line;

@@ -5,12 +5,12 @@ mod demo;
 mod json_log;
 mod read;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
-use mqtt_binding::component_file::{self, ComponentSpec};
+use mqtt_binding::component_file;
 use mqtt_binding::{BindingOptions, ComponentSource, InvokeRequest, Runtime, RuntimeOptions};
 use tokio::io::AsyncWriteExt as _;
 
@@ -78,6 +78,18 @@ enum Command {
     Pluggable(PluggableArgs),
     /// Start an embedded broker, run the binding both ways and show what arrives.
     Demo,
+    /// Write the binding as one component that any WASI runtime runs (wasmtime, jco), with
+    /// `invoke` and `read` as this command has them.
+    #[cfg(feature = "portable")]
+    Portable(PortableArgs),
+}
+
+#[derive(Args)]
+#[cfg(feature = "portable")]
+struct PortableArgs {
+    /// Where to write the component (a .wasm file).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -207,6 +219,8 @@ fn main() -> ExitCode {
             Command::Pluggable(args) => args.app_id.clone(),
             Command::Invoke(args) => args.app_id.clone(),
             Command::Read(_) | Command::Demo => None,
+            #[cfg(feature = "portable")]
+            Command::Portable(_) => None,
         };
         logs.event_format(json_log::JsonLines { app_id }).init();
     } else {
@@ -312,11 +326,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => run_sidecar(options, args).await,
         Command::Pluggable(args) => run_pluggable(options, args).await,
         Command::Demo => demo::run(options).await,
+        #[cfg(feature = "portable")]
+        Command::Portable(args) => std::fs::write(&args.out, mqtt_binding::PORTABLE_COMPONENT)
+            .with_context(|| format!("writing {}", args.out.display())),
     }
 }
 
 async fn invoke(options: RuntimeOptions, args: InvokeArgs) -> anyhow::Result<()> {
-    let component = single_binding(&args.component)?;
+    let component = component_file::single_binding(&args.component)?;
     let metadata = component
         .plain_metadata()
         .with_context(|| format!("component {:?}", component.name))?;
@@ -414,25 +431,4 @@ fn stop_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = terminate.recv() => {}
         }
     })
-}
-
-/// The one MQTT binding component in a file.
-pub(crate) fn single_binding(path: &Path) -> anyhow::Result<ComponentSpec> {
-    let mut bindings: Vec<ComponentSpec> = component_file::read_file(path)?
-        .components
-        .into_iter()
-        .filter(ComponentSpec::is_mqtt_binding)
-        .collect();
-    match bindings.len() {
-        1 => Ok(bindings.remove(0)),
-        0 => bail!(
-            "component file {}: no component of type {} found",
-            path.display(),
-            component_file::MQTT_BINDING_TYPES.join(" or ")
-        ),
-        n => bail!(
-            "component file {}: {n} MQTT binding components found; give a file with one",
-            path.display()
-        ),
-    }
 }

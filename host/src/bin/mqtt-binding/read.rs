@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
-use base64::Engine as _;
 use clap::Args;
 use mqtt_binding::{BindingOptions, Delivery, Event, EventHandler, Runtime, RuntimeOptions};
 use tokio::signal::unix::{SignalKind, signal};
@@ -28,7 +27,7 @@ pub struct ReadArgs {
 }
 
 pub async fn run(options: RuntimeOptions, args: ReadArgs) -> anyhow::Result<()> {
-    let component = crate::single_binding(&args.component)?;
+    let component = mqtt_binding::component_file::single_binding(&args.component)?;
     let metadata = component
         .plain_metadata()
         .with_context(|| format!("component {:?}", component.name))?;
@@ -88,8 +87,7 @@ impl EventHandler for Printer {
                 // Past --count: refuse, so the message stays with the broker for the next reader.
                 return Err("--count reached".to_string());
             }
-            let mut line = serde_json::to_vec(&json_line(&event)).map_err(|e| e.to_string())?;
-            line.push(b'\n');
+            let line = mqtt_binding_cli::event_line::event_line(&event.data, &event.metadata);
             let mut stdout = std::io::stdout().lock();
             stdout
                 .write_all(&line)
@@ -101,21 +99,5 @@ impl EventHandler for Printer {
             }
             Ok(None)
         })
-    }
-}
-
-/// `{"data": "<utf-8>", "metadata": {...}}`, or `"data_base64"` when the payload is not UTF-8.
-fn json_line(event: &Event) -> serde_json::Value {
-    let metadata: serde_json::Map<String, serde_json::Value> = event
-        .metadata
-        .iter()
-        .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
-        .collect();
-    match std::str::from_utf8(&event.data) {
-        Ok(text) => serde_json::json!({ "data": text, "metadata": metadata }),
-        Err(_) => serde_json::json!({
-            "data_base64": base64::engine::general_purpose::STANDARD.encode(&event.data),
-            "metadata": metadata,
-        }),
     }
 }

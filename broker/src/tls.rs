@@ -1,6 +1,6 @@
 //! rustls client configuration from the PEM text the component passes in: the trust roots
-//! (a custom CA bundle or the system's) and the optional client certificate. Connecting
-//! with it is left to `broker`.
+//! (a custom CA bundle, or the system's; in wasm, Mozilla's built in) and the optional
+//! client certificate. Connecting with it is left to `link`.
 
 use std::sync::Arc;
 
@@ -139,6 +139,7 @@ fn custom_roots(pem: &str) -> Result<RootCertStore, BrokerError> {
     Ok(roots)
 }
 
+#[cfg(not(target_family = "wasm"))]
 fn system_roots() -> Result<RootCertStore, BrokerError> {
     let found = rustls_native_certs::load_native_certs();
     let mut roots = RootCertStore::empty();
@@ -155,4 +156,13 @@ fn system_roots() -> Result<RootCertStore, BrokerError> {
         ));
     }
     Ok(roots)
+}
+
+/// A WASI runtime has no trust store to offer a component: the roots are Mozilla's, as
+/// webpki-roots carries them, built in.
+#[cfg(target_family = "wasm")]
+fn system_roots() -> Result<RootCertStore, BrokerError> {
+    Ok(RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    })
 }

@@ -12,6 +12,7 @@ use rumqttc::v5::mqttbytes::v5::{
     PubRel, Publish, SubAck, SubscribeReasonCode,
 };
 
+use crate::QoS;
 use crate::error::BrokerError;
 
 /// The MQTT version a connection speaks.
@@ -69,19 +70,36 @@ pub(super) fn read(
     }
 }
 
-pub(super) fn qos_to_v5(qos: rumqttc::QoS) -> QoS5 {
+pub(super) fn qos_to_v5(qos: QoS) -> QoS5 {
     match qos {
-        rumqttc::QoS::AtMostOnce => QoS5::AtMostOnce,
-        rumqttc::QoS::AtLeastOnce => QoS5::AtLeastOnce,
-        rumqttc::QoS::ExactlyOnce => QoS5::ExactlyOnce,
+        QoS::AtMostOnce => QoS5::AtMostOnce,
+        QoS::AtLeastOnce => QoS5::AtLeastOnce,
+        QoS::ExactlyOnce => QoS5::ExactlyOnce,
     }
 }
 
-pub(super) fn qos_from_v5(qos: QoS5) -> rumqttc::QoS {
+pub(super) fn qos_from_v5(qos: QoS5) -> QoS {
     match qos {
-        QoS5::AtMostOnce => rumqttc::QoS::AtMostOnce,
-        QoS5::AtLeastOnce => rumqttc::QoS::AtLeastOnce,
-        QoS5::ExactlyOnce => rumqttc::QoS::ExactlyOnce,
+        QoS5::AtMostOnce => QoS::AtMostOnce,
+        QoS5::AtLeastOnce => QoS::AtLeastOnce,
+        QoS5::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+/// QoS between the two codecs' types, which are distinct.
+fn qos_v4_to_v5(qos: rumqttc::mqttbytes::QoS) -> QoS5 {
+    match qos {
+        rumqttc::mqttbytes::QoS::AtMostOnce => QoS5::AtMostOnce,
+        rumqttc::mqttbytes::QoS::AtLeastOnce => QoS5::AtLeastOnce,
+        rumqttc::mqttbytes::QoS::ExactlyOnce => QoS5::ExactlyOnce,
+    }
+}
+
+fn qos_v5_to_v4(qos: QoS5) -> rumqttc::mqttbytes::QoS {
+    match qos {
+        QoS5::AtMostOnce => rumqttc::mqttbytes::QoS::AtMostOnce,
+        QoS5::AtLeastOnce => rumqttc::mqttbytes::QoS::AtLeastOnce,
+        QoS5::ExactlyOnce => rumqttc::mqttbytes::QoS::ExactlyOnce,
     }
 }
 
@@ -99,7 +117,7 @@ fn to_v4(packet: &Packet) -> Result<v4::Packet, BrokerError> {
         }
         Packet::Publish(publish) => v4::Packet::Publish(v4::Publish {
             dup: publish.dup,
-            qos: qos_from_v5(publish.qos),
+            qos: qos_v5_to_v4(publish.qos),
             retain: publish.retain,
             topic: std::str::from_utf8(&publish.topic)
                 .map_err(|_| BrokerError::Other("the topic is not UTF-8".into()))?
@@ -116,7 +134,7 @@ fn to_v4(packet: &Packet) -> Result<v4::Packet, BrokerError> {
                 subscribe
                     .filters
                     .iter()
-                    .map(|f| v4::SubscribeFilter::new(f.path.clone(), qos_from_v5(f.qos))),
+                    .map(|f| v4::SubscribeFilter::new(f.path.clone(), qos_v5_to_v4(f.qos))),
             );
             v4_subscribe.pkid = subscribe.pkid;
             v4::Packet::Subscribe(v4_subscribe)
@@ -152,7 +170,7 @@ fn from_v4(packet: v4::Packet) -> Result<Packet, BrokerError> {
         }),
         v4::Packet::Publish(publish) => Packet::Publish(Publish {
             dup: publish.dup,
-            qos: qos_to_v5(publish.qos),
+            qos: qos_v4_to_v5(publish.qos),
             retain: publish.retain,
             topic: Bytes::from(publish.topic.into_bytes()),
             pkid: publish.pkid,
@@ -178,7 +196,7 @@ fn from_v4(packet: v4::Packet) -> Result<Packet, BrokerError> {
                 .into_iter()
                 .map(|code| match code {
                     v4::SubscribeReasonCode::Success(qos) => {
-                        SubscribeReasonCode::Success(qos_to_v5(qos))
+                        SubscribeReasonCode::Success(qos_v4_to_v5(qos))
                     }
                     v4::SubscribeReasonCode::Failure => SubscribeReasonCode::Failure,
                 })

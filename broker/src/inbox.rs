@@ -17,7 +17,7 @@ pub struct Message {
     pub id: u64,
     pub topic: String,
     pub payload: Bytes,
-    pub qos: rumqttc::QoS,
+    pub qos: crate::QoS,
     pub retain: bool,
     pub duplicate: bool,
     /// MQTT 5 properties; empty at MQTT 3.1.1.
@@ -121,7 +121,7 @@ impl Inbox {
             let Some(message) = self.queue.pop_front() else {
                 break;
             };
-            if message.qos != rumqttc::QoS::AtMostOnce && message.generation < self.stale_below {
+            if message.qos != crate::QoS::AtMostOnce && message.generation < self.stale_below {
                 self.unacked.remove(&message.id);
                 continue;
             }

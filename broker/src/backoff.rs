@@ -1,27 +1,27 @@
-//! The one backoff every retry loop of the host uses: from 1 s, doubling, up to 60 s
-//! (reconnecting to a broker, starting a binding whose broker is down, restarting an input
+//! The one backoff every retry loop uses: from 1 s, doubling, up to 60 s (reconnecting to a
+//! broker here; in the host, starting a binding whose broker is down and restarting an input
 //! side that stopped). A value with one method, so that the loops stay small.
 
 use std::time::Duration;
 
 /// A doubling wait between `first` and `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     next: Duration,
     max: Duration,
 }
 
 impl Backoff {
     /// From 1 s, doubling, up to 60 s.
-    pub(crate) const STANDARD: Backoff =
+    pub const STANDARD: Backoff =
         Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
-    pub(crate) const fn new(first: Duration, max: Duration) -> Self {
+    pub const fn new(first: Duration, max: Duration) -> Self {
         Self { next: first, max }
     }
 
     /// How long to wait before the next attempt; each call doubles the one after.
-    pub(crate) fn next_wait(&mut self) -> Duration {
+    pub fn next_wait(&mut self) -> Duration {
         let wait = self.next;
         self.next = (self.next * 2).min(self.max);
         wait

@@ -117,7 +117,7 @@ impl Link {
             Some(config) => {
                 let name = rustls_pki_types::ServerName::try_from(endpoint.host.clone())
                     .map_err(|e| BrokerError::Tls(format!("host {:?}: {e}", endpoint.host)))?;
-                let tls = rumqttc::tokio_rustls::TlsConnector::from(config.clone())
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
                     .connect(name, tcp)
                     .await
                     .map_err(|e| classify_io(&e))?;

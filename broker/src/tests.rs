@@ -3,10 +3,11 @@
 
 use std::time::Duration;
 
-use rumqttc::{Packet, PubAck, PubComp, PubRec, QoS};
+use rumqttc::{Packet, PubAck, PubComp, PubRec};
 
 use super::fake::{FakeBroker, WAIT};
 use super::{BrokerSettings, Connection, PublishRequest};
+use crate::QoS;
 use crate::error::BrokerError;
 
 fn request(payload: &str, qos: QoS) -> PublishRequest {
@@ -90,7 +91,7 @@ async fn an_acknowledgement_for_an_id_nobody_owns_answers_nobody() {
         .await;
     link.write(Packet::PubComp(PubComp::new(sent.pkid))).await;
     // A message after the stray acknowledgements: once it is in, they were handled.
-    let mut barrier = rumqttc::Publish::new("barrier", QoS::AtMostOnce, b"".to_vec());
+    let mut barrier = rumqttc::Publish::new("barrier", rumqttc::QoS::AtMostOnce, b"".to_vec());
     barrier.pkid = 0;
     link.write(Packet::Publish(barrier)).await;
     tokio::select! {

@@ -142,12 +142,7 @@ struct Auth {
 /// blocks (a FIFO named `x.yaml` is refused, not waited on).
 pub fn read_file(path: &Path) -> anyhow::Result<ComponentFile> {
     use std::io::Read as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
-        .open(path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let file = open_without_blocking(path).with_context(|| format!("reading {}", path.display()))?;
     let kind = file
         .metadata()
         .with_context(|| format!("reading {}", path.display()))?;
@@ -172,6 +167,42 @@ pub fn read_file(path: &Path) -> anyhow::Result<ComponentFile> {
         );
     }
     parse(&text).with_context(|| format!("component file {}", path.display()))
+}
+
+#[cfg(unix)]
+fn open_without_blocking(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+}
+
+/// WASI has no FIFOs to create, and no flag to open one without blocking.
+#[cfg(not(unix))]
+fn open_without_blocking(path: &Path) -> std::io::Result<std::fs::File> {
+    std::fs::File::open(path)
+}
+
+/// The one MQTT binding component of a file, as `invoke` and `read` take it.
+pub fn single_binding(path: &Path) -> anyhow::Result<ComponentSpec> {
+    let mut bindings: Vec<ComponentSpec> = read_file(path)?
+        .components
+        .into_iter()
+        .filter(ComponentSpec::is_mqtt_binding)
+        .collect();
+    match bindings.len() {
+        1 => Ok(bindings.remove(0)),
+        0 => bail!(
+            "component file {}: no component of type {} found",
+            path.display(),
+            MQTT_BINDING_TYPES.join(" or ")
+        ),
+        n => bail!(
+            "component file {}: {n} MQTT binding components found; give a file with one",
+            path.display()
+        ),
+    }
 }
 
 /// Parses the documents of one YAML text.

@@ -1,8 +1,10 @@
-//! One MQTT connection: the handle the imports call (`Connection`), shared by every
-//! instance of a binding. The connection task that owns the socket is `driver`; the
+//! One MQTT connection, for a native host and for a WebAssembly component alike (it builds
+//! for `wasm32-wasip2`, where tokio's networking runs over `wasi:sockets`): the handle that
+//! callers share (`Connection`). The connection task that owns the socket is `driver`; the
 //! network connection itself is `link`; which request an answer belongs to is `outbox`'s,
 //! received messages are `inbox`'s, and what the handle and the task share is `shared`'s.
-//! Turning WIT values into these calls is left to `imports`.
+//! Turning WIT values into these calls is left to whoever implements the WIT `broker`
+//! interface: the native host's `imports`, and the broker plug.
 //!
 //! rumqttc provides the MQTT 3.1.1 and MQTT 5 codecs (`codec` picks one per connection;
 //! above it every packet is rumqttc's MQTT 5 type). Its event loop is not used: it assigns packet
@@ -16,18 +18,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use rumqttc::QoS;
 use rumqttc::v5::mqttbytes::v5::{Connect, ConnectProperties, Login, Publish, PublishProperties};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::error::{BrokerError, Field};
-use crate::tls;
 
+mod backoff;
 mod codec;
 mod driver;
-#[cfg(test)]
-pub(crate) mod fake;
+mod error;
+#[cfg(any(test, feature = "test-support"))]
+pub mod fake;
 mod inbox;
 mod link;
 mod outbox;
@@ -35,6 +36,10 @@ mod reason;
 mod shared;
 #[cfg(test)]
 mod tests;
+mod tls;
+
+pub use backoff::Backoff;
+pub use error::{BrokerError, Field, Rejection};
 
 pub use codec::ProtocolVersion;
 use driver::{Command, Driver, Timing};
@@ -52,6 +57,17 @@ const COMMAND_CAPACITY: usize = 1024;
 /// MQTT fixed header (up to 5 bytes), topic length prefix and packet id, on top of topic and
 /// payload.
 const PUBLISH_OVERHEAD: usize = 5 + 2 + 65_535 + 2;
+
+/// MQTT quality of service (MQTT 3.1.1 section 4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum QoS {
+    /// QoS 0: fire and forget.
+    AtMostOnce,
+    /// QoS 1: acknowledged by PUBACK; may arrive more than once.
+    AtLeastOnce,
+    /// QoS 2: the four-way handshake ending in PUBCOMP; arrives exactly once.
+    ExactlyOnce,
+}
 
 /// Host-wide limits and behaviour for broker connections.
 #[derive(Debug, Clone)]
@@ -179,7 +195,7 @@ impl MessageProperties {
         })
     }
 
-    pub(super) fn from_wire(properties: Option<PublishProperties>) -> Self {
+    pub(crate) fn from_wire(properties: Option<PublishProperties>) -> Self {
         let Some(properties) = properties else {
             return Self::default();
         };
@@ -285,7 +301,7 @@ impl Connection {
     }
 
     /// Messages received and not yet taken by a reader, and connections after the first.
-    pub(crate) fn traffic(&self) -> (usize, u64) {
+    pub fn traffic(&self) -> (usize, u64) {
         let inbox = self.shared.inbox();
         (inbox.waiting(), inbox.reconnects())
     }
@@ -474,6 +490,15 @@ impl Connection {
 
     pub fn max_payload_bytes(&self) -> u32 {
         u32::try_from(self.shared.max_payload).unwrap_or(u32::MAX)
+    }
+
+    /// Stops reading without closing: from now on [`Connection::next_messages`] answers
+    /// `Closed` (and [`Connection::message_waiting`] returns), while acknowledgements asked
+    /// for still go out, before the DISCONNECT of a later [`Connection::disconnect`]. For a
+    /// reader that has had all it wanted (`read --count`).
+    pub fn stop_reading(&self) {
+        self.shared.closing.store(true, Ordering::Release);
+        self.shared.arrived.notify_waiters();
     }
 
     /// Sends DISCONNECT (no UNSUBSCRIBE: a persistent session survives) after whatever is

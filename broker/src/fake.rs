@@ -12,25 +12,27 @@ use tokio::net::{TcpListener, TcpStream};
 use super::{BrokerSettings, ConnectOptions, Connection, ProtocolVersion, Transport};
 
 /// How long a test waits for anything before failing.
-pub(crate) const WAIT: Duration = Duration::from_secs(10);
+pub const WAIT: Duration = Duration::from_secs(10);
 
-pub(crate) struct FakeBroker {
-    pub(crate) listener: TcpListener,
+#[derive(Debug)]
+pub struct FakeBroker {
+    pub listener: TcpListener,
     pub port: u16,
 }
 
-pub(crate) struct FakeConnection {
+#[derive(Debug)]
+pub struct FakeConnection {
     stream: TcpStream,
     buffer: BytesMut,
 }
 
 impl FakeBroker {
-    pub(crate) async fn start() -> Self {
+    pub async fn start() -> Self {
         Self::start_on(0).await
     }
 
     /// Listens on `port` of 127.0.0.1 (0: any free port).
-    pub(crate) async fn start_on(port: u16) -> Self {
+    pub async fn start_on(port: u16) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("listens");
@@ -39,7 +41,7 @@ impl FakeBroker {
     }
 
     /// Accepts the client's next connection: reads its CONNECT, answers CONNACK.
-    pub(crate) async fn accept(&self, session_present: bool) -> FakeConnection {
+    pub async fn accept(&self, session_present: bool) -> FakeConnection {
         let (stream, _) = tokio::time::timeout(WAIT, self.listener.accept())
             .await
             .expect("the client connected in time")
@@ -61,7 +63,7 @@ impl FakeBroker {
         connection
     }
 
-    pub(crate) fn options(&self) -> ConnectOptions {
+    pub fn options(&self) -> ConnectOptions {
         ConnectOptions {
             transport: Transport::Tcp,
             host: "127.0.0.1".into(),
@@ -82,7 +84,7 @@ impl FakeBroker {
     }
 
     /// A connection to this broker, accepted with `session_present`.
-    pub(crate) async fn connect(&self, settings: BrokerSettings) -> (Connection, FakeConnection) {
+    pub async fn connect(&self, settings: BrokerSettings) -> (Connection, FakeConnection) {
         let options = self.options();
         let connecting = tokio::spawn(async move { Connection::connect(options, &settings).await });
         let accepted = self.accept(false).await;
@@ -92,7 +94,7 @@ impl FakeBroker {
 }
 
 impl FakeConnection {
-    pub(crate) async fn read(&mut self) -> Packet {
+    pub async fn read(&mut self) -> Packet {
         tokio::time::timeout(WAIT, async {
             loop {
                 match Packet::read(&mut self.buffer, 1 << 20) {
@@ -109,7 +111,7 @@ impl FakeConnection {
     }
 
     /// The next packet other than a keep-alive (PINGREQ is answered).
-    pub(crate) async fn next(&mut self) -> Packet {
+    pub async fn next(&mut self) -> Packet {
         loop {
             match self.read().await {
                 Packet::PingReq => self.write(Packet::PingResp).await,
@@ -119,7 +121,7 @@ impl FakeConnection {
     }
 
     /// The next PUBLISH, skipping keep-alives.
-    pub(crate) async fn publish(&mut self) -> rumqttc::Publish {
+    pub async fn publish(&mut self) -> rumqttc::Publish {
         loop {
             match self.read().await {
                 Packet::Publish(publish) => return publish,
@@ -129,7 +131,7 @@ impl FakeConnection {
         }
     }
 
-    pub(crate) async fn write(&mut self, packet: Packet) {
+    pub async fn write(&mut self, packet: Packet) {
         let mut out = BytesMut::new();
         packet.write(&mut out, 1 << 20).expect("encodes");
         self.stream.write_all(&out).await.expect("write");
