@@ -108,7 +108,12 @@ impl Link {
         let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
             .await
             .map_err(|e| {
-                BrokerError::Unreachable(format!("{}:{}: {e}", endpoint.host, endpoint.port))
+                BrokerError::Unreachable(format!(
+                    "{}:{}: {e}{}",
+                    endpoint.host,
+                    endpoint.port,
+                    no_network_hint(&e)
+                ))
             })?;
         // MQTT packets are small and latency-bound: do not let Nagle hold them back.
         let _ = tcp.set_nodelay(true);
@@ -280,6 +285,16 @@ impl Reader {
     /// Takes a packet already read, without waiting.
     pub(super) fn read_buffered(&mut self) -> Result<Option<Packet>, BrokerError> {
         codec::read(self.version, &mut self.buffer, self.max_packet)
+    }
+}
+
+/// In a WASI runtime, a refused permission is the runtime's sandbox, not the broker: say
+/// how to grant it.
+fn no_network_hint(error: &std::io::Error) -> &'static str {
+    if cfg!(target_family = "wasm") && error.kind() == std::io::ErrorKind::PermissionDenied {
+        "; the WASI runtime gives this component no network: grant it (wasmtime run -S inherit-network, and -S allow-ip-name-lookup for a host name)"
+    } else {
+        ""
     }
 }
 

@@ -8,6 +8,7 @@ mod metadata;
 mod metrics;
 mod mqtt5;
 mod pluggable;
+mod portable;
 mod proxy;
 mod publish;
 mod reconnect;

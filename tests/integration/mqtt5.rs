@@ -15,7 +15,7 @@ use crate::support::{
 
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/mqtt5/peer.py");
 
-fn b64(bytes: &[u8]) -> String {
+pub(crate) fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
@@ -90,13 +90,13 @@ async fn wait_until_not_retained(port: u16, topic: &str) {
 
 /// A peer subscribed to a topic (the subscription is made when this returns), printing the
 /// messages it receives.
-struct PeerSubscriber {
+pub(crate) struct PeerSubscriber {
     lines: tokio::io::Lines<BufReader<tokio::process::ChildStdout>>,
     _child: tokio::process::Child,
 }
 
 impl PeerSubscriber {
-    async fn start(port: u16, topic: &str, count: usize) -> Self {
+    pub(crate) async fn start(port: u16, topic: &str, count: usize) -> Self {
         let mut child = tokio::process::Command::new(python())
             .arg(PEER)
             .args(["subscribe", "--port", &port.to_string(), "--topic", topic])
@@ -114,7 +114,7 @@ impl PeerSubscriber {
         subscriber
     }
 
-    async fn next(&mut self) -> Value {
+    pub(crate) async fn next(&mut self) -> Value {
         let line = tokio::time::timeout(WAIT, self.lines.next_line())
             .await
             .expect("the peer printed in time")

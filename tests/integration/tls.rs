@@ -108,13 +108,13 @@ async fn broker_requiring_a_client_certificate_refuses_a_client_without_one() {
 /// intermediate CA, a server certificate for 127.0.0.1, and client certificates signed the
 /// way mosquitto's TLS guide does it (`openssl x509 -req` without extensions, which makes
 /// X.509 version 1 certificates with OpenSSL 3).
-struct OpensslPki {
+pub(crate) struct OpensslPki {
     dir: tempfile::TempDir,
 }
 
 /// How a client key is written.
 #[derive(Clone, Copy)]
-enum ClientKey {
+pub(crate) enum ClientKey {
     /// `-----BEGIN RSA PRIVATE KEY-----`
     RsaPkcs1,
     /// `-----BEGIN PRIVATE KEY-----`
@@ -124,7 +124,7 @@ enum ClientKey {
 }
 
 impl OpensslPki {
-    fn make() -> Self {
+    pub(crate) fn make() -> Self {
         let pki = Self {
             dir: tempfile::tempdir().expect("temp dir"),
         };
@@ -207,7 +207,7 @@ impl OpensslPki {
 
     /// A client key and a version 1 certificate for it, signed by the root or by the
     /// intermediate (then the chain is leaf and intermediate): (certificate chain, key) PEM.
-    fn client(&self, name: &str, key: ClientKey, by_intermediate: bool) -> (String, String) {
+    pub(crate) fn client(&self, name: &str, key: ClientKey, by_intermediate: bool) -> (String, String) {
         let key_file = format!("{name}.key");
         match key {
             ClientKey::RsaPkcs1 => {
@@ -268,12 +268,12 @@ impl OpensslPki {
         std::fs::write(self.path(name), text).expect("write");
     }
 
-    fn read(&self, name: &str) -> String {
+    pub(crate) fn read(&self, name: &str) -> String {
         std::fs::read_to_string(self.path(name)).expect("read")
     }
 
     /// A mosquitto listener for `require_certificate` with this PKI, as configuration lines.
-    fn listener(&self, port: u16) -> String {
+    pub(crate) fn listener(&self, port: u16) -> String {
         format!(
             "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
             self.path("ca.pem").display(),

@@ -115,7 +115,9 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("mqtt-binding: {error:#}");
-            ExitCode::FAILURE
+            // `wasi:cli/exit` with an error, not an error from `run`: runtimes report the
+            // latter as a failure of their own (jco prints a stack trace).
+            std::process::exit(1)
         }
     }
 }
