@@ -13,8 +13,7 @@ pub struct Backoff {
 
 impl Backoff {
     /// From 1 s, doubling, up to 60 s.
-    pub const STANDARD: Backoff =
-        Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    pub const STANDARD: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 
     pub const fn new(first: Duration, max: Duration) -> Self {
         Self { next: first, max }

@@ -119,4 +119,3 @@ impl std::fmt::Display for Rejection {
         )
     }
 }
-

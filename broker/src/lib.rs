@@ -22,7 +22,6 @@ use rumqttc::v5::mqttbytes::v5::{Connect, ConnectProperties, Login, Publish, Pub
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-
 mod backoff;
 mod codec;
 mod driver;

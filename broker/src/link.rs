@@ -105,7 +105,7 @@ impl Link {
     }
 
     async fn handshake(endpoint: &Endpoint) -> Result<(Self, ConnAck), BrokerError> {
-        let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
+        let tcp = connect_tcp(&endpoint.host, endpoint.port)
             .await
             .map_err(|e| {
                 BrokerError::Unreachable(format!(
@@ -285,6 +285,19 @@ impl Reader {
     /// Takes a packet already read, without waiting.
     pub(super) fn read_buffered(&mut self) -> Result<Option<Packet>, BrokerError> {
         codec::read(self.version, &mut self.buffer, self.max_packet)
+    }
+}
+
+/// Opens TCP to `host`, a name or an address.
+async fn connect_tcp(host: &str, port: u16) -> std::io::Result<TcpStream> {
+    if cfg!(target_family = "wasm") {
+        // tokio looks names up on a blocking thread, and wasm32-wasip2 has no threads; std
+        // looks them up in place, through `wasi:sockets/ip-name-lookup`.
+        let addresses: Vec<std::net::SocketAddr> =
+            std::net::ToSocketAddrs::to_socket_addrs(&(host, port))?.collect();
+        TcpStream::connect(addresses.as_slice()).await
+    } else {
+        TcpStream::connect((host, port)).await
     }
 }
 

@@ -142,7 +142,8 @@ struct Auth {
 /// blocks (a FIFO named `x.yaml` is refused, not waited on).
 pub fn read_file(path: &Path) -> anyhow::Result<ComponentFile> {
     use std::io::Read as _;
-    let file = open_without_blocking(path).with_context(|| format!("reading {}", path.display()))?;
+    let file =
+        open_without_blocking(path).with_context(|| format!("reading {}", path.display()))?;
     let kind = file
         .metadata()
         .with_context(|| format!("reading {}", path.display()))?;

@@ -57,8 +57,8 @@ pub fn build(root: &Path, out_dir: &Path, guest: &[u8]) {
         .iter()
         .map(|(package, file)| {
             let path = release.join(file);
-            let bytes = std::fs::read(&path)
-                .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+            let bytes =
+                std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
             (package.to_string(), bytes)
         })
         .collect();
@@ -81,7 +81,12 @@ fn compose(parts: Vec<(String, Vec<u8>)>) -> Result<Vec<u8>, Box<dyn std::error:
     let mut graph = CompositionGraph::new();
     let mut instances = Vec::new();
     for (name, bytes) in parts {
-        let package = Package::from_bytes(&format!("mqtt-binding:{name}"), None, bytes, graph.types_mut())?;
+        let package = Package::from_bytes(
+            &format!("mqtt-binding:{name}"),
+            None,
+            bytes,
+            graph.types_mut(),
+        )?;
         let package = graph.register_package(package)?;
         instances.push((package, graph.instantiate(package)));
     }

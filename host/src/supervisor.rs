@@ -13,8 +13,8 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::Backoff;
 use crate::binding::{Binding, BindingOptions};
+use crate::broker::Backoff;
 use crate::error::BindingError;
 use crate::error::one_line;
 use crate::runtime::Runtime;

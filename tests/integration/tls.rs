@@ -207,7 +207,12 @@ impl OpensslPki {
 
     /// A client key and a version 1 certificate for it, signed by the root or by the
     /// intermediate (then the chain is leaf and intermediate): (certificate chain, key) PEM.
-    pub(crate) fn client(&self, name: &str, key: ClientKey, by_intermediate: bool) -> (String, String) {
+    pub(crate) fn client(
+        &self,
+        name: &str,
+        key: ClientKey,
+        by_intermediate: bool,
+    ) -> (String, String) {
         let key_file = format!("{name}.key");
         match key {
             ClientKey::RsaPkcs1 => {

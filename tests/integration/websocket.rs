@@ -31,16 +31,16 @@ fn mqttv5() -> PathBuf {
 }
 
 /// A running mqttv5 broker with a WebSocket listener and a secure one, both at `/mqtt`.
-struct WebSocketBroker {
+pub(crate) struct WebSocketBroker {
     child: Child,
-    ws_port: u16,
-    wss_port: u16,
-    certs: Certificates,
+    pub(crate) ws_port: u16,
+    pub(crate) wss_port: u16,
+    pub(crate) certs: Certificates,
     _dir: tempfile::TempDir,
 }
 
 impl WebSocketBroker {
-    async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let certs = Certificates::generate(dir.path());
         let (tcp_port, ws_port, wss_port) = (free_port(), free_port(), free_port());

@@ -26,12 +26,12 @@ mod bindings {
 use bindings::exports::mqtt_binding::binding::delivery::{
     self, DeliveryError, Event, GivenUp, GuestPending, PendingBorrow, Waited,
 };
-use bindings::exports::mqtt_binding::binding::logging::{self, Level};
 use bindings::exports::mqtt_binding::binding::lifecycle;
+use bindings::exports::mqtt_binding::binding::logging::{self, Level};
 use bindings::exports::mqtt_binding::portable::control;
 use bindings::mqtt_binding::binding::broker::Connection;
-use bindings::mqtt_binding::portable::plug::{self, Waiting};
 use bindings::mqtt_binding::binding::types::Payload;
+use bindings::mqtt_binding::portable::plug::{self, Waiting};
 
 struct App;
 
@@ -100,7 +100,10 @@ impl delivery::Guest for App {
             GivenUp::DeadLettered => "dead-lettered",
             GivenUp::LeftUnacknowledged => "left unacknowledged",
         };
-        log(Level::Debug, &format!("a message the application did not accept was {how}"));
+        log(
+            Level::Debug,
+            &format!("a message the application did not accept was {how}"),
+        );
     }
 
     fn start(event: Event<'_>) -> delivery::Pending {
@@ -141,7 +144,7 @@ impl GuestPending for Pending {
 
 fn log(level: Level, message: &str) {
     let least = LOG_LEVEL.with(Cell::get);
-    if !least.is_some_and(|least| rank(level) >= least) {
+    if least.is_none_or(|least| rank(level) < least) {
         return;
     }
     let name = match level {
@@ -153,7 +156,10 @@ fn log(level: Level, message: &str) {
     };
     let now = humantime::format_rfc3339_micros(std::time::SystemTime::now());
     // A log line that cannot be written has nowhere else to go.
-    let _ = writeln!(std::io::stderr().lock(), "{now} {name:>5} binding: {message}");
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{now} {name:>5} binding: {message}"
+    );
 }
 
 impl logging::Guest for App {

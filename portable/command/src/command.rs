@@ -47,7 +47,11 @@ fn log_level(text: &str) -> Result<LogLevel, String> {
         "debug" => Some(Level::Debug),
         "trace" => Some(Level::Trace),
         "off" => None,
-        _ => return Err(format!("expected error, warn, info, debug, trace or off, got {text:?}")),
+        _ => {
+            return Err(format!(
+                "expected error, warn, info, debug, trace or off, got {text:?}"
+            ));
+        }
     }))
 }
 

@@ -36,10 +36,10 @@ mod bindings {
 use bindings::exports::mqtt_binding::binding::broker::{
     self, ConnectOptions as WitConnectOptions, Error, GuestConnection, Message, PublishOptions,
 };
-use bindings::exports::mqtt_binding::portable::plug::{self, Waiting};
 use bindings::exports::mqtt_binding::binding::types::{
     self, GuestPayload, Payload as PayloadHandle, PayloadBorrow, Properties, Qos,
 };
+use bindings::exports::mqtt_binding::portable::plug::{self, Waiting};
 
 /// How long `close` waits for the broker to take DISCONNECT (the connection's own bound).
 struct Plug;
@@ -84,8 +84,11 @@ impl GuestConnection for Connection {
         if let Some(open) = OPEN.with_borrow(|open| open.clone().filter(Link::is_open)) {
             return Ok(broker::Connection::new(Connection(open)));
         }
-        let link = block_on(Link::connect(connect_options(options), &BrokerSettings::default()))
-            .map_err(to_wit)?;
+        let link = block_on(Link::connect(
+            connect_options(options),
+            &BrokerSettings::default(),
+        ))
+        .map_err(to_wit)?;
         OPEN.with_borrow_mut(|open| *open = Some(link.clone()));
         Ok(broker::Connection::new(Connection(link)))
     }
@@ -157,7 +160,10 @@ impl plug::Guest for Plug {
         if !link.is_open() {
             return Waiting::Closed;
         }
-        let waited = block_on(tokio::time::timeout(millis(timeout_ms), link.message_waiting()));
+        let waited = block_on(tokio::time::timeout(
+            millis(timeout_ms),
+            link.message_waiting(),
+        ));
         match waited {
             Err(_) => Waiting::TimedOut,
             Ok(()) if link.is_open() => Waiting::Message,
