@@ -5,8 +5,8 @@
 //! `docs/BENCHMARKS.md` (between its table markers; the text around them is kept).
 //! `cargo bench -p mqtt-binding --bench bench -- output input` runs only those groups
 //! (`output`, `latency`, `input`, `mqtt5`, `sandbox`, `faces`, `floors` or one of its halves
-//! `floors-output` and `floors-input`, `concurrency`, `bindings`, `start`, `memory`) and
-//! writes nothing.
+//! `floors-output` and `floors-input`, `concurrency`, `bindings`, `start`, `memory`,
+//! `portable`) and writes nothing.
 //! `cargo test -p mqtt-binding --bench bench` (no `--bench` argument) runs every figure once
 //! with a few hundred messages, so that the code cannot rot.
 //!
@@ -26,6 +26,7 @@
 mod bindings;
 mod faces;
 mod floors;
+mod portable;
 #[path = "../../tests/integration/support.rs"]
 #[allow(dead_code, reason = "the benchmark uses part of the test helpers")]
 mod support;
@@ -48,7 +49,7 @@ struct Settings {
     full: bool,
     /// Figure groups to run (`output`, `latency`, `input`, `mqtt5`, `sandbox`, `faces`,
     /// `floors` or `floors-output` and `floors-input`, `concurrency`, `bindings`, `start`,
-    /// `memory`); all if empty.
+    /// `memory`, `portable`); all if empty.
     only: Vec<String>,
     runs: usize,
     messages: usize,
@@ -165,6 +166,9 @@ async fn measure(settings: &Settings) -> Vec<Row> {
     }
     if settings.wants("memory") {
         rows.extend(memory_rows(settings, &broker).await);
+    }
+    if settings.wants("portable") {
+        rows.extend(portable::rows(settings, &broker).await);
     }
     rows
 }

@@ -10,7 +10,9 @@ use mqtt_binding::{
     BindingError, BindingOptions, ComponentSource, InvokeRequest, Runtime, RuntimeOptions,
 };
 
-use crate::support::{Captured, Mosquitto, Subscriber, WAIT, metadata, unique};
+use crate::support::{
+    Captured, Mosquitto, Subscriber, WAIT, exit_and_peak_memory, metadata, unique,
+};
 
 const HOSTILE: &str = env!("HOSTILE_GUEST_WASM");
 
@@ -498,32 +500,4 @@ async fn a_message_in_hand_when_the_component_dies_is_redelivered() {
     let event = accepted.next().await;
     assert_eq!(event.data, b"precious");
     reader.stop().await.expect("read ends cleanly");
-}
-
-/// The exit status of a child and its peak resident memory in bytes (`wait4`'s usage), or
-/// a panic after [`WAIT`], with the child killed.
-#[expect(
-    unsafe_code,
-    reason = "wait4 and kill, which std does not offer with usage"
-)]
-async fn exit_and_peak_memory(child: std::process::Child) -> (i32, u64) {
-    let pid = i32::try_from(child.id()).expect("pid");
-    let waited = tokio::task::spawn_blocking(move || {
-        let mut status = 0;
-        // SAFETY: a plain C struct, all zeroes is a valid value.
-        let mut usage = unsafe { std::mem::zeroed::<libc::rusage>() };
-        // SAFETY: wait4 writes only into the two locals it is given.
-        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
-        let peak_kib = u64::try_from(usage.ru_maxrss).expect("ru_maxrss");
-        (libc::WEXITSTATUS(status), peak_kib * 1024)
-    });
-    match tokio::time::timeout(WAIT, waited).await {
-        Ok(done) => done.expect("waiting for the child"),
-        Err(_) => {
-            // SAFETY: the child is ours and not yet reaped, so the pid is still its own.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("mqtt-binding did not exit within {WAIT:?}");
-        }
-    }
 }

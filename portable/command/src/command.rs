@@ -3,12 +3,12 @@
 //! acknowledgements and DISCONNECT go out before the process ends.
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context as _, bail};
-use clap::{Args, Parser, Subcommand};
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
 use mqtt_binding_broker::{BrokerError, Rejection};
+use mqtt_binding_cli::args::{InvokeArgs, ReadArgs};
 use mqtt_binding_cli::component_file;
 
 mod bindings {
@@ -63,49 +63,6 @@ enum Command {
     Read(ReadArgs),
 }
 
-#[derive(Args)]
-struct InvokeArgs {
-    /// Dapr Component YAML of type bindings.mqtt (or bindings.mqtt3), in a preopened folder.
-    #[arg(long, value_name = "FILE")]
-    component: PathBuf,
-    /// The binding operation.
-    #[arg(long, default_value = "create")]
-    operation: String,
-    /// The payload, as text.
-    #[arg(long, group = "payload", required = true)]
-    data: Option<String>,
-    /// The payload, read from a file byte for byte.
-    #[arg(long, group = "payload", value_name = "PATH")]
-    data_file: Option<PathBuf>,
-    /// Request metadata, e.g. --metadata topic=orders/1 (repeatable).
-    #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    metadata: Vec<(String, String)>,
-    /// The application ID, the default MQTT client ID; without it a unique one is made.
-    #[arg(long, value_name = "ID")]
-    app_id: Option<String>,
-}
-
-#[derive(Args)]
-struct ReadArgs {
-    /// Dapr Component YAML of type bindings.mqtt (or bindings.mqtt3), in a preopened folder.
-    #[arg(long, value_name = "FILE")]
-    component: PathBuf,
-    /// Exit 0 after this many messages.
-    #[arg(long, value_name = "N")]
-    count: Option<u64>,
-    /// The application ID, the default MQTT client ID; defaults to the component's name, so
-    /// that a persistent session (cleanSession=false) is found again on the next run.
-    #[arg(long, value_name = "ID")]
-    app_id: Option<String>,
-}
-
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
-    }
-}
-
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
@@ -131,12 +88,7 @@ fn invoke(level: LogLevel, args: InvokeArgs) -> anyhow::Result<()> {
     let metadata = component
         .plain_metadata()
         .with_context(|| format!("component {:?}", component.name))?;
-    let data = match (&args.data, &args.data_file) {
-        (Some(text), _) => text.clone().into_bytes(),
-        (None, Some(path)) => std::fs::read(path)
-            .with_context(|| format!("reading --data-file {}", path.display()))?,
-        (None, None) => bail!("give --data or --data-file"),
-    };
+    let data = args.payload()?;
     // No process id in WASI: a random suffix keeps two invocations from taking over each
     // other's session, as the native command's pid does.
     let app_id = args

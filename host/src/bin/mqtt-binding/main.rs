@@ -12,6 +12,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, Parser, Subcommand};
 use mqtt_binding::component_file;
 use mqtt_binding::{BindingOptions, ComponentSource, InvokeRequest, Runtime, RuntimeOptions};
+use mqtt_binding_cli::args::{InvokeArgs, ReadArgs};
 use tokio::io::AsyncWriteExt as _;
 
 /// Dapr's MQTT binding as a sandboxed WebAssembly component.
@@ -71,7 +72,7 @@ enum Command {
     /// Load a Dapr Component file, run one output binding request and exit.
     Invoke(InvokeArgs),
     /// Run the input binding, writing each message to stdout as one JSON line.
-    Read(read::ReadArgs),
+    Read(ReadArgs),
     /// Run as a Dapr sidecar for the MQTT bindings of a resources folder (daprd's flags).
     Run(RunArgs),
     /// Serve the binding to a daprd as a pluggable component, on a Unix socket.
@@ -90,28 +91,6 @@ struct PortableArgs {
     /// Where to write the component (a .wasm file).
     #[arg(long, value_name = "FILE")]
     out: PathBuf,
-}
-
-#[derive(Args)]
-struct InvokeArgs {
-    /// Dapr Component YAML of type bindings.mqtt (or bindings.mqtt3).
-    #[arg(long, value_name = "FILE")]
-    component: PathBuf,
-    /// The binding operation.
-    #[arg(long, default_value = "create")]
-    operation: String,
-    /// The payload, as text.
-    #[arg(long, group = "payload", required = true)]
-    data: Option<String>,
-    /// The payload, read from a file byte for byte.
-    #[arg(long, group = "payload", value_name = "PATH")]
-    data_file: Option<PathBuf>,
-    /// Request metadata, e.g. --metadata topic=orders/1 (repeatable).
-    #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_key_value)]
-    metadata: Vec<(String, String)>,
-    /// The application ID, the default MQTT client ID; without it a unique one is made.
-    #[arg(long, value_name = "ID")]
-    app_id: Option<String>,
 }
 
 #[derive(Args)]
@@ -190,13 +169,6 @@ struct PluggableArgs {
     release_after: std::time::Duration,
     #[command(flatten)]
     metrics: MetricsArgs,
-}
-
-fn parse_key_value(text: &str) -> Result<(String, String), String> {
-    match text.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
-        _ => Err(format!("expected KEY=VALUE, got {text:?}")),
-    }
 }
 
 fn main() -> ExitCode {
@@ -337,12 +309,7 @@ async fn invoke(options: RuntimeOptions, args: InvokeArgs) -> anyhow::Result<()>
     let metadata = component
         .plain_metadata()
         .with_context(|| format!("component {:?}", component.name))?;
-    let data = match (&args.data, &args.data_file) {
-        (Some(text), _) => text.clone().into_bytes(),
-        (None, Some(path)) => std::fs::read(path)
-            .with_context(|| format!("reading --data-file {}", path.display()))?,
-        (None, None) => bail!("give --data or --data-file"),
-    };
+    let data = args.payload()?;
     let app_id = args
         .app_id
         .unwrap_or_else(|| format!("mqtt-binding-{}", std::process::id()));

@@ -3,28 +3,13 @@
 //! written.
 
 use std::io::Write as _;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
-use clap::Args;
 use mqtt_binding::{BindingOptions, Delivery, Event, EventHandler, Runtime, RuntimeOptions};
+use mqtt_binding_cli::args::ReadArgs;
 use tokio::signal::unix::{SignalKind, signal};
-
-#[derive(Args)]
-pub struct ReadArgs {
-    /// Dapr Component YAML of type bindings.mqtt (or bindings.mqtt3).
-    #[arg(long, value_name = "FILE")]
-    component: PathBuf,
-    /// Exit 0 after this many messages.
-    #[arg(long, value_name = "N")]
-    count: Option<u64>,
-    /// The application ID, the default MQTT client ID; defaults to the component's name, so
-    /// that a persistent session (cleanSession=false) is found again on the next run.
-    #[arg(long, value_name = "ID")]
-    app_id: Option<String>,
-}
 
 pub async fn run(options: RuntimeOptions, args: ReadArgs) -> anyhow::Result<()> {
     let component = mqtt_binding::component_file::single_binding(&args.component)?;
