@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::QoS;
 use tokio::process::{Child, Command};
@@ -155,11 +155,6 @@ fn assert_fails_with(runtime: Runtime, output: &Output, line: &str) {
         stderr(output).trim_end(),
         line,
         "{runtime:?}: expected the one line {line:?} on stderr"
-    );
-    assert!(
-        stderr(output).lines().any(|printed| printed == line),
-        "{runtime:?}: expected the line {line:?} on stderr, got: {}",
-        stderr(output)
     );
 }
 
@@ -670,7 +665,8 @@ async fn an_unreachable_broker_fails_at_once(runtime: Runtime) {
         "nobroker",
         &[("url", &format!("tcp://127.0.0.1:{port}")), ("topic", "t")],
     );
-    let started = Instant::now();
+    // "unreachable", not "timed out: no CONNACK": refused at once, not after the connect
+    // timeout.
     let output = runtime
         .run(
             dir.path(),
@@ -690,8 +686,6 @@ async fn an_unreachable_broker_fails_at_once(runtime: Runtime) {
         "{runtime:?}: {}",
         stderr(&output)
     );
-    // Refused at once, well within the connect timeout (10 s) and the runtime's start.
-    assert!(started.elapsed() < RUN_WAIT, "{:?}", started.elapsed());
 }
 
 async fn without_network_permission_the_error_says_so(runtime: Runtime) {

@@ -41,7 +41,7 @@ use bindings::exports::mqtt_binding::binding::types::{
 };
 use bindings::exports::mqtt_binding::portable::plug::{self, Waiting};
 
-/// How long `close` waits for the broker to take DISCONNECT (the connection's own bound).
+/// The component: its exports are implemented on this type.
 struct Plug;
 
 thread_local! {
