@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{ConnAck, Packet, PingReq, PubAck, PubComp, PubRec};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
@@ -17,8 +15,10 @@ use super::link::{Endpoint, Link, OUTGOING_HIGH_WATER};
 use super::outbox::{Job, Outbox, Reply};
 use super::reason;
 use super::shared::Shared;
+use crate::QoS;
 use crate::backoff::Backoff;
 use crate::error::BrokerError;
+use crate::packet::{ConnAck, Incoming, Outgoing};
 
 /// How long a clean DISCONNECT may take to write.
 const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -27,14 +27,6 @@ const COMMAND_BATCH: usize = 64;
 
 /// What a `Connection` handle asks of the task.
 #[derive(Debug)]
-// Large only with 64-bit pointers: on wasm32 the lint does not fire.
-#[cfg_attr(
-    target_pointer_width = "64",
-    expect(
-        clippy::large_enum_variant,
-        reason = "a publish is the common command; boxing it would cost an allocation per message"
-    )
-)]
 pub(super) enum Command {
     Publish(Job),
     Subscribe {
@@ -155,7 +147,7 @@ impl Driver {
         }
         for (filter, qos) in self.filters.clone() {
             let subscribe = self.outbox.subscribe(filter, qos, None);
-            link.writer.queue(&Packet::Subscribe(subscribe))?;
+            link.writer.queue(&Outgoing::Subscribe(subscribe))?;
         }
         self.shared.set_connected();
         Ok(())
@@ -164,24 +156,20 @@ impl Driver {
     /// Takes the limits the broker set in its CONNACK (MQTT 5): how many publishes may be
     /// unacknowledged, how large a packet may be.
     fn accepted(&mut self, link: &mut Link, connack: &ConnAck) {
-        let properties = connack.properties.as_ref();
-        self.outbox
-            .set_receive_maximum(properties.and_then(|p| p.receive_max));
-        if let Some(max) = properties.and_then(|p| p.max_packet_size) {
+        self.outbox.set_receive_maximum(connack.receive_maximum);
+        if let Some(max) = connack.max_packet_size {
             link.writer.limit_packet_size(max);
         }
         self.shared
             .broker_max_packet
             .store(link.writer.max_packet(), Ordering::Release);
-        if let Some(p) = properties {
-            tracing::debug!(
-                connection = %self.shared.label,
-                receive_maximum = ?p.receive_max,
-                maximum_packet_size = ?p.max_packet_size,
-                session_expiry = ?p.session_expiry_interval,
-                "the broker's limits"
-            );
-        }
+        tracing::debug!(
+            connection = %self.shared.label,
+            receive_maximum = ?connack.receive_maximum,
+            maximum_packet_size = ?connack.max_packet_size,
+            session_expiry = ?connack.session_expiry,
+            "the broker's limits"
+        );
     }
 
     /// Serves one accepted connection until it is lost or closed.
@@ -202,7 +190,7 @@ impl Driver {
                     break;
                 };
                 let pkid = publish.pkid;
-                match link.writer.queue(&Packet::Publish(publish)) {
+                match link.writer.queue(&Outgoing::Publish(publish)) {
                     Ok(()) => {}
                     // Over the broker's maximum packet size: nothing was written, and the
                     // connection is fine; only this publish fails.
@@ -272,7 +260,7 @@ impl Driver {
                         )));
                     }
                     if now >= keep_alive_due && !ping_outstanding {
-                        if let Err(error) = link.writer.queue(&Packet::PingReq(PingReq)) {
+                        if let Err(error) = link.writer.queue(&Outgoing::PingReq) {
                             return Ended::Lost(error);
                         }
                         ping_outstanding = true;
@@ -291,62 +279,45 @@ impl Driver {
     fn incoming(
         &mut self,
         link: &mut Link,
-        packet: Packet,
+        packet: Incoming,
         ping_outstanding: &mut bool,
     ) -> Result<(), BrokerError> {
         let label = &self.shared.label;
         match packet {
-            Packet::Publish(publish) => {
+            Incoming::Publish(publish) => {
                 let pkid = publish.pkid;
                 match self.shared.inbox().arrived(publish, label) {
                     Arrival::Queued => self.shared.arrived.notify_one(),
-                    Arrival::Duplicate => link
-                        .writer
-                        .queue(&Packet::PubRec(PubRec::new(pkid, None)))?,
+                    Arrival::Duplicate => link.writer.queue(&Outgoing::PubRec(pkid))?,
                     Arrival::Dropped => {}
                 }
             }
-            Packet::PubAck(ack) => {
-                let rejection = reason::puback(ack.reason).map(|mut rejection| {
-                    rejection.add_reason_string(ack.properties.and_then(|p| p.reason_string));
-                    rejection
-                });
+            Incoming::PubAck(ack) => {
+                let rejection = reason::publish_refused(ack.reason);
                 if let Err(unexpected) = self.outbox.puback(ack.pkid, rejection) {
                     tracing::warn!(connection = %label, "ignored: {unexpected}");
                 }
             }
-            Packet::PubRec(rec) => {
-                let rejection = reason::pubrec(rec.reason).map(|mut rejection| {
-                    rejection.add_reason_string(rec.properties.and_then(|p| p.reason_string));
-                    rejection
-                });
+            Incoming::PubRec(rec) => {
+                let rejection = reason::publish_refused(rec.reason);
                 match self.outbox.pubrec(rec.pkid, rejection) {
-                    Ok(Some(rel)) => link.writer.queue(&Packet::PubRel(rel))?,
+                    Ok(Some(pkid)) => link.writer.queue(&Outgoing::PubRel(pkid))?,
                     Ok(None) => {}
                     Err(unexpected) => tracing::warn!(connection = %label, "ignored: {unexpected}"),
                 }
             }
-            Packet::PubComp(comp) => {
-                if let Err(unexpected) = self.outbox.pubcomp(comp.pkid) {
+            Incoming::PubComp(pkid) => {
+                if let Err(unexpected) = self.outbox.pubcomp(pkid) {
                     tracing::warn!(connection = %label, "ignored: {unexpected}");
                 }
             }
-            Packet::PubRel(rel) => {
+            Incoming::PubRel(pkid) => {
                 // Always answered (MQTT 3.1.1 section 4.3.3), known id or not.
-                self.shared.inbox().pubrel(rel.pkid);
-                link.writer
-                    .queue(&Packet::PubComp(PubComp::new(rel.pkid, None)))?;
+                self.shared.inbox().pubrel(pkid);
+                link.writer.queue(&Outgoing::PubComp(pkid))?;
             }
-            Packet::SubAck(suback) => {
-                let refused = suback
-                    .return_codes
-                    .iter()
-                    .find_map(|code| reason::suback(*code))
-                    .map(|mut rejection| {
-                        rejection
-                            .add_reason_string(suback.properties.and_then(|p| p.reason_string));
-                        rejection
-                    });
+            Incoming::SubAck(suback) => {
+                let refused = reason::subscribe_refused(&suback.codes, suback.text);
                 if let Some(rejection) = &refused {
                     tracing::error!(connection = %label, "the broker refused a subscription: {rejection}");
                 }
@@ -357,22 +328,17 @@ impl Driver {
                     Err(unexpected) => tracing::warn!(connection = %label, "ignored: {unexpected}"),
                 }
             }
-            Packet::PingResp(_) => *ping_outstanding = false,
-            Packet::Disconnect(disconnect) => {
-                let why = disconnect
-                    .properties
-                    .and_then(|p| p.reason_string)
-                    .map(|text| format!(": {text}"))
-                    .unwrap_or_default();
+            Incoming::PingResp => *ping_outstanding = false,
+            Incoming::Disconnect(reason) => {
                 return Err(BrokerError::Unreachable(format!(
-                    "the broker closed the connection with DISCONNECT, {}{why}",
-                    reason::disconnect(disconnect.reason_code)
+                    "the broker closed the connection with DISCONNECT, {}",
+                    reason::disconnect(&reason)
                 )));
             }
-            other => {
-                return Err(BrokerError::Other(format!(
-                    "the broker sent a packet a client never receives: {other:?}"
-                )));
+            Incoming::ConnAck(_) => {
+                return Err(BrokerError::Other(
+                    "the broker sent a second CONNACK on one connection".into(),
+                ));
             }
         }
         Ok(())
@@ -385,7 +351,7 @@ impl Driver {
             Command::Subscribe { filter, qos, reply } => {
                 self.record(&filter, qos);
                 let subscribe = self.outbox.subscribe(filter, qos, Some(reply));
-                link.writer.queue(&Packet::Subscribe(subscribe))?;
+                link.writer.queue(&Outgoing::Subscribe(subscribe))?;
             }
             Command::Ack {
                 pkid,
@@ -394,8 +360,8 @@ impl Driver {
             } => {
                 if generation == self.generation {
                     let ack = match qos {
-                        QoS::ExactlyOnce => Packet::PubRec(PubRec::new(pkid, None)),
-                        _ => Packet::PubAck(PubAck::new(pkid, None)),
+                        QoS::ExactlyOnce => Outgoing::PubRec(pkid),
+                        _ => Outgoing::PubAck(pkid),
                     };
                     link.writer.queue(&ack)?;
                 }
@@ -445,7 +411,7 @@ impl Driver {
         if let Some(mut link) = link {
             let mut last = Ok(());
             for publish in self.outbox.drain_for_disconnect() {
-                last = last.and(link.writer.queue(&Packet::Publish(publish)));
+                last = last.and(link.writer.queue(&Outgoing::Publish(publish)));
             }
             if last.is_ok() {
                 match tokio::time::timeout(DISCONNECT_TIMEOUT, link.close()).await {

@@ -1,5 +1,7 @@
 //! A scripted MQTT broker on loopback for unit tests (a test's fake, never evidence on its
 //! own): it speaks MQTT 3.1.1 through rumqttc's codec and does exactly what each test says.
+//! It is the other side of the wire, so it names rumqttc's types directly rather than going
+//! through this crate's `codec`: the client's own codec must not be what judges its packets.
 //! Integration tests use a real mosquitto.
 
 use std::time::Duration;

@@ -5,11 +5,9 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::Publish;
 
-use super::MessageProperties;
-use super::codec::qos_from_v5;
+use crate::packet::Publish;
+use crate::{MessageProperties, QoS};
 
 /// A message received on a subscription, waiting for the component.
 #[derive(Debug, Clone)]
@@ -17,7 +15,7 @@ pub struct Message {
     pub id: u64,
     pub topic: String,
     pub payload: Bytes,
-    pub qos: crate::QoS,
+    pub qos: QoS,
     pub retain: bool,
     pub duplicate: bool,
     /// MQTT 5 properties; empty at MQTT 3.1.1.
@@ -95,10 +93,10 @@ impl Inbox {
             id,
             topic: topic_text(publish.topic),
             payload: publish.payload,
-            qos: qos_from_v5(publish.qos),
+            qos: publish.qos,
             retain: publish.retain,
             duplicate: publish.dup,
-            properties: MessageProperties::from_wire(publish.properties),
+            properties: publish.properties,
             generation: self.generation,
         });
         Arrival::Queued
@@ -121,7 +119,7 @@ impl Inbox {
             let Some(message) = self.queue.pop_front() else {
                 break;
             };
-            if message.qos != crate::QoS::AtMostOnce && message.generation < self.stale_below {
+            if message.qos != QoS::AtMostOnce && message.generation < self.stale_below {
                 self.unacked.remove(&message.id);
                 continue;
             }
@@ -177,9 +175,15 @@ mod tests {
     use super::*;
 
     fn publish(qos: QoS, pkid: u16, payload: &str) -> Publish {
-        let mut publish = Publish::new("t", qos, payload.as_bytes().to_vec(), None);
-        publish.pkid = pkid;
-        publish
+        Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: "t".into(),
+            pkid,
+            payload: payload.to_owned().into(),
+            properties: MessageProperties::default(),
+        }
     }
 
     fn payloads(messages: &[Message]) -> Vec<&[u8]> {

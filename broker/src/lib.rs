@@ -6,8 +6,8 @@
 //! Turning WIT values into these calls is left to whoever implements the WIT `broker`
 //! interface: the native host's `imports`, and the broker plug.
 //!
-//! rumqttc provides the MQTT 3.1.1 and MQTT 5 codecs (`codec` picks one per connection;
-//! above it every packet is rumqttc's MQTT 5 type). Its event loop is not used: it assigns packet
+//! The packets are the client's own (`packet`), the same for both MQTT versions; rumqttc
+//! provides the MQTT 3.1.1 and MQTT 5 codecs, and only `codec` names it. Its event loop is not used: it assigns packet
 //! ids itself and reports writes through an event queue that outlives a lost connection,
 //! so a request's acknowledgement could only be inferred. Here the connection task assigns
 //! every packet id and owns the socket, so an answer is paired with the packet that
@@ -18,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{Connect, ConnectProperties, Login, Publish, PublishProperties};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -31,6 +30,7 @@ pub mod fake;
 mod inbox;
 mod link;
 mod outbox;
+mod packet;
 mod reason;
 mod shared;
 #[cfg(test)]
@@ -46,6 +46,7 @@ pub use inbox::Message;
 use inbox::{Inbox, Settled};
 use link::Endpoint;
 use outbox::{Job, Outbox, Ticket};
+use packet::{Connect, Login, Publish};
 pub use shared::LinkStatus;
 use shared::{Shared, lock};
 
@@ -173,42 +174,6 @@ pub struct MessageProperties {
     pub utf8_payload: bool,
 }
 
-impl MessageProperties {
-    fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-
-    fn into_wire(self) -> Option<PublishProperties> {
-        if self.is_empty() {
-            return None;
-        }
-        Some(PublishProperties {
-            payload_format_indicator: self.utf8_payload.then_some(1),
-            message_expiry_interval: self.expiry,
-            topic_alias: None,
-            response_topic: self.response_topic,
-            correlation_data: self.correlation_data,
-            user_properties: self.user_properties,
-            subscription_identifiers: Vec::new(),
-            content_type: self.content_type,
-        })
-    }
-
-    pub(crate) fn from_wire(properties: Option<PublishProperties>) -> Self {
-        let Some(properties) = properties else {
-            return Self::default();
-        };
-        Self {
-            expiry: properties.message_expiry_interval,
-            content_type: properties.content_type,
-            response_topic: properties.response_topic,
-            correlation_data: properties.correlation_data,
-            user_properties: properties.user_properties,
-            utf8_payload: properties.payload_format_indicator == Some(1),
-        }
-    }
-}
-
 /// An open connection. Clones share it; when the last clone is dropped the connection
 /// task stops. [`Connection::disconnect`] first sends DISCONNECT.
 #[derive(Debug, Clone)]
@@ -239,7 +204,6 @@ impl Connection {
         let label = format!("{}@{}:{}", options.client_id, options.host, options.port);
         let max_payload = settings.max_payload_bytes as usize;
         let keep_alive = options.keep_alive.max(Duration::from_secs(1));
-        let version = options.protocol;
         let endpoint = endpoint(options, max_payload)?;
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Inbox::default()),
@@ -255,7 +219,6 @@ impl Connection {
             subscribed: tokio::sync::watch::Sender::new(0),
             max_payload,
             broker_max_packet: std::sync::atomic::AtomicUsize::new(usize::MAX),
-            version,
             label,
         });
         let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
@@ -327,22 +290,18 @@ impl Connection {
         }
         shared.usable()?;
         let deadline = tokio::time::Instant::now() + timeout;
-        let properties = match self.shared.version {
-            ProtocolVersion::V5 => request.properties.into_wire(),
-            ProtocolVersion::V311 => None,
-        };
         let publish = Publish {
             dup: false,
-            qos: codec::qos_to_v5(request.qos),
+            qos: request.qos,
             retain: request.retain,
             topic: Bytes::from(request.topic.into_bytes()),
             pkid: 0,
             payload: request.payload,
-            properties,
+            properties: request.properties,
         };
         // Refused here, not sent: a QoS 0 caller is answered before the write.
         let broker_max = shared.broker_max_packet.load(Ordering::Acquire);
-        let size = publish.size();
+        let size = codec::publish_size(&publish);
         if size > broker_max {
             return Err(BrokerError::TooLarge(format!(
                 "the message makes a packet of {size} bytes, over the broker's maximum packet size of {broker_max} bytes"
@@ -396,7 +355,6 @@ impl Connection {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let (reply, outcome) = oneshot::channel();
-        let qos = codec::qos_to_v5(qos);
         self.send(Command::Subscribe { filter, qos, reply }, deadline)
             .await?;
         match tokio::time::timeout_at(deadline, outcome).await {
@@ -558,25 +516,19 @@ fn endpoint(options: ConnectOptions, max_payload: usize) -> Result<Endpoint, Bro
     } else {
         None
     };
-    let properties = match options.protocol {
-        ProtocolVersion::V5 => Some(ConnectProperties {
-            session_expiry_interval: options.session_expiry,
-            // What this client reads (its own payload limit plus headers), so that the
-            // broker drops larger messages instead of breaking the connection with them.
-            max_packet_size: u32::try_from(max_payload + PUBLISH_OVERHEAD).ok(),
-            ..ConnectProperties::new()
-        }),
-        ProtocolVersion::V311 => None,
-    };
     let connect = Connect {
         keep_alive: u16::try_from(options.keep_alive.as_secs().max(1)).unwrap_or(u16::MAX),
         client_id: options.client_id,
         clean_start: options.clean_session,
-        properties,
+        login: options.username.map(|username| Login {
+            username,
+            password: options.password.unwrap_or_default(),
+        }),
+        session_expiry: options.session_expiry,
+        // What this client reads (its own payload limit plus headers), so that the broker
+        // drops larger messages instead of breaking the connection with them.
+        max_packet_size: u32::try_from(max_payload + PUBLISH_OVERHEAD).ok(),
     };
-    let login = options
-        .username
-        .map(|username| Login::new(username, options.password.unwrap_or_default()));
     let websocket_path = match options.transport {
         Transport::Ws | Transport::Wss if !options.path.starts_with('/') => {
             return Err(BrokerError::invalid(
@@ -594,7 +546,6 @@ fn endpoint(options: ConnectOptions, max_payload: usize) -> Result<Endpoint, Bro
         websocket_path,
         version: options.protocol,
         connect,
-        login,
         connect_timeout: options.connect_timeout,
         max_packet: max_payload + PUBLISH_OVERHEAD,
     })

@@ -6,9 +6,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use rumqttc::v5::mqttbytes::v5::{
-    ConnAck, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, Login, Packet,
-};
 use tokio::io::{
     AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadHalf, WriteHalf,
 };
@@ -17,6 +14,7 @@ use tokio::net::TcpStream;
 use super::codec::{self, ProtocolVersion};
 use super::reason;
 use crate::error::{BrokerError, Field};
+use crate::packet::{ConnAck, Connect, Incoming, Outgoing};
 
 /// Where and how to connect; built once per connection from the component's options.
 #[derive(Clone)]
@@ -28,16 +26,15 @@ pub(super) struct Endpoint {
     /// MQTT over TCP or TLS.
     pub websocket_path: Option<String>,
     pub version: ProtocolVersion,
+    /// With the login, which its `Debug` keeps to itself.
     pub connect: Connect,
-    /// User name and password: never shown.
-    pub login: Option<Login>,
     pub connect_timeout: Duration,
     /// Largest packet accepted from the broker, and largest written.
     pub max_packet: usize,
 }
 
 impl std::fmt::Debug for Endpoint {
-    /// The login holds the password: never shown.
+    /// Where, not who: the TLS configuration and the CONNECT are left out.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Endpoint")
             .field("host", &self.host)
@@ -148,27 +145,16 @@ impl Link {
                 max_packet: endpoint.max_packet,
             },
         };
-        link.writer.queue(&Packet::Connect(
-            endpoint.connect.clone(),
-            None,
-            endpoint.login.clone(),
-        ))?;
+        link.writer
+            .queue(&Outgoing::Connect(endpoint.connect.clone()))?;
         link.writer.flush().await?;
         match link.reader.read().await? {
-            Packet::ConnAck(connack) => match connack.code {
-                ConnectReturnCode::Success => Ok((link, connack)),
-                code => {
-                    let reason_string = connack
-                        .properties
-                        .as_ref()
-                        .and_then(|p| p.reason_string.as_deref());
-                    Err(reason::connect_refused(
-                        endpoint.version,
-                        code,
-                        reason_string,
-                    ))
-                }
-            },
+            Incoming::ConnAck(connack) if connack.code == 0 => Ok((link, connack)),
+            Incoming::ConnAck(connack) => Err(reason::connect_refused(
+                endpoint.version,
+                connack.code,
+                connack.reason_string.as_deref(),
+            )),
             other => Err(BrokerError::Other(format!(
                 "the broker answered CONNECT with {other:?} instead of CONNACK"
             ))),
@@ -181,9 +167,7 @@ impl Link {
     /// connection: the broker may drop what it had not read yet, our last acknowledgements
     /// and the DISCONNECT included. The caller bounds the wait.
     pub(super) async fn close(mut self) -> Result<(), BrokerError> {
-        self.writer.queue(&Packet::Disconnect(Disconnect::new(
-            DisconnectReasonCode::NormalDisconnection,
-        )))?;
+        self.writer.queue(&Outgoing::Disconnect)?;
         self.writer.flush().await?;
         let _ = self.writer.half.shutdown().await;
         let mut discard = [0u8; 4096];
@@ -211,7 +195,7 @@ impl Writer {
 
     /// Encodes a packet into the write buffer; `TooLarge`, with nothing written, when it is
     /// over the connection's maximum packet size.
-    pub(super) fn queue(&mut self, packet: &Packet) -> Result<(), BrokerError> {
+    pub(super) fn queue(&mut self, packet: &Outgoing) -> Result<(), BrokerError> {
         codec::write(self.version, packet, &mut self.buffer, self.max_packet)
     }
 
@@ -260,7 +244,7 @@ impl Writer {
 
 impl Reader {
     /// Reads the next packet. Cancel-safe: bytes read stay buffered for the next call.
-    pub(super) async fn read(&mut self) -> Result<Packet, BrokerError> {
+    pub(super) async fn read(&mut self) -> Result<Incoming, BrokerError> {
         loop {
             if let Some(packet) = self.read_buffered()? {
                 return Ok(packet);
@@ -283,7 +267,7 @@ impl Reader {
     }
 
     /// Takes a packet already read, without waiting.
-    pub(super) fn read_buffered(&mut self) -> Result<Option<Packet>, BrokerError> {
+    pub(super) fn read_buffered(&mut self) -> Result<Option<Incoming>, BrokerError> {
         codec::read(self.version, &mut self.buffer, self.max_packet)
     }
 }

@@ -37,11 +37,11 @@ use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PubRel, Publish, Subscribe};
 use tokio::sync::oneshot;
 
+use crate::QoS;
 use crate::error::{BrokerError, Rejection};
+use crate::packet::{Outgoing, Publish, Subscribe};
 
 /// Where a caller learns how its request ended.
 pub(super) type Reply = oneshot::Sender<Result<(), BrokerError>>;
@@ -82,14 +82,6 @@ pub(super) struct Job {
 }
 
 #[derive(Debug)]
-// Large only with 64-bit pointers: on wasm32 the lint does not fire.
-#[cfg_attr(
-    target_pointer_width = "64",
-    expect(
-        clippy::large_enum_variant,
-        reason = "publishes fill nearly every slot; boxing them would cost an allocation per message"
-    )
-)]
 enum Slot {
     Publish {
         publish: Publish,
@@ -184,9 +176,11 @@ impl Outbox {
     ) -> Subscribe {
         let id = self.take_id();
         self.slots.insert(id, Slot::Subscribe { reply });
-        let mut subscribe = Subscribe::new(Filter::new(filter, qos), None);
-        subscribe.pkid = id;
-        subscribe
+        Subscribe {
+            pkid: id,
+            filter,
+            qos,
+        }
     }
 
     /// PUBACK: the QoS 1 publish with this id is complete; taken by the broker, or (MQTT 5)
@@ -205,14 +199,15 @@ impl Outbox {
         }
     }
 
-    /// PUBREC: the broker has the QoS 2 publish with this id; answer with the PUBREL returned.
+    /// PUBREC: the broker has the QoS 2 publish with this id; answer with a PUBREL for the id
+    /// returned.
     /// A PUBREC that refuses it (MQTT 5, `rejection`) ends the exchange instead: no PUBREL
     /// follows (MQTT 5 section 4.3.3).
     pub(super) fn pubrec(
         &mut self,
         id: u16,
         rejection: Option<Rejection>,
-    ) -> Result<Option<PubRel>, Unexpected> {
+    ) -> Result<Option<u16>, Unexpected> {
         match self.slots.get_mut(&id) {
             Some(Slot::Publish {
                 publish,
@@ -231,13 +226,13 @@ impl Outbox {
                     // The payload is not needed any more: only PUBREL can be resent now.
                     publish.payload = Default::default();
                 }
-                Ok(Some(PubRel::new(id, None)))
+                Ok(Some(id))
             }
             Some(Slot::Publish {
                 publish,
                 released: true,
                 ..
-            }) if publish.qos == QoS::ExactlyOnce => Ok(Some(PubRel::new(id, None))),
+            }) if publish.qos == QoS::ExactlyOnce => Ok(Some(id)),
             _ => Err(Unexpected("PUBREC", id)),
         }
     }
@@ -302,7 +297,7 @@ impl Outbox {
 
     /// A new connection is accepted: returns what must be written again, in order, before
     /// anything new (invariant 4).
-    pub(super) fn resumed(&mut self, session_present: bool) -> Vec<Packet> {
+    pub(super) fn resumed(&mut self, session_present: bool) -> Vec<Outgoing> {
         if !session_present {
             for (_, slot) in std::mem::take(&mut self.slots) {
                 if let Slot::Publish { reply, .. } = slot {
@@ -330,7 +325,7 @@ impl Outbox {
         for id in abandoned_qos1 {
             self.complete(id, None);
         }
-        let mut resends: Vec<(u64, Packet)> = self
+        let mut resends: Vec<(u64, Outgoing)> = self
             .slots
             .iter()
             .filter_map(|(&id, slot)| match slot {
@@ -338,11 +333,11 @@ impl Outbox {
                     released: true,
                     order,
                     ..
-                } => Some((*order, Packet::PubRel(PubRel::new(id, None)))),
+                } => Some((*order, Outgoing::PubRel(id))),
                 Slot::Publish { publish, order, .. } => {
                     let mut again = publish.clone();
                     again.dup = true;
-                    Some((*order, Packet::Publish(again)))
+                    Some((*order, Outgoing::Publish(again)))
                 }
                 Slot::Subscribe { .. } => None,
             })
@@ -464,11 +459,23 @@ mod tests {
         }
     }
 
+    fn publish(qos: QoS, payload: &str) -> Publish {
+        Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: "t".into(),
+            pkid: 0,
+            payload: payload.to_owned().into(),
+            properties: crate::MessageProperties::default(),
+        }
+    }
+
     fn accept(outbox: &mut Outbox, qos: QoS, payload: &str) -> Caller {
         let (reply, outcome) = oneshot::channel();
         let ticket = Arc::new(Ticket::default());
         outbox.accept(Job {
-            publish: Publish::new("t", qos, payload.as_bytes().to_vec(), None),
+            publish: publish(qos, payload),
             ticket: ticket.clone(),
             reply: Some(reply),
         });
@@ -557,7 +564,7 @@ mod tests {
         let resent: Vec<(u16, bool, Vec<u8>)> = resent
             .into_iter()
             .map(|packet| match packet {
-                Packet::Publish(p) => (p.pkid, p.dup, p.payload.to_vec()),
+                Outgoing::Publish(p) => (p.pkid, p.dup, p.payload.to_vec()),
                 other => panic!("expected publishes, got {other:?}"),
             })
             .collect();
@@ -575,7 +582,7 @@ mod tests {
         write_all(&mut outbox);
         outbox.pubrec(1, None).expect("PUBREC");
         outbox.lost();
-        assert_eq!(outbox.resumed(true), [Packet::PubRel(PubRel::new(1, None))]);
+        assert_eq!(outbox.resumed(true), [Outgoing::PubRel(1)]);
         outbox.pubcomp(1).expect("PUBCOMP");
         assert_eq!(a.result(), Some(Ok(())));
     }
@@ -654,7 +661,7 @@ mod tests {
         outbox.lost();
         let resent = outbox.resumed(true);
         assert!(
-            matches!(&resent[..], [Packet::Publish(p)] if p.pkid == 2 && p.dup),
+            matches!(&resent[..], [Outgoing::Publish(p)] if p.pkid == 2 && p.dup),
             "only the QoS 2 publish is resent: {resent:?}"
         );
         assert!(outbox.puback(1, None).is_err(), "id 1 is free again");
@@ -676,7 +683,7 @@ mod tests {
         let mut outbox = Outbox::new(1);
         let _a = accept(&mut outbox, QoS::AtLeastOnce, "a");
         outbox.accept(Job {
-            publish: Publish::new("t", QoS::AtMostOnce, b"zero".to_vec(), None),
+            publish: publish(QoS::AtMostOnce, "zero"),
             ticket: Arc::new(Ticket::default()),
             reply: None,
         });

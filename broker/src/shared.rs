@@ -33,8 +33,6 @@ pub(crate) struct Shared {
     pub max_payload: usize,
     /// The largest packet the broker accepts (its MQTT 5 maximum packet size, else ours).
     pub broker_max_packet: std::sync::atomic::AtomicUsize,
-    /// The MQTT version the connection speaks.
-    pub version: super::ProtocolVersion,
     pub label: String,
 }
 

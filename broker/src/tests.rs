@@ -359,7 +359,7 @@ mod mqtt5 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
         assert!(
-            error.contains("reason code 0x8e, SessionTakenOver: another client took the ID"),
+            error.contains("reason code 0x8e, session taken over: another client took the ID"),
             "{error}"
         );
     }
