@@ -2,11 +2,12 @@
 //! mutual-TLS listeners, certificates generated per test), an independent rumqttc
 //! subscriber, and a shared runtime for bindings. Everything started here stops on drop.
 
+use std::collections::BTreeSet;
 use std::net::{Ipv4Addr, TcpListener};
 use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use mqtt_binding::{
@@ -119,11 +120,24 @@ pub fn unique() -> String {
     )
 }
 
+/// A loopback port free a moment ago, never the same one twice in this process.
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .port()
+    // The kernel may hand a port just released to the very next bind: two servers of one
+    // test, or of two tests at once, would then be given the same port.
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    loop {
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .port();
+        if GIVEN
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(port)
+        {
+            return port;
+        }
+    }
 }
 
 /// A CA, a server certificate for 127.0.0.1/localhost and a client certificate, as PEM
