@@ -84,6 +84,37 @@ impl Command {
         assert_eq!(status, 0, "{args:?} exited {status}");
         elapsed
     }
+
+    /// Runs to the end under GNU time; the wall time in ms and the peak resident memory in
+    /// MiB. A small parent of its own: a child spawned by the benchmark itself starts its
+    /// accounting with the benchmark's memory (std spawns with a shared address space until
+    /// exec, and `wait4` then reports the larger of the two).
+    async fn time_and_peak(self, dir: &Path, portable: &Path, args: &[&str]) -> (f64, f64) {
+        let report = tempfile::NamedTempFile::new().expect("a file for GNU time");
+        let inner = self.build(dir, portable, args);
+        let mut command = std::process::Command::new("/usr/bin/time");
+        command
+            .args(["-f", "%M", "-o"])
+            .arg(report.path())
+            .arg(inner.get_program())
+            .args(inner.get_args())
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        let started = Instant::now();
+        let child = command
+            .spawn()
+            .expect("/usr/bin/time runs (./scripts/test installs Debian's time)");
+        let (status, _) = exit_and_peak_memory(child).await;
+        let elapsed = started.elapsed().as_secs_f64() * 1e3;
+        assert_eq!(status, 0, "{args:?} exited {status}");
+        let kib: f64 = std::fs::read_to_string(report.path())
+            .expect("GNU time's report")
+            .trim()
+            .parse()
+            .expect("GNU time's %M, in KiB");
+        (elapsed, kib / 1024.0)
+    }
 }
 
 pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
@@ -152,10 +183,20 @@ pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
         reference: Vec::new(),
         higher_is_better: true,
     };
+    let mut peak = Row {
+        figure: format!(
+            "`read --count {n}` as above, peak resident memory of the process: wasmtime CLI + portable component"
+        ),
+        unit: "MiB",
+        binding: Vec::new(),
+        reference_name: "native `mqtt-binding read`".into(),
+        reference: Vec::new(),
+        higher_is_better: false,
+    };
     for _ in 0..settings.runs {
-        for (command, rates) in [
-            (Command::Portable, &mut rate.binding),
-            (Command::Native, &mut rate.reference),
+        for (command, rates, peaks) in [
+            (Command::Portable, &mut rate.binding, &mut peak.binding),
+            (Command::Native, &mut rate.reference, &mut peak.reference),
         ] {
             let session = Session::preload(broker, n, "portable").await;
             let file = component(
@@ -165,11 +206,13 @@ pub(crate) async fn rows(settings: &Settings, broker: &Mosquitto) -> Vec<Row> {
             );
             let count = n.to_string();
             let args = ["read", "--component", &file, "--count", &count];
-            let ms = command.time(dir.path(), &portable, &args).await;
+            let (ms, mib) = command.time_and_peak(dir.path(), &portable, &args).await;
             rates.push(n as f64 / (ms / 1e3));
+            peaks.push(mib);
         }
     }
     rows.push(rate);
+    rows.push(peak);
 
     let size = std::fs::metadata(&portable)
         .expect("the portable file")
