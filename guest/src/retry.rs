@@ -1,6 +1,6 @@
 //! Retry policies as values: how many times to retry and how long to wait in between. The
-//! loops that wait live with the imports; this module only answers "wait this long" or
-//! "stop", so it is tested without sleeping.
+//! loops that wait are `input`'s and `output`'s; this module only answers "wait this long"
+//! or "stop".
 
 use std::time::Duration;
 

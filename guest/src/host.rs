@@ -1,0 +1,168 @@
+//! What the binding's policy asks of its host, in plain Rust: the WIT imports (the broker
+//! connection, `delivery`, `lifecycle`, `logging`) as one trait, and the values they carry.
+//! `component` implements it over the generated bindings; the unit tests of `input` and
+//! `output` implement it with a scripted host, so the policy runs natively.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use crate::metadata::Qos;
+use crate::request::{Properties, Publish};
+
+/// The imports, for one binding's connection. `Payload` is the host's handle to a message's
+/// bytes (passed back and forth, never copied); `Pending` a delivery started with `start`.
+pub trait Host {
+    type Payload;
+    type Pending;
+
+    fn subscribe(&self, filter: &str, qos: Qos, timeout_ms: u32) -> Result<(), BrokerError>;
+    /// Up to `max` messages, waiting at most `timeout_ms` for the first.
+    fn next_messages(
+        &self,
+        max: u32,
+        timeout_ms: u32,
+    ) -> Result<Vec<Message<Self::Payload>>, BrokerError>;
+    fn ack(&self, id: u64) -> Result<(), BrokerError>;
+    fn publish(
+        &self,
+        publish: &Publish,
+        payload: &Self::Payload,
+        timeout_ms: u32,
+    ) -> Result<(), BrokerError>;
+    /// Delivers one event and waits for the application's answer.
+    fn deliver(&self, event: Event<'_, Self::Payload>) -> Answer<Self::Payload>;
+    /// Starts a delivery; `wait_any` gives its answer.
+    fn start(&self, event: Event<'_, Self::Payload>) -> Self::Pending;
+    /// Waits at most `timeout_ms` for one of `deliveries` to be answered, for a message to
+    /// arrive (when `watch_connection`), or for shutdown.
+    fn wait_any(
+        &self,
+        deliveries: &[&Self::Pending],
+        watch_connection: bool,
+        timeout_ms: u32,
+    ) -> Waited<Self::Payload>;
+    fn gave_up(&self, how: GivenUp);
+    /// Waits `wait`; `false` when shutdown ended the wait early.
+    fn sleep(&self, wait: Duration) -> bool;
+    fn now(&self) -> Instant;
+    fn log(&self, level: Level, message: &str);
+}
+
+/// A message received on the subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message<P> {
+    /// The host's handle for `ack`.
+    pub id: u64,
+    pub topic: String,
+    pub payload: P,
+    pub qos: Qos,
+    pub retained: bool,
+    pub duplicate: bool,
+    /// MQTT 5 properties; empty at MQTT 3.1.1.
+    pub properties: Properties,
+}
+
+/// One delivery of a message to the application.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a, P> {
+    pub data: &'a P,
+    pub metadata: &'a [(&'a str, &'a str)],
+    /// 1 for the first delivery, 2 for the first retry.
+    pub attempt: u32,
+}
+
+/// The application's answer: accepted (with the data it answered, if any), or not.
+pub type Answer<P> = Result<Option<P>, DeliveryError>;
+
+/// Why a delivery was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliveryError {
+    /// The application did not accept it; the text says why.
+    Failed(String),
+    /// The binding is shutting down.
+    Stopped,
+}
+
+/// What `wait_any` saw first.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Waited<P> {
+    /// The delivery at this index of the list was answered.
+    Answered(usize, Answer<P>),
+    MessageWaiting,
+    TimedOut,
+    Stopped,
+}
+
+/// How a message the application never accepted was settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GivenUp {
+    DeadLettered,
+    LeftUnacknowledged,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Why a broker operation failed: the WIT `broker.error`, case for case (its comments
+/// say what each case means).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerError {
+    InvalidOption { field: String, reason: String },
+    Unreachable(String),
+    Tls(String),
+    NotAuthorized(String),
+    Timeout(String),
+    Unconfirmed(String),
+    TooLarge(String),
+    Rejected(Rejection),
+    Closed,
+    Other(String),
+}
+
+/// A reason code with which the broker refused a request (MQTT 5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason_code: u8,
+    pub reason: String,
+    pub retryable: bool,
+}
+
+impl BrokerError {
+    /// The WIT's rule: `unreachable` and `timeout` may succeed if retried, and a publish
+    /// that failed with either was not sent, so retrying it makes no second copy; nor does
+    /// one the broker refused with a retryable reason code (quota exceeded, say).
+    /// `unconfirmed` is not retried: the broker may already have the message.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Unreachable(_) | Self::Timeout(_) => true,
+            Self::Rejected(rejection) => rejection.retryable,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for BrokerError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::InvalidOption { field, reason } => write!(f, "invalid option {field}: {reason}"),
+            Self::Unreachable(text) => write!(f, "broker unreachable: {text}"),
+            Self::Tls(text) => write!(f, "TLS: {text}"),
+            Self::NotAuthorized(text) => write!(f, "not authorized: {text}"),
+            Self::Timeout(text) => write!(f, "timed out: {text}"),
+            Self::Unconfirmed(text) => write!(f, "unconfirmed: {text}"),
+            Self::TooLarge(text) => write!(f, "too large: {text}"),
+            Self::Rejected(rejection) => write!(
+                f,
+                "the broker refused it with reason code {:#04x} ({})",
+                rejection.reason_code, rejection.reason
+            ),
+            Self::Closed => f.write_str("the connection is closed for shutdown"),
+            Self::Other(text) => f.write_str(text),
+        }
+    }
+}

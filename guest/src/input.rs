@@ -1,0 +1,487 @@
+//! The input binding's policy: subscribe, then deliver each message to the application under
+//! the binding's retry policy, one at a time or several at once (metadata `concurrency`),
+//! answer MQTT 5 requests, move what the application never accepts to the dead-letter
+//! topic, and acknowledge a message only once it is settled, in arrival order. It runs
+//! until the host closes the connection for shutdown.
+
+use std::borrow::Cow;
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+
+use crate::host::{BrokerError, DeliveryError, Event, GivenUp, Host, Level, Message, Waited};
+use crate::metadata::{Config, Qos};
+use crate::output::publish_with_retries;
+use crate::request::{self, Properties, Publish};
+use crate::window::Window;
+
+/// How long `subscribe` waits for SUBACK, and how long to wait before trying again.
+const SUBSCRIBE_TIMEOUT_MS: u32 = 10_000;
+const SUBSCRIBE_RETRY: Duration = Duration::from_secs(1);
+/// How long one `next_messages` call waits; the loop simply asks again.
+const NEXT_MESSAGES_WAIT_MS: u32 = 60_000;
+/// Most messages taken from the host at once: enough to save most calls under load, few
+/// enough that a batch in hand stays small.
+const NEXT_MESSAGES_MAX: u32 = 64;
+/// Event metadata name of a received message's remaining expiry, in seconds.
+const MESSAGE_EXPIRY_INTERVAL: &str = "messageExpiryInterval";
+
+/// Subscribes, then delivers until shutdown (`Ok`), or until the broker fails in a way
+/// that retrying cannot mend.
+pub fn read<H: Host>(host: &H, config: &Config) -> Result<(), BrokerError> {
+    let topic = &config.topic;
+    loop {
+        match host.subscribe(topic, config.qos, SUBSCRIBE_TIMEOUT_MS) {
+            Ok(()) => break,
+            Err(BrokerError::Closed) => return Ok(()),
+            Err(error) if error.is_retryable() => {
+                host.log(
+                    Level::Warn,
+                    &format!("subscribing to {topic:?} failed, retrying: {error}"),
+                );
+                if !host.sleep(SUBSCRIBE_RETRY) {
+                    return Ok(());
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    host.log(Level::Info, &format!("subscribed to {topic:?}"));
+    if config.concurrency > 1 {
+        return read_concurrently(host, config, usize::from(config.concurrency));
+    }
+    loop {
+        let messages = match host.next_messages(NEXT_MESSAGES_MAX, NEXT_MESSAGES_WAIT_MS) {
+            Ok(messages) => messages,
+            Err(BrokerError::Closed) => return Ok(()),
+            Err(error) => return Err(error),
+        };
+        for message in messages {
+            // The rest of the batch stays unacknowledged, as if never taken.
+            if deliver(host, config, message) == Settled::Stopped {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// How the delivery of one message ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Settled {
+    /// Delivered (or dead-lettered) and acknowledged.
+    Acknowledged,
+    /// Left unacknowledged for the broker to send again.
+    Unacknowledged,
+    /// Shutdown came before the application accepted it; unacknowledged.
+    Stopped,
+}
+
+/// Delivers one message under the binding's retry policy, answers it if it is an MQTT 5
+/// request and the application gave an answer, then acknowledges it or leaves it for the
+/// broker to redeliver.
+fn deliver<H: Host>(host: &H, config: &Config, message: Message<H::Payload>) -> Settled {
+    let topic = &message.topic;
+    let entries = event_metadata(&message);
+    let metadata: Vec<(&str, &str)> = entries
+        .iter()
+        .map(|(name, value)| (name.as_ref(), value.as_ref()))
+        .collect();
+    let mut attempt: u32 = 1;
+    let reason = loop {
+        let event = Event {
+            data: &message.payload,
+            metadata: &metadata,
+            attempt,
+        };
+        let reason = match host.deliver(event) {
+            Ok(answer) => {
+                if !respond(host, config, &message, answer) {
+                    return Settled::Unacknowledged;
+                }
+                return acknowledge(host, message.id, message.qos, topic);
+            }
+            Err(DeliveryError::Failed(reason)) => reason,
+            Err(DeliveryError::Stopped) => return Settled::Stopped,
+        };
+        let Some(wait) = retry_after(host, config, topic, attempt, &reason) else {
+            break reason;
+        };
+        if !host.sleep(wait) {
+            host.log(
+                Level::Info,
+                &format!("shutting down: the message on {topic:?} stays unacknowledged"),
+            );
+            return Settled::Stopped;
+        }
+        attempt += 1;
+    };
+    if give_up(host, config, &message, attempt, &reason) {
+        acknowledge(host, message.id, message.qos, topic)
+    } else {
+        Settled::Unacknowledged
+    }
+}
+
+/// How long to wait before delivering a message on `topic` again after its delivery
+/// number `failures` failed with `reason` (logged), or `None` when the retries are spent.
+fn retry_after<H: Host>(
+    host: &H,
+    config: &Config,
+    topic: &str,
+    failures: u32,
+    reason: &str,
+) -> Option<Duration> {
+    let wait = config.delivery_backoff.after_failure(u64::from(failures))?;
+    host.log(
+        Level::Warn,
+        &format!(
+            "delivery of a message on {topic:?} failed (attempt {failures}), retrying in {wait:?}: {reason}"
+        ),
+    );
+    Some(wait)
+}
+
+/// A message the application did not accept in `failures` deliveries, the last failing
+/// with `reason`: moved to the dead-letter topic if there is one, else left for the broker
+/// to send again. `true` when it is to be acknowledged (the dead-letter topic has it).
+fn give_up<H: Host>(
+    host: &H,
+    config: &Config,
+    message: &Message<H::Payload>,
+    failures: u32,
+    reason: &str,
+) -> bool {
+    let topic = &message.topic;
+    let Some(dead_letter) = &config.dead_letter_topic else {
+        host.log(
+            Level::Error,
+            &format!(
+                "delivery of a message on {topic:?} failed {failures} times, last: {reason}; it stays unacknowledged, so a persistent session redelivers it on the next connection"
+            ),
+        );
+        host.gave_up(GivenUp::LeftUnacknowledged);
+        return false;
+    };
+    // Published at QoS 1 at least, so the broker has confirmed it before the original is
+    // acknowledged: the message is never in neither place. Its MQTT 5 properties go along.
+    let publish = Publish {
+        topic: dead_letter.clone(),
+        qos: config.qos.max(Qos::AtLeastOnce),
+        retain: false,
+        properties: message.properties.clone(),
+    };
+    match publish_with_retries(host, &publish, &message.payload) {
+        Ok(()) => {
+            host.log(
+                Level::Warn,
+                &format!(
+                    "delivery of a message on {topic:?} failed {failures} times, last: {reason}; moved to the dead-letter topic {dead_letter:?}"
+                ),
+            );
+            host.gave_up(GivenUp::DeadLettered);
+            true
+        }
+        Err(error) => {
+            host.log(
+                Level::Error,
+                &format!(
+                    "delivery of a message on {topic:?} failed {failures} times and publishing it to the dead-letter topic {dead_letter:?} failed too ({error}); it stays unacknowledged"
+                ),
+            );
+            host.gave_up(GivenUp::LeftUnacknowledged);
+            false
+        }
+    }
+}
+
+/// One message of a concurrent input binding, from its first delivery until it is settled.
+struct Flight<H: Host> {
+    message: Message<H::Payload>,
+    metadata: Vec<(String, String)>,
+    attempt: u32,
+    state: FlightState<H::Pending>,
+}
+
+enum FlightState<P> {
+    Delivering(P),
+    /// Failed; delivered again at this time.
+    RetryAt(Instant),
+}
+
+impl<H: Host> Flight<H> {
+    fn start(host: &H, message: Message<H::Payload>) -> Self {
+        let metadata = event_metadata(&message)
+            .into_iter()
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect();
+        let mut flight = Self {
+            message,
+            metadata,
+            attempt: 0,
+            state: FlightState::RetryAt(host.now()),
+        };
+        flight.deliver_again(host);
+        flight
+    }
+
+    fn deliver_again(&mut self, host: &H) {
+        self.attempt += 1;
+        let metadata: Vec<(&str, &str)> = self
+            .metadata
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
+        self.state = FlightState::Delivering(host.start(Event {
+            data: &self.message.payload,
+            metadata: &metadata,
+            attempt: self.attempt,
+        }));
+    }
+}
+
+/// The input loop with up to `concurrency` messages in delivery at once. Each message keeps
+/// its own retries; acknowledgements still leave in arrival order (see `window`), so a
+/// message is acknowledged only once it and every earlier one are settled. On shutdown the
+/// settled front is acknowledged and the rest is left for the broker to send again.
+fn read_concurrently<H: Host>(
+    host: &H,
+    config: &Config,
+    concurrency: usize,
+) -> Result<(), BrokerError> {
+    let mut window = Window::default();
+    let mut flights: Vec<Flight<H>> = Vec::new();
+    let mut taken: VecDeque<Message<H::Payload>> = VecDeque::new();
+    // What acknowledging each message in the window takes: its QoS, and its topic for the log.
+    let mut settling = HashMap::new();
+    loop {
+        // Start deliveries while there is room.
+        while window.len() < concurrency {
+            if taken.is_empty() {
+                // Block for the next message only when nothing else is under way.
+                let wait = if window.is_empty() {
+                    NEXT_MESSAGES_WAIT_MS
+                } else {
+                    0
+                };
+                let max = u32::try_from(concurrency - window.len()).unwrap_or(NEXT_MESSAGES_MAX);
+                match host.next_messages(max.min(NEXT_MESSAGES_MAX), wait) {
+                    Ok(messages) => taken.extend(messages),
+                    Err(BrokerError::Closed) => return Ok(()),
+                    Err(error) => return Err(error),
+                }
+            }
+            let Some(message) = taken.pop_front() else {
+                break;
+            };
+            window.push(message.id);
+            settling.insert(message.id, (message.qos, message.topic.clone()));
+            flights.push(Flight::start(host, message));
+        }
+        if window.is_empty() {
+            continue;
+        }
+        let now = host.now();
+        let next_retry = flights
+            .iter()
+            .filter_map(|flight| match &flight.state {
+                FlightState::RetryAt(at) => Some(*at),
+                FlightState::Delivering(_) => None,
+            })
+            .min();
+        let timeout_ms = next_retry.map_or(NEXT_MESSAGES_WAIT_MS, |at| {
+            u32::try_from(at.saturating_duration_since(now).as_millis()).unwrap_or(u32::MAX)
+        });
+        let (positions, delivering): (Vec<usize>, Vec<&H::Pending>) = flights
+            .iter()
+            .enumerate()
+            .filter_map(|(position, flight)| match &flight.state {
+                FlightState::Delivering(pending) => Some((position, pending)),
+                FlightState::RetryAt(_) => None,
+            })
+            .unzip();
+        let room = window.len() < concurrency && taken.is_empty();
+        let waited = host.wait_any(&delivering, room, timeout_ms);
+        let mut stopping = false;
+        match waited {
+            Waited::Answered(index, outcome) => {
+                let position = positions[index];
+                match outcome {
+                    Ok(answer) => {
+                        let flight = flights.swap_remove(position);
+                        let acknowledge = respond(host, config, &flight.message, answer);
+                        window.settle(flight.message.id, acknowledge);
+                    }
+                    Err(DeliveryError::Failed(reason)) => {
+                        let flight = &mut flights[position];
+                        let failures = flight.attempt;
+                        match retry_after(host, config, &flight.message.topic, failures, &reason) {
+                            Some(wait) => {
+                                flight.state = FlightState::RetryAt(host.now() + wait);
+                            }
+                            None => {
+                                let flight = flights.swap_remove(position);
+                                let acknowledge =
+                                    give_up(host, config, &flight.message, failures, &reason);
+                                window.settle(flight.message.id, acknowledge);
+                            }
+                        }
+                    }
+                    Err(DeliveryError::Stopped) => stopping = true,
+                }
+            }
+            Waited::MessageWaiting => {}
+            Waited::TimedOut => {
+                let now = host.now();
+                for flight in &mut flights {
+                    if matches!(&flight.state, FlightState::RetryAt(at) if *at <= now) {
+                        flight.deliver_again(host);
+                    }
+                }
+            }
+            Waited::Stopped => stopping = true,
+        }
+        for (id, settled) in window.release() {
+            let Some((qos, topic)) = settling.remove(&id) else {
+                continue;
+            };
+            if settled {
+                acknowledge(host, id, qos, &topic);
+            }
+        }
+        if stopping {
+            host.log(
+                Level::Info,
+                &format!(
+                    "shutting down: {} messages on {:?} in delivery or waiting stay unacknowledged",
+                    window.len(),
+                    config.topic
+                ),
+            );
+            return Ok(());
+        }
+    }
+}
+
+/// The event metadata of a message: `topic`, `retained`, `qos`, `duplicate`, and at MQTT 5
+/// the properties it carries (docs/BEHAVIOUR.md, "Input binding").
+fn event_metadata<P>(message: &Message<P>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
+    // Borrowed where it can be: an MQTT 3.1.1 message costs no allocation per entry.
+    let mut metadata: Vec<(Cow<'_, str>, Cow<'_, str>)> = vec![
+        ("topic".into(), message.topic.as_str().into()),
+        ("retained".into(), bool_text(message.retained).into()),
+        ("qos".into(), qos_text(message.qos).into()),
+        ("duplicate".into(), bool_text(message.duplicate).into()),
+    ];
+    let properties = &message.properties;
+    if let Some(content_type) = &properties.content_type {
+        metadata.push((request::field::CONTENT_TYPE.into(), content_type.into()));
+    }
+    if let Some(response_topic) = &properties.response_topic {
+        metadata.push((request::field::RESPONSE_TOPIC.into(), response_topic.into()));
+    }
+    if let Some(data) = &properties.correlation_data {
+        metadata.push(match std::str::from_utf8(data) {
+            Ok(text) => (request::field::CORRELATION_DATA.into(), text.into()),
+            Err(_) => (
+                request::field::CORRELATION_DATA_BASE64.into(),
+                base64::engine::general_purpose::STANDARD
+                    .encode(data)
+                    .into(),
+            ),
+        });
+    }
+    if let Some(expiry) = properties.expiry_secs {
+        metadata.push((MESSAGE_EXPIRY_INTERVAL.into(), expiry.to_string().into()));
+    }
+    for (name, value) in &properties.user_properties {
+        // W3C Trace Context over MQTT: the trace goes on to the application as its own
+        // header, as well as the user property it is.
+        if name == request::field::TRACEPARENT || name == request::field::TRACESTATE {
+            metadata.push((name.into(), value.into()));
+        }
+        let prefixed = format!("{}{name}", request::field::USER_PROPERTY_PREFIX);
+        metadata.push((prefixed.into(), value.into()));
+    }
+    metadata
+}
+
+/// Answers an MQTT 5 request: when the message names a response topic and the application
+/// answered with data, publishes that data there with the request's correlation data.
+/// `false` when that publish failed, so that the request stays unacknowledged and the broker
+/// sends it again.
+fn respond<H: Host>(
+    host: &H,
+    config: &Config,
+    message: &Message<H::Payload>,
+    answer: Option<H::Payload>,
+) -> bool {
+    let Some(response_topic) = &message.properties.response_topic else {
+        return true;
+    };
+    let Some(answer) = answer else {
+        host.log(
+            Level::Debug,
+            &format!(
+                "the application answered the request on {:?} without data; no response published to {response_topic:?}",
+                message.topic
+            ),
+        );
+        return true;
+    };
+    let publish = Publish {
+        topic: response_topic.clone(),
+        qos: config.qos.max(Qos::AtLeastOnce),
+        retain: false,
+        properties: Properties {
+            correlation_data: message.properties.correlation_data.clone(),
+            ..Properties::default()
+        },
+    };
+    match publish_with_retries(host, &publish, &answer) {
+        Ok(()) => true,
+        Err(error) => {
+            host.log(
+                Level::Error,
+                &format!(
+                    "publishing the application's response to {response_topic:?} failed ({error}); the request on {:?} stays unacknowledged, for the broker to send again",
+                    message.topic
+                ),
+            );
+            false
+        }
+    }
+}
+
+fn acknowledge<H: Host>(host: &H, id: u64, qos: Qos, topic: &str) -> Settled {
+    // QoS 0 has nothing to acknowledge; skipping the call saves a boundary crossing per message.
+    if qos == Qos::AtMostOnce {
+        return Settled::Acknowledged;
+    }
+    match host.ack(id) {
+        Ok(()) => Settled::Acknowledged,
+        Err(error) => {
+            // The broker sends it again on the next connection; nothing is lost.
+            host.log(
+                Level::Warn,
+                &format!("acknowledging a message on {topic:?} failed: {error}"),
+            );
+            Settled::Unacknowledged
+        }
+    }
+}
+
+fn qos_text(qos: Qos) -> &'static str {
+    match qos {
+        Qos::AtMostOnce => "0",
+        Qos::AtLeastOnce => "1",
+        Qos::ExactlyOnce => "2",
+    }
+}
+
+fn bool_text(value: bool) -> &'static str {
+    if value { "true" } else { "false" }
+}
+
+#[cfg(test)]
+mod tests;
