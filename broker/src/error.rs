@@ -13,6 +13,12 @@ pub enum Field {
     Path,
 }
 
+impl std::fmt::Display for Field {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.wit_name())
+    }
+}
+
 impl Field {
     /// The field's name in the WIT `connect-options` record.
     pub fn wit_name(self) -> &'static str {
@@ -33,7 +39,7 @@ impl Field {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
     #[error("connect option {field}: {reason}")]
-    InvalidOption { field: String, reason: String },
+    InvalidOption { field: Field, reason: String },
     #[error("broker unreachable: {0}")]
     Unreachable(String),
     #[error("tls handshake with the broker failed: {0}")]
@@ -70,7 +76,7 @@ impl BrokerError {
 
     pub fn invalid(field: Field, reason: impl Into<String>) -> Self {
         BrokerError::InvalidOption {
-            field: field.wit_name().to_string(),
+            field,
             reason: reason.into(),
         }
     }
@@ -95,6 +101,12 @@ impl Rejection {
             reason: name.to_string(),
             retryable,
         }
+    }
+
+    /// Refused as not authorized (MQTT 5 reason code 0x87, the one a PUBACK, PUBREC or
+    /// SUBACK uses for it).
+    pub fn is_not_authorized(&self) -> bool {
+        self.code == 0x87
     }
 
     /// Adds the broker's reason string (MQTT 5), if it sent one, to the code's name.

@@ -257,7 +257,14 @@ fn broker_error(error: broker::Error) -> host::BrokerError {
     use host::BrokerError as E;
     match error {
         broker::Error::InvalidOption(option) => E::InvalidOption {
-            field: option.field,
+            field: match option.field {
+                broker::ConnectField::Host => host::ConnectField::Host,
+                broker::ConnectField::Path => host::ConnectField::Path,
+                broker::ConnectField::ClientId => host::ConnectField::ClientId,
+                broker::ConnectField::CaCert => host::ConnectField::CaCert,
+                broker::ConnectField::ClientCert => host::ConnectField::ClientCert,
+                broker::ConnectField::ClientKey => host::ConnectField::ClientKey,
+            },
             reason: option.reason,
         },
         broker::Error::Unreachable(text) => E::Unreachable(text),
@@ -279,9 +286,17 @@ fn broker_error(error: broker::Error) -> host::BrokerError {
 fn wit_error(error: host::BrokerError) -> broker::Error {
     use host::BrokerError as E;
     match error {
-        E::InvalidOption { field, reason } => {
-            broker::Error::InvalidOption(broker::InvalidOption { field, reason })
-        }
+        E::InvalidOption { field, reason } => broker::Error::InvalidOption(broker::InvalidOption {
+            field: match field {
+                host::ConnectField::Host => broker::ConnectField::Host,
+                host::ConnectField::Path => broker::ConnectField::Path,
+                host::ConnectField::ClientId => broker::ConnectField::ClientId,
+                host::ConnectField::CaCert => broker::ConnectField::CaCert,
+                host::ConnectField::ClientCert => broker::ConnectField::ClientCert,
+                host::ConnectField::ClientKey => broker::ConnectField::ClientKey,
+            },
+            reason,
+        }),
         E::Unreachable(text) => broker::Error::Unreachable(text),
         E::Tls(text) => broker::Error::Tls(text),
         E::NotAuthorized(text) => broker::Error::NotAuthorized(text),
@@ -332,18 +347,12 @@ fn connect_options<'a>(config: &'a Config) -> ConnectOptions<'a> {
 
 /// A connect option the host refused is a metadata problem: name the metadata field.
 fn connect_error(error: broker::Error) -> Error {
-    match error {
-        broker::Error::InvalidOption(option) => {
-            let field = match option.field.as_str() {
-                "ca-cert" => metadata::field::CA_CERT,
-                "client-cert" => metadata::field::CLIENT_CERT,
-                "client-key" => metadata::field::CLIENT_KEY,
-                "client-id" => metadata::field::CONSUMER_ID,
-                _ => metadata::field::URL,
-            };
-            Error::InvalidMetadata(format!("metadata field {field:?}: {}", option.reason))
-        }
-        other => Error::Broker(other),
+    match broker_error(error) {
+        host::BrokerError::InvalidOption { field, reason } => Error::InvalidMetadata(format!(
+            "metadata field {:?}: {reason}",
+            field.metadata_field()
+        )),
+        other => Error::Broker(wit_error(other)),
     }
 }
 

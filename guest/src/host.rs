@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use crate::metadata::Qos;
+use crate::metadata::{Qos, field};
 use crate::request::{Properties, Publish};
 
 /// The imports, for one binding's connection. `Payload` is the host's handle to a message's
@@ -112,7 +112,7 @@ pub enum Level {
 /// say what each case means).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BrokerError {
-    InvalidOption { field: String, reason: String },
+    InvalidOption { field: ConnectField, reason: String },
     Unreachable(String),
     Tls(String),
     NotAuthorized(String),
@@ -122,6 +122,30 @@ pub enum BrokerError {
     Rejected(Rejection),
     Closed,
     Other(String),
+}
+
+/// The connect option a host refused (the WIT `connect-field`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectField {
+    Host,
+    Path,
+    ClientId,
+    CaCert,
+    ClientCert,
+    ClientKey,
+}
+
+impl ConnectField {
+    /// The metadata field the option was made from.
+    pub fn metadata_field(self) -> &'static str {
+        match self {
+            Self::Host | Self::Path => field::URL,
+            Self::ClientId => field::CONSUMER_ID,
+            Self::CaCert => field::CA_CERT,
+            Self::ClientCert => field::CLIENT_CERT,
+            Self::ClientKey => field::CLIENT_KEY,
+        }
+    }
 }
 
 /// A reason code with which the broker refused a request (MQTT 5).
@@ -149,7 +173,9 @@ impl BrokerError {
 impl fmt::Display for BrokerError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::InvalidOption { field, reason } => write!(f, "invalid option {field}: {reason}"),
+            Self::InvalidOption { field, reason } => {
+                write!(f, "invalid connect option {field:?}: {reason}")
+            }
             Self::Unreachable(text) => write!(f, "broker unreachable: {text}"),
             Self::Tls(text) => write!(f, "TLS: {text}"),
             Self::NotAuthorized(text) => write!(f, "not authorized: {text}"),

@@ -69,7 +69,7 @@ pub fn build(root: &Path, out_dir: &Path, guest: &[u8]) {
         ("mqtt-binding-guest".to_string(), guest.to_vec()),
         command,
     ])
-    .unwrap_or_else(|error| panic!("composing the portable component: {error}"));
+    .unwrap_or_else(|error| panic!("composing the portable component: {error:?}"));
     std::fs::write(out_dir.join("mqtt_binding_portable.wasm"), composed)
         .expect("writing the portable component into OUT_DIR");
 }

@@ -18,7 +18,7 @@ use crate::generated::mqtt_binding::binding::logging::Level;
 use crate::host_state::HostState;
 
 /// The import's name, as the WIT declares it.
-const INTERFACE: &str = "mqtt-binding:binding/logging@0.3.0";
+const INTERFACE: &str = "mqtt-binding:binding/logging@0.4.0";
 
 /// Adds the `logging` import to `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {

@@ -12,7 +12,7 @@ use crate::broker::{
     ConnectOptions, Connection, MessageProperties, ProtocolVersion, PublishRequest, Transport,
 };
 use crate::broker_policy;
-use crate::error::{BrokerError, Rejection};
+use crate::error::{BrokerError, Field, Rejection};
 use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, types};
 use crate::handler::{Event, EventHandler};
 use crate::host_state::HostView;
@@ -23,7 +23,17 @@ use crate::pending::{Pending, Refused};
 fn to_wit(error: BrokerError) -> broker::Error {
     match error {
         BrokerError::InvalidOption { field, reason } => {
-            broker::Error::InvalidOption(broker::InvalidOption { field, reason })
+            broker::Error::InvalidOption(broker::InvalidOption {
+                field: match field {
+                    Field::Host => broker::ConnectField::Host,
+                    Field::Path => broker::ConnectField::Path,
+                    Field::ClientId => broker::ConnectField::ClientId,
+                    Field::CaCert => broker::ConnectField::CaCert,
+                    Field::ClientCert => broker::ConnectField::ClientCert,
+                    Field::ClientKey => broker::ConnectField::ClientKey,
+                },
+                reason,
+            })
         }
         BrokerError::Unreachable(s) => broker::Error::Unreachable(s),
         BrokerError::Tls(s) => broker::Error::Tls(s),
@@ -45,7 +55,14 @@ fn to_wit(error: BrokerError) -> broker::Error {
 pub(crate) fn from_wit(error: broker::Error) -> BrokerError {
     match error {
         broker::Error::InvalidOption(o) => BrokerError::InvalidOption {
-            field: o.field,
+            field: match o.field {
+                broker::ConnectField::Host => Field::Host,
+                broker::ConnectField::Path => Field::Path,
+                broker::ConnectField::ClientId => Field::ClientId,
+                broker::ConnectField::CaCert => Field::CaCert,
+                broker::ConnectField::ClientCert => Field::ClientCert,
+                broker::ConnectField::ClientKey => Field::ClientKey,
+            },
             reason: o.reason,
         },
         broker::Error::Unreachable(s) => BrokerError::Unreachable(s),
@@ -133,10 +150,7 @@ impl broker::HostConnection for HostView<'_> {
             options.port,
         ) {
             tracing::error!(binding = %self.host.name, "{reason}");
-            return Ok(Err(broker::Error::InvalidOption(broker::InvalidOption {
-                field: "host".into(),
-                reason,
-            })));
+            return Ok(Err(to_wit(BrokerError::invalid(Field::Host, reason))));
         }
         let options = ConnectOptions {
             transport: match options.transport {

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::reader::{Events, Reader};
 use super::socket::ConnectionId;
-use crate::error::{BindingError, BrokerError, one_line};
+use crate::error::{BindingError, Kind, one_line};
 use crate::metrics::{Measured, Metrics};
 use crate::supervisor::{BindingState, Plan, Supervisor};
 use crate::{Binding, BindingOptions, EventHandler, InvokeRequest, InvokeResponse, Runtime};
@@ -392,15 +392,15 @@ fn not_initialised(name: &str) -> tonic::Status {
 /// Why an instance cannot start, as a status daprd shows its user.
 fn init_status(error: &BindingError) -> tonic::Status {
     let message = one_line(error);
-    match error {
-        BindingError::InvalidMetadata(_)
-        | BindingError::Broker(BrokerError::InvalidOption { .. }) => {
-            tonic::Status::invalid_argument(message)
-        }
-        BindingError::Broker(BrokerError::NotAuthorized(_)) => {
-            tonic::Status::permission_denied(message)
-        }
-        _ => tonic::Status::failed_precondition(message),
+    match error.kind() {
+        Kind::Invalid => tonic::Status::invalid_argument(message),
+        Kind::NotAuthorized => tonic::Status::permission_denied(message),
+        Kind::Unavailable
+        | Kind::Unconfirmed
+        | Kind::TooLarge
+        | Kind::Rejected { .. }
+        | Kind::Stopped
+        | Kind::Internal => tonic::Status::failed_precondition(message),
     }
 }
 
@@ -409,28 +409,15 @@ fn init_status(error: &BindingError) -> tonic::Status {
 /// broker may have it, as gRPC defines that code).
 fn invoke_status(name: &str, error: &BindingError) -> tonic::Status {
     let message = format!("binding {name:?}: {}", one_line(error));
-    match error {
-        BindingError::InvalidRequest(_) | BindingError::InvalidMetadata(_) => {
-            tonic::Status::invalid_argument(message)
+    match error.kind() {
+        Kind::Invalid => tonic::Status::invalid_argument(message),
+        Kind::NotAuthorized => tonic::Status::permission_denied(message),
+        Kind::Unavailable | Kind::Stopped => tonic::Status::unavailable(message),
+        Kind::Unconfirmed => tonic::Status::deadline_exceeded(message),
+        Kind::TooLarge | Kind::Rejected { retryable: true } => {
+            tonic::Status::resource_exhausted(message)
         }
-        BindingError::Broker(broker) => match broker {
-            BrokerError::Unreachable(_) | BrokerError::Timeout(_) | BrokerError::Closed => {
-                tonic::Status::unavailable(message)
-            }
-            BrokerError::Unconfirmed(_) => tonic::Status::deadline_exceeded(message),
-            BrokerError::TooLarge(_) => tonic::Status::resource_exhausted(message),
-            BrokerError::NotAuthorized(_) => tonic::Status::permission_denied(message),
-            BrokerError::InvalidOption { .. } => tonic::Status::invalid_argument(message),
-            BrokerError::Rejected(rejection) if rejection.code == 0x87 => {
-                tonic::Status::permission_denied(message)
-            }
-            BrokerError::Rejected(rejection) if rejection.retryable => {
-                tonic::Status::resource_exhausted(message)
-            }
-            BrokerError::Rejected(_) => tonic::Status::failed_precondition(message),
-            BrokerError::Tls(_) | BrokerError::Other(_) => tonic::Status::internal(message),
-        },
-        BindingError::NotInitialized => tonic::Status::failed_precondition(message),
-        BindingError::Component(_) => tonic::Status::internal(message),
+        Kind::Rejected { retryable: false } => tonic::Status::failed_precondition(message),
+        Kind::Internal => tonic::Status::internal(message),
     }
 }

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use mqtt_binding_broker::{BrokerError, Rejection};
+use mqtt_binding_broker::{BrokerError, Field, Rejection};
 use mqtt_binding_cli::args::{InvokeArgs, ReadArgs};
 use mqtt_binding_cli::component_file;
 
@@ -158,7 +158,14 @@ fn binding_error(error: binding::Error) -> anyhow::Error {
 fn broker_error(error: broker::Error) -> BrokerError {
     match error {
         broker::Error::InvalidOption(option) => BrokerError::InvalidOption {
-            field: option.field,
+            field: match option.field {
+                broker::ConnectField::Host => Field::Host,
+                broker::ConnectField::Path => Field::Path,
+                broker::ConnectField::ClientId => Field::ClientId,
+                broker::ConnectField::CaCert => Field::CaCert,
+                broker::ConnectField::ClientCert => Field::ClientCert,
+                broker::ConnectField::ClientKey => Field::ClientKey,
+            },
             reason: option.reason,
         },
         broker::Error::Unreachable(s) => BrokerError::Unreachable(s),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mqtt_binding_broker::{
-    BrokerError, BrokerSettings, ConnectOptions, Connection as Link, MessageProperties,
+    BrokerError, BrokerSettings, ConnectOptions, Connection as Link, Field, MessageProperties,
     ProtocolVersion, PublishRequest, QoS, Transport,
 };
 
@@ -215,7 +215,17 @@ fn connect_options(options: WitConnectOptions) -> ConnectOptions {
 fn to_wit(error: BrokerError) -> Error {
     match error {
         BrokerError::InvalidOption { field, reason } => {
-            Error::InvalidOption(broker::InvalidOption { field, reason })
+            Error::InvalidOption(broker::InvalidOption {
+                field: match field {
+                    Field::Host => broker::ConnectField::Host,
+                    Field::Path => broker::ConnectField::Path,
+                    Field::ClientId => broker::ConnectField::ClientId,
+                    Field::CaCert => broker::ConnectField::CaCert,
+                    Field::ClientCert => broker::ConnectField::ClientCert,
+                    Field::ClientKey => broker::ConnectField::ClientKey,
+                },
+                reason,
+            })
         }
         BrokerError::Unreachable(s) => Error::Unreachable(s),
         BrokerError::Tls(s) => Error::Tls(s),
