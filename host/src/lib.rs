@@ -40,11 +40,11 @@ mod payload;
 mod pending;
 #[cfg(feature = "pluggable")]
 pub mod pluggable;
+pub mod registry;
 mod runtime;
 mod runtime_options;
 #[cfg(feature = "sidecar")]
 pub mod sidecar;
-pub mod supervisor;
 
 /// The portable component: this binding composed with a broker plug (the same MQTT
 /// connection code as this host's, over `wasi:sockets`) and a command driver (`invoke` and

@@ -1,5 +1,5 @@
 //! The component instances daprd asks for, by the name in `x-component-instance`: each is a
-//! binding of its own under a [`Supervisor`] (its own limits, its own broker connection,
+//! binding of its own in the [`Registry`] (its own limits, its own broker connection,
 //! shared by its input and output sides), made by `Init`, replaced by an `Init` that cannot
 //! be its other side, and released when daprd's connections to it have all been gone for a
 //! while. A released instance keeps its metadata: a call that comes for it later (daprd's
@@ -18,9 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::reader::{Events, Reader};
 use super::socket::ConnectionId;
 use crate::error::{BindingError, Kind, one_line};
-use crate::metrics::{Measured, Metrics};
-use crate::supervisor::{BindingState, Plan, Supervisor};
-use crate::{Binding, BindingOptions, EventHandler, InvokeRequest, InvokeResponse, Runtime};
+use crate::registry::{BindingState, InvokeError, NotUp, Plan, Registry};
+use crate::{BindingOptions, EventHandler, InvokeRequest, InvokeResponse};
 
 /// How long `Init` waits for the first attempt to connect before answering: daprd gives an
 /// `Init` 5 s. A broker that is down answers at once (and is retried in the background); one
@@ -39,12 +38,11 @@ pub(crate) enum Side {
 /// Every instance of the process.
 #[derive(Debug)]
 pub(crate) struct Instances {
-    runtime: Runtime,
+    registry: Arc<Registry>,
     /// The component's operations (they depend on no metadata or broker).
     operations: Vec<String>,
     app_id: Option<String>,
     release_after: Duration,
-    metrics: Arc<Metrics>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
     stopping: CancellationToken,
 }
@@ -69,27 +67,26 @@ struct SlotState {
     output: bool,
 }
 
-/// A running instance.
+/// A running instance: its binding is the registry's, under the instance's name.
 #[derive(Debug)]
 struct Instance {
-    supervisor: Arc<Supervisor>,
+    name: String,
+    registry: Arc<Registry>,
     reader: Arc<Reader>,
 }
 
 impl Instances {
     pub(crate) fn new(
-        runtime: Runtime,
+        registry: Arc<Registry>,
         operations: Vec<String>,
         app_id: Option<String>,
         release_after: Duration,
-        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            runtime,
+            registry,
             operations,
             app_id,
             release_after,
-            metrics,
             slots: Mutex::new(HashMap::new()),
             stopping: CancellationToken::new(),
         }
@@ -125,8 +122,8 @@ impl Instances {
             tracing::info!(instance = %name, ?side, "Init: replacing the running instance");
             previous.stop().await;
         }
-        let instance = self.start(name, &metadata);
-        let settled = tokio::time::timeout(INIT_WAIT, instance.supervisor.settled(name)).await;
+        let instance = self.start(name, &metadata).await;
+        let settled = tokio::time::timeout(INIT_WAIT, self.registry.settled(name)).await;
         match settled {
             Ok(Some(BindingState::Failed(error))) => {
                 instance.stop().await;
@@ -156,32 +153,14 @@ impl Instances {
         request: InvokeRequest,
         connection: Option<ConnectionId>,
     ) -> Result<InvokeResponse, tonic::Status> {
-        let binding = self.binding(name, connection).await?;
-        let started = std::time::Instant::now();
-        let operation = request.operation.clone();
-        let outcome = binding.invoke(request).await;
-        self.metrics
-            .output(name, &operation, outcome.is_ok(), started.elapsed());
-        outcome.map_err(|error| invoke_status(name, &error))
-    }
-
-    /// Each running instance's name and figures (`None` while it is not up), for metrics.
-    pub(crate) async fn binding_stats(&self) -> Vec<(String, Option<crate::BindingStats>)> {
-        let slots: Vec<Arc<Slot>> = lock(&self.slots).values().cloned().collect();
-        let mut stats = Vec::new();
-        for slot in slots {
-            let running = slot.state.lock().await.running.clone();
-            let Some(instance) = running else {
-                continue;
-            };
-            let figures = match instance.supervisor.state(&slot.name) {
-                Some(BindingState::Up(binding)) => Some(binding.stats().await),
-                _ => None,
-            };
-            stats.push((slot.name.clone(), figures));
-        }
-        stats.sort_by(|a, b| a.0.cmp(&b.0));
-        stats
+        self.running(name, connection).await?;
+        self.registry
+            .invoke(name, request)
+            .await
+            .map_err(|error| match error {
+                InvokeError::NotUp(not_up) => not_up_status(name, &not_up),
+                InvokeError::Failed(error) => invoke_status(name, &error),
+            })
     }
 
     /// The operations of instance `name` (`ListOperations`): the component's, which do not
@@ -287,32 +266,14 @@ impl Instances {
             return Err(not_initialised(name));
         }
         tracing::info!(instance = %name, "starting the released instance again for a call");
-        let instance = self.start(name, &state.metadata);
-        let _ = tokio::time::timeout(INIT_WAIT, instance.supervisor.settled(name)).await;
+        let instance = self.start(name, &state.metadata).await;
+        let _ = tokio::time::timeout(INIT_WAIT, self.registry.settled(name)).await;
         state.running = Some(instance.clone());
         Ok(instance)
     }
 
-    /// The binding of instance `name`, once it is up.
-    async fn binding(
-        self: &Arc<Self>,
-        name: &str,
-        connection: Option<ConnectionId>,
-    ) -> Result<Arc<Binding>, tonic::Status> {
-        let instance = self.running(name, connection).await?;
-        match instance.supervisor.state(name) {
-            Some(BindingState::Up(binding)) => Ok(binding),
-            Some(BindingState::Retrying(why)) => Err(tonic::Status::unavailable(format!(
-                "binding {name:?} is not connected yet: {why}"
-            ))),
-            Some(BindingState::Failed(error)) => Err(init_status(&error)),
-            Some(BindingState::Starting) | None => Err(tonic::Status::unavailable(format!(
-                "binding {name:?} is still connecting"
-            ))),
-        }
-    }
-
-    fn start(&self, name: &str, metadata: &[(String, String)]) -> Arc<Instance> {
+    /// Starts instance `name`'s binding in the registry.
+    async fn start(&self, name: &str, metadata: &[(String, String)]) -> Arc<Instance> {
         let reader = Arc::new(Reader::new());
         let gate_reader = reader.clone();
         let plan = Plan {
@@ -322,11 +283,7 @@ impl Instances {
                 // name, so that a persistent session is found again.
                 app_id: self.app_id.clone().unwrap_or_else(|| name.to_string()),
                 metadata: metadata.to_vec(),
-                handler: Some(Arc::new(Measured {
-                    inner: reader.clone(),
-                    metrics: self.metrics.clone(),
-                    component: name.to_string(),
-                }) as Arc<dyn EventHandler>),
+                handler: Some(reader.clone() as Arc<dyn EventHandler>),
             },
             input: Some(Box::new(move |stop: CancellationToken| {
                 Box::pin(async move { gate_reader.first_read(&stop).await })
@@ -334,8 +291,10 @@ impl Instances {
             // Init reads the state and answers daprd; nothing else is told.
             ignore_errors: true,
         };
+        self.registry.insert(plan, STOP_DEADLINE).await;
         Arc::new(Instance {
-            supervisor: Supervisor::start(&self.runtime, vec![plan]),
+            name: name.to_string(),
+            registry: self.registry.clone(),
             reader,
         })
     }
@@ -372,7 +331,7 @@ impl SlotState {
 
 impl Instance {
     async fn stop(&self) {
-        self.supervisor.shutdown(STOP_DEADLINE).await;
+        self.registry.remove(&self.name, STOP_DEADLINE).await;
         self.reader.close();
     }
 }
@@ -381,6 +340,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Why instance `name`'s binding cannot take a call yet.
+fn not_up_status(name: &str, not_up: &NotUp) -> tonic::Status {
+    match not_up {
+        NotUp::Retrying(why) => {
+            tonic::Status::unavailable(format!("binding {name:?} is not connected yet: {why}"))
+        }
+        NotUp::Failed(error) => init_status(error),
+        NotUp::Starting | NotUp::Unknown => {
+            tonic::Status::unavailable(format!("binding {name:?} is still connecting"))
+        }
+    }
 }
 
 fn not_initialised(name: &str) -> tonic::Status {

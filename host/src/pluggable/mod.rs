@@ -20,6 +20,7 @@ use anyhow::Context as _;
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::{Runtime, RuntimeOptions};
 use instances::Instances;
 use services::Services;
@@ -76,12 +77,12 @@ pub async fn run(
     let metrics_listener = crate::metrics::bind(options.metrics).await?;
     let (socket, listener) = SocketFile::claim(&path).await?;
     let metrics = Arc::new(Metrics::new(options.app_id.as_deref().unwrap_or_default()));
+    let registry = Registry::new(runtime, metrics);
     let instances = Arc::new(Instances::new(
-        runtime,
+        registry.clone(),
         operations,
         options.app_id.clone(),
         options.release_after,
-        metrics.clone(),
     ));
 
     let (closed, mut closings) = mpsc::unbounded_channel();
@@ -124,17 +125,7 @@ pub async fn run(
 
     let stopping = tokio_util::sync::CancellationToken::new();
     if let Some(listener) = metrics_listener {
-        let instances = instances.clone();
-        let snapshot: crate::metrics::Snapshot = Arc::new(move || {
-            let instances = instances.clone();
-            Box::pin(async move { instances.binding_stats().await })
-        });
-        tokio::spawn(crate::metrics::serve(
-            listener,
-            metrics,
-            snapshot,
-            stopping.clone(),
-        ));
+        registry.serve_metrics(listener, stopping.clone());
     }
     let serving = tokio::spawn(server.serve_with_incoming_shutdown(
         socket::incoming(listener, closed),

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::state::{InvokeFailure, Sidecar};
 use crate::InvokeRequest;
 use crate::error::one_line;
-use crate::supervisor::BindingState;
+use crate::registry::BindingState;
 
 /// How long a client may take to send a whole request header, from its connection or its
 /// previous request; then the connection is closed. Idle or half-sent connections would
@@ -262,7 +262,7 @@ fn health(sidecar: &Sidecar, outbound_only: bool) -> Response {
         .values()
         .filter(|spec| !outbound_only || spec.direction.output)
     {
-        match sidecar.supervisor.state(&spec.name) {
+        match sidecar.registry.state(&spec.name) {
             Some(BindingState::Up(_)) => {}
             Some(BindingState::Starting) | None => {
                 problems.push(format!("{}: starting", spec.name))

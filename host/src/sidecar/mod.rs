@@ -1,6 +1,6 @@
 //! A Dapr-compatible sidecar for MQTT bindings (`mqtt-binding run`): a face over the
-//! [`Supervisor`](crate::supervisor::Supervisor). It loads a resources folder, hands each
-//! `bindings.mqtt` component to the supervisor (with the app as its event handler and the
+//! [`Registry`](crate::registry::Registry). It loads a resources folder, hands each
+//! `bindings.mqtt` component to the registry (with the app as its event handler and the
 //! app's say as its input gate), and serves Dapr's bindings API over HTTP and gRPC. The
 //! HTTP surface is in `http`, the gRPC one in `grpc`; the app is `app` (HTTP) or `grpc_app`
 //! (gRPC); the folder is `resources`.
@@ -23,8 +23,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Measured, Metrics};
-use crate::supervisor::{InputGate, Plan, Supervisor};
+use crate::metrics::Metrics;
+use crate::registry::{InputGate, Plan, Registry};
 use crate::{BindingOptions, EventHandler, Runtime, RuntimeOptions};
 use app::App;
 use grpc_app::GrpcApp;
@@ -183,12 +183,11 @@ pub async fn run(
         }),
     };
 
-    let plans = loaded
-        .bindings
-        .iter()
-        .map(|spec| plan(spec, &options.app_id, app.as_ref(), &metrics))
-        .collect();
-    let supervisor = Supervisor::start(&runtime, plans);
+    let registry = Registry::new(runtime, metrics);
+    for spec in &loaded.bindings {
+        let plan = plan(spec, &options.app_id, app.as_ref());
+        registry.insert(plan, SHUTDOWN_DEADLINE).await;
+    }
     let sidecar = Arc::new(Sidecar {
         app_id: options.app_id.clone(),
         app_port: options.app_port,
@@ -199,12 +198,11 @@ pub async fn run(
             .into_iter()
             .map(|spec| (spec.name.clone(), spec))
             .collect(),
-        supervisor: supervisor.clone(),
+        registry: registry.clone(),
         failed: loaded.failed,
         skipped: loaded.skipped,
         body_budget: tokio::sync::Semaphore::new(http::BODY_BUDGET),
         api_token: options.api_token.clone(),
-        metrics: metrics.clone(),
     });
     if let Some(AppChannel::Grpc(app)) = &app {
         app.attach(&sidecar);
@@ -229,25 +227,15 @@ pub async fn run(
         grpc_servers.spawn(grpc::serve(listener, sidecar.clone(), stop_http.clone()));
     }
     if let Some(listener) = metrics_listener {
-        let sidecar = sidecar.clone();
-        let snapshot: crate::metrics::Snapshot = Arc::new(move || {
-            let sidecar = sidecar.clone();
-            Box::pin(async move { sidecar.binding_stats().await })
-        });
-        tokio::spawn(crate::metrics::serve(
-            listener,
-            metrics.clone(),
-            snapshot,
-            stop_http.clone(),
-        ));
+        registry.serve_metrics(listener, stop_http.clone());
     }
     let failure = tokio::select! {
         () = shutdown => None,
-        failure = supervisor.failure() => Some(failure),
+        failure = registry.failure() => Some(failure),
     };
     tracing::info!("shutting down");
     stop_http.cancel();
-    supervisor.shutdown(SHUTDOWN_DEADLINE).await;
+    registry.shutdown(SHUTDOWN_DEADLINE).await;
     let served = tokio::time::timeout(SHUTDOWN_DEADLINE, async {
         while let Some(served) = servers.join_next().await {
             served?;
@@ -271,26 +259,15 @@ pub async fn run(
     }
 }
 
-/// What the supervisor runs for one binding component: the app (if any) receives its
+/// What the registry runs for one binding component: the app (if any) receives its
 /// events, and its input side runs once the app listens and, unless `direction` says
 /// `input`, says it wants them (HTTP: the OPTIONS probe; gRPC: `ListInputBindings`).
-fn plan(
-    spec: &BindingSpec,
-    app_id: &str,
-    app: Option<&AppChannel>,
-    metrics: &Arc<Metrics>,
-) -> Plan {
+fn plan(spec: &BindingSpec, app_id: &str, app: Option<&AppChannel>) -> Plan {
     let options = BindingOptions {
         name: spec.name.clone(),
         app_id: app_id.to_string(),
         metadata: spec.metadata.clone(),
-        handler: app.map(|app| {
-            Arc::new(Measured {
-                inner: app.handler(spec),
-                metrics: metrics.clone(),
-                component: spec.name.clone(),
-            }) as Arc<dyn EventHandler>
-        }),
+        handler: app.map(|app| app.handler(spec)),
     };
     let wants_input = spec.direction.input != Some(false);
     let input = match app.filter(|_| wants_input) {

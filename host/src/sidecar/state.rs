@@ -1,5 +1,5 @@
 //! What the API handlers (HTTP and gRPC) read: the components loaded, each binding's spec,
-//! the supervisor that runs the bindings, and the budget of request bodies in flight; and
+//! the registry that runs the bindings, and the budget of request bodies in flight; and
 //! what both APIs answer the same way: an output binding's invocation, and the metadata
 //! under `extended`.
 
@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::resources::{BindingSpec, ComponentSummary};
 use crate::error::one_line;
-use crate::supervisor::{BindingState, Supervisor};
+use crate::registry::{BindingState, InvokeError, NotUp, Registry};
 use crate::{InvokeRequest, InvokeResponse};
 
 /// The sidecar's shared state, read by the HTTP handlers.
@@ -17,9 +17,9 @@ pub(crate) struct Sidecar {
     pub app_port: Option<u16>,
     pub app_protocol: super::AppProtocol,
     pub components: Vec<ComponentSummary>,
-    /// The MQTT bindings, by name; their state is the supervisor's.
+    /// The MQTT bindings, by name; their state is the registry's.
     pub bindings: BTreeMap<String, BindingSpec>,
-    pub supervisor: Arc<Supervisor>,
+    pub registry: Arc<Registry>,
     /// Components that failed before starting (bad folder content), with the reason.
     pub failed: Vec<(ComponentSummary, String)>,
     /// Files, or documents in them, holding no usable component, with the reason.
@@ -29,7 +29,6 @@ pub(crate) struct Sidecar {
     pub body_budget: tokio::sync::Semaphore,
     /// `DAPR_API_TOKEN`, if set (see `http::require_token`).
     pub api_token: Option<String>,
-    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Why an invocation failed, in daprd's words.
@@ -42,37 +41,8 @@ pub(crate) enum InvokeFailure {
 }
 
 impl Sidecar {
-    /// Runs `request` on output binding `name`, and records it in the metrics.
+    /// Runs `request` on output binding `name` (the registry counts it in the metrics).
     pub(crate) async fn invoke(
-        &self,
-        name: &str,
-        request: InvokeRequest,
-    ) -> Result<InvokeResponse, InvokeFailure> {
-        let started = std::time::Instant::now();
-        let operation = request.operation.clone();
-        let outcome = self.invoke_unmeasured(name, request).await;
-        // As daprd: only invocations of a binding that exists are counted.
-        if !matches!(outcome, Err(InvokeFailure::NotFound(_))) {
-            self.metrics
-                .output(name, &operation, outcome.is_ok(), started.elapsed());
-        }
-        outcome
-    }
-
-    /// Each binding's name and figures (`None` while it is not running), for metrics.
-    pub(crate) async fn binding_stats(&self) -> Vec<(String, Option<crate::BindingStats>)> {
-        let mut stats = Vec::new();
-        for (name, state) in self.supervisor.states() {
-            let figures = match state {
-                BindingState::Up(binding) => Some(binding.stats().await),
-                _ => None,
-            };
-            stats.push((name, figures));
-        }
-        stats
-    }
-
-    async fn invoke_unmeasured(
         &self,
         name: &str,
         request: InvokeRequest,
@@ -100,42 +70,33 @@ impl Sidecar {
         if !spec.direction.output {
             return Err(not_found());
         }
-        let binding = match self
-            .supervisor
-            .state(name)
-            .unwrap_or(BindingState::Starting)
-        {
-            BindingState::Up(binding) => binding,
-            BindingState::Starting => {
-                return Err(InvokeFailure::Failed(format!(
-                    "binding {name:?} is starting"
-                )));
-            }
-            BindingState::Retrying(why) => {
-                return Err(InvokeFailure::Failed(format!(
-                    "binding {name:?} is not running: {why}"
-                )));
-            }
-            BindingState::Failed(why) => {
-                return Err(InvokeFailure::Failed(format!(
+        self.registry
+            .invoke(name, request)
+            .await
+            .map_err(|error| match error {
+                InvokeError::NotUp(NotUp::Unknown) => not_found(),
+                InvokeError::NotUp(NotUp::Starting) => {
+                    InvokeFailure::Failed(format!("binding {name:?} is starting"))
+                }
+                InvokeError::NotUp(NotUp::Retrying(why)) => {
+                    InvokeFailure::Failed(format!("binding {name:?} is not running: {why}"))
+                }
+                InvokeError::NotUp(NotUp::Failed(why)) => InvokeFailure::Failed(format!(
                     "binding {name:?} is not running: {}",
                     one_line(&*why)
-                )));
-            }
-        };
-        binding.invoke(request).await.map_err(|error| {
-            InvokeFailure::Failed(format!(
-                "error invoking output binding {name}: {}",
-                one_line(&error)
-            ))
-        })
+                )),
+                InvokeError::Failed(error) => InvokeFailure::Failed(format!(
+                    "error invoking output binding {name}: {}",
+                    one_line(&error)
+                )),
+            })
     }
 
     /// What `extended` says in the metadata: each binding's connection state and faults,
     /// each component that failed, each file skipped.
     pub(crate) async fn extended_metadata(&self) -> BTreeMap<String, String> {
         let mut extended = BTreeMap::new();
-        for (name, state) in self.supervisor.states() {
+        for (name, state) in self.registry.states() {
             let text = match &state {
                 BindingState::Up(binding) => match binding.connection_status().await {
                     Some(status) => connection_state(&status),
