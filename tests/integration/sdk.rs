@@ -164,6 +164,20 @@ async fn a_python_sdk_app_receives_events_over_grpc() {
     let sidecar =
         Sidecar::start_with_args(dir.path(), Some(app_port), &[], &["--app-protocol", "grpc"])
             .await;
+    let metadata: serde_json::Value = sidecar
+        .client
+        .get(sidecar.url("/v1.0/metadata"))
+        .send()
+        .await
+        .expect("answer")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(
+        metadata["appConnectionProperties"],
+        json!({"port": app_port, "protocol": "grpc"}),
+        "{metadata}"
+    );
     broker.wait_for_log(&topic).await;
     let payloads: Vec<Vec<u8>> = (0..5).map(|n| format!("event {n}").into_bytes()).collect();
     publish_all(broker.port, &topic, QoS::AtLeastOnce, &payloads).await;

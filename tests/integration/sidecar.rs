@@ -586,26 +586,52 @@ async fn a_missing_secret_fails_only_its_component() {
         )),
     )
     .expect("write");
+    std::fs::write(
+        dir.path().join("badqos.yaml"),
+        ignoring_errors(binding_yaml(
+            "badqos",
+            &[("url", &broker.url()), ("topic", "t"), ("qos", "7")],
+            None,
+        )),
+    )
+    .expect("write");
     let mut subscriber = Subscriber::start(broker.port, &topic).await;
     let sidecar = Sidecar::start(dir.path(), None, &[]).await;
 
-    let health = sidecar
+    // As daprd with `spec.ignoreErrors: true`: ready without them, and the metadata
+    // names them with their errors.
+    sidecar.healthy().await;
+    let metadata: serde_json::Value = sidecar
         .client
-        .get(sidecar.url("/v1.0/healthz"))
+        .get(sidecar.url("/v1.0/metadata"))
         .send()
         .await
-        .expect("answer");
-    assert_eq!(health.status(), StatusCode::INTERNAL_SERVER_ERROR);
-    let health = health.text().await.expect("body");
+        .expect("answer")
+        .json()
+        .await
+        .expect("JSON");
+    let failed = |name: &str| {
+        metadata["extended"][format!("component.{name}")]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
     assert!(
-        health.contains(r#"secret store \"files\" has no secret \"absent\" with key \"absent\""#),
-        "{health}"
+        failed("bad").contains(r#"secret store "files" has no secret "absent" with key "absent""#),
+        "{metadata}"
     );
     assert!(
-        health.contains(
-            r#"secret store \"vault\" (auth.secretStore) is not a loaded secret store component"#
+        failed("nostore").contains(
+            r#"secret store "vault" (auth.secretStore) is not a loaded secret store component"#
         ),
-        "{health}"
+        "{metadata}"
+    );
+    let binding = metadata["extended"]["binding.badqos"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        binding.starts_with("failed: ") && binding.contains(r#"metadata field "qos""#),
+        "{metadata}"
     );
     let (status, body) = sidecar
         .post("bad", r#"{"data": 1, "operation": "create"}"#)

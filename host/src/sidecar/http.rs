@@ -237,7 +237,8 @@ async fn invoke(
     }
 }
 
-/// 204 when every component is up; 500 listing what is not.
+/// 204 when every component is up, but those that ignore errors (`spec.ignoreErrors`,
+/// which daprd logs and leaves out, as it is ready without them); 500 listing what is not.
 async fn healthz(State(sidecar): State<Arc<Sidecar>>) -> Response {
     health(&sidecar, false)
 }
@@ -254,6 +255,7 @@ fn health(sidecar: &Sidecar, outbound_only: bool) -> Response {
         sidecar
             .failed
             .iter()
+            .filter(|(component, _)| !component.ignore_errors)
             .map(|(component, why)| format!("{}: {why}", component.name))
             .collect()
     };
@@ -267,6 +269,7 @@ fn health(sidecar: &Sidecar, outbound_only: bool) -> Response {
             Some(BindingState::Starting) | None => {
                 problems.push(format!("{}: starting", spec.name))
             }
+            Some(BindingState::Retrying(_) | BindingState::Failed(_)) if spec.ignore_errors => {}
             Some(BindingState::Retrying(why)) => problems.push(format!("{}: {why}", spec.name)),
             Some(BindingState::Failed(why)) => {
                 problems.push(format!("{}: {}", spec.name, one_line(&*why)))
@@ -300,7 +303,7 @@ async fn metadata(State(sidecar): State<Arc<Sidecar>>) -> Response {
     });
     if let Some(port) = sidecar.app_port {
         document["appConnectionProperties"] =
-            serde_json::json!({ "port": port, "protocol": "http" });
+            serde_json::json!({ "port": port, "protocol": sidecar.app_protocol.to_string() });
     }
     Json(document).into_response()
 }
