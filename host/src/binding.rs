@@ -282,7 +282,7 @@ impl Binding {
 
     /// How many of the binding's instances were thrown away after a trap, and how many of
     /// those were stopped for computing past their CPU budget.
-    pub fn faults(&self) -> (u64, u64) {
+    fn faults(&self) -> (u64, u64) {
         let faults = &self.host.faults;
         (count(&faults.traps), count(&faults.interruptions))
     }

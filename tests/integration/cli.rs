@@ -528,3 +528,50 @@ async fn read_survives_a_broker_restart() {
         .expect("status");
     assert!(status.success(), "exit {status}");
 }
+
+/// `--help` of every command keeps its own options apart from the global ones and the
+/// sandbox limits, each group under its heading.
+#[tokio::test]
+async fn help_puts_global_options_and_sandbox_limits_under_their_headings() {
+    for command in ["run", "pluggable", "invoke", "read"] {
+        let output = run(&[command, "--help"]).await;
+        assert!(output.status.success(), "{command} --help: {output:?}");
+        let help = String::from_utf8_lossy(&output.stdout).into_owned();
+        // Each heading's section: from the heading to the next blank line.
+        let section = |heading: &str| -> String {
+            let start = help
+                .find(&format!("\n{heading}:\n"))
+                .unwrap_or_else(|| panic!("{command} --help has no {heading:?} heading:\n{help}"));
+            let rest = &help[start + heading.len() + 3..];
+            rest.split("\n\n").next().unwrap_or_default().to_string()
+        };
+        let own = section("Options");
+        let global = section("Global options");
+        let sandbox = section("Sandbox, per binding");
+        for flag in [
+            "--allow-broker",
+            "--cpu-budget",
+            "--max-memory-mib",
+            "--max-handles",
+        ] {
+            assert!(
+                sandbox.contains(flag),
+                "{command}: {flag} not under Sandbox:\n{help}"
+            );
+            assert!(
+                !own.contains(flag),
+                "{command}: {flag} among the command's own:\n{help}"
+            );
+        }
+        for flag in ["--log-level", "--threads", "--wasm", "--no-cache"] {
+            assert!(
+                global.contains(flag),
+                "{command}: {flag} not under Global:\n{help}"
+            );
+            assert!(
+                !own.contains(flag),
+                "{command}: {flag} among the command's own:\n{help}"
+            );
+        }
+    }
+}

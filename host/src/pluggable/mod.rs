@@ -2,7 +2,8 @@
 //! `InputBinding` and `OutputBinding` gRPC services, and the v1alpha reflection service
 //! daprd discovers them with, on the Unix socket `FOLDER/NAME.sock`. daprd then loads
 //! component files of type `bindings.NAME`. Each component instance it initialises is a
-//! binding under a supervisor of its own (`instances`); `Read` streams are bridged to the
+//! binding in the process's one registry, under the instance's name (`instances` pairs
+//! daprd's `Init`s and tracks its connections); `Read` streams are bridged to the
 //! binding's deliveries in `reader`; the socket file and its connections are `socket`'s.
 
 mod instances;
@@ -30,8 +31,6 @@ use socket::SocketFile;
 pub const DEFAULT_NAME: &str = "mqtt-wasm";
 /// daprd's folder when `DAPR_COMPONENTS_SOCKETS_FOLDER` is not set.
 pub const DEFAULT_SOCKET_FOLDER: &str = "/tmp/dapr-components-sockets";
-/// How long an instance lives on once daprd's connections to it are gone.
-pub const DEFAULT_RELEASE_AFTER: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for the calls under way.
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(5);

@@ -52,14 +52,23 @@ pub struct Resources {
     pub skipped: Vec<(String, String)>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComponentSummary {
     pub name: String,
-    #[serde(rename = "type")]
     pub component_type: String,
     pub version: String,
-    #[serde(skip)]
     pub ignore_errors: bool,
+}
+
+impl From<&ComponentSpec> for ComponentSummary {
+    fn from(spec: &ComponentSpec) -> Self {
+        Self {
+            name: spec.name.clone(),
+            component_type: spec.component_type.clone(),
+            version: spec.version.clone(),
+            ignore_errors: spec.ignore_errors,
+        }
+    }
 }
 
 /// Loads every `.yaml`/`.yml` file directly in `dir` (several documents per file allowed).
@@ -99,12 +108,7 @@ pub fn load(dir: &Path) -> anyhow::Result<Resources> {
     let mut stores = BTreeMap::new();
     let mut seen = BTreeMap::new();
     for spec in &specs {
-        let summary = ComponentSummary {
-            name: spec.name.clone(),
-            component_type: spec.component_type.clone(),
-            version: spec.version.clone(),
-            ignore_errors: spec.ignore_errors,
-        };
+        let summary = ComponentSummary::from(spec);
         if seen.insert(spec.name.clone(), ()).is_some() {
             resources.failed.push((
                 summary,
@@ -135,12 +139,7 @@ pub fn load(dir: &Path) -> anyhow::Result<Resources> {
         if resources.bindings.iter().any(|b| b.name == spec.name) {
             continue;
         }
-        let summary = ComponentSummary {
-            name: spec.name.clone(),
-            component_type: spec.component_type.clone(),
-            version: spec.version.clone(),
-            ignore_errors: spec.ignore_errors,
-        };
+        let summary = ComponentSummary::from(spec);
         match binding(spec, &stores) {
             Ok(binding) => resources.bindings.push(binding),
             Err(error) => resources.failed.push((summary, format!("{error:#}"))),

@@ -108,7 +108,11 @@ impl Sidecar {
             };
             extended.insert(format!("binding.{name}"), text);
             if let BindingState::Up(binding) = state {
-                let (traps, interruptions) = binding.faults();
+                let crate::BindingStats {
+                    traps,
+                    interruptions,
+                    ..
+                } = binding.stats().await;
                 extended.insert(
                     format!("binding.{name}.faults"),
                     format!("{traps} instances thrown away after a trap, {interruptions} of them stopped for CPU"),

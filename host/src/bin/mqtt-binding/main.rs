@@ -21,11 +21,15 @@ use tokio::io::AsyncWriteExt as _;
 struct Cli {
     #[command(flatten)]
     global: Global,
+    #[command(flatten)]
+    sandbox: Sandbox,
     #[command(subcommand)]
     command: Command,
 }
 
+/// Options of every command.
 #[derive(Args)]
+#[command(next_help_heading = "Global options")]
 struct Global {
     /// Run this component file instead of the one built into this program.
     #[arg(long, global = true, value_name = "PATH")]
@@ -45,6 +49,12 @@ struct Global {
     /// Compile the component every time instead of caching compiled code.
     #[arg(long, global = true)]
     no_cache: bool,
+}
+
+/// What each binding's component may do (README, "Sandbox").
+#[derive(Args)]
+#[command(next_help_heading = "Sandbox, per binding")]
+struct Sandbox {
     /// Allow the component to connect to this broker only (repeatable): HOST, HOST:PORT,
     /// *.DOMAIN[:PORT] or [IPV6]:PORT, matched against the host as the metadata names it.
     /// Without it, any broker is allowed, as in Dapr.
@@ -120,15 +130,17 @@ struct RunArgs {
         value_delimiter = ','
     )]
     dapr_listen_addresses: Vec<std::net::IpAddr>,
-    #[command(flatten)]
-    metrics: MetricsArgs,
     /// How to talk to the app: http (POST /{route}) or grpc (Dapr's AppCallback service).
     #[arg(long, value_name = "PROTOCOL", default_value = "http")]
     app_protocol: mqtt_binding::sidecar::AppProtocol,
+    // Last: the options after a flattened group would fall under its heading.
+    #[command(flatten)]
+    metrics: MetricsArgs,
 }
 
 /// Prometheus metrics, as daprd's flags.
 #[derive(Args)]
+#[command(next_help_heading = "Metrics")]
 struct MetricsArgs {
     /// Serve Prometheus metrics on GET /metrics.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set)]
@@ -285,11 +297,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } else {
             mqtt_binding::default_cache_dir()
         },
-        allowed_brokers: (!cli.global.allow_broker.is_empty()).then_some(cli.global.allow_broker),
-        cpu_budget: cli.global.cpu_budget,
-        max_memory_bytes: cli.global.max_memory_mib.saturating_mul(1024 * 1024),
-        max_handles: cli.global.max_handles,
-        max_log_lines_per_second: cli.global.max_log_lines_per_second,
+        allowed_brokers: (!cli.sandbox.allow_broker.is_empty()).then_some(cli.sandbox.allow_broker),
+        cpu_budget: cli.sandbox.cpu_budget,
+        max_memory_bytes: cli.sandbox.max_memory_mib.saturating_mul(1024 * 1024),
+        max_handles: cli.sandbox.max_handles,
+        max_log_lines_per_second: cli.sandbox.max_log_lines_per_second,
         ..RuntimeOptions::default()
     };
     match cli.command {
