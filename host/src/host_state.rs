@@ -1,19 +1,18 @@
 //! The data of one wasmtime `Store` (`HostState`, built here), the per-binding state its
-//! stores share (`BindingHost`), the resource limits that watch its memory, and the
-//! short-lived view the generated `Host` traits are implemented on (`HostView`). The
-//! implementations themselves are in `imports`.
+//! stores share (`BindingHost`), and the short-lived view the generated `Host` traits are
+//! implemented on (`HostView`). The implementations themselves are in `imports`; the
+//! limits a store enforces are `sandbox`'s.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::{HasData, ResourceTable};
-use wasmtime::{StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use crate::broker::{BrokerSettings, Connection};
 use crate::broker_policy::AllowedBroker;
-use crate::guest_log::LogLimiter;
 use crate::handler::EventHandler;
+use crate::sandbox::{self, CpuWatch, Limits, LogLimiter};
 
 /// What a binding's stores share: its name, its application, its shutdown signal, and its
 /// one broker connection.
@@ -37,66 +36,6 @@ pub(crate) struct BindingHost {
     /// Instances of this binding thrown away after a trap, and (among them) those stopped
     /// for computing past their CPU budget.
     pub faults: Faults,
-}
-
-/// The store's resource limits, recording how large the instance's memory has grown (an
-/// instance that grew large is not kept in the output pool: its memory never shrinks).
-pub(crate) struct Limits {
-    pub inner: StoreLimits,
-    /// The largest linear memory the instance has had, in bytes.
-    pub memory_bytes: usize,
-    /// The memory limit, for the error a guest that hits it gets.
-    pub max_memory_bytes: usize,
-    /// The size a refused memory growth asked for, if one was refused.
-    pub refused_bytes: Option<usize>,
-}
-
-impl wasmtime::ResourceLimiter for Limits {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let allowed = self.inner.memory_growing(current, desired, maximum)?;
-        if allowed {
-            self.memory_bytes = self.memory_bytes.max(desired);
-        } else {
-            self.refused_bytes = Some(desired);
-            tracing::warn!(
-                current,
-                desired,
-                limit = self.max_memory_bytes,
-                "the component asked for more memory than its limit"
-            );
-        }
-        Ok(allowed)
-    }
-
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        self.inner.table_growing(current, desired, maximum)
-    }
-
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        self.inner.memory_grow_failed(error)
-    }
-
-    fn instances(&self) -> usize {
-        self.inner.instances()
-    }
-
-    fn tables(&self) -> usize {
-        self.inner.tables()
-    }
-
-    fn memories(&self) -> usize {
-        self.inner.memories()
-    }
 }
 
 /// Counts of what went wrong in a binding, for `/v1.0/metadata` and the metrics: instances
@@ -124,59 +63,10 @@ pub(crate) struct HostState {
     pub cpu: CpuWatch,
 }
 
-/// Watches the component's computing between host calls, one epoch tick at a time (the
-/// runtime's ticker advances the epoch every [`TICK`]). Ticks only reach the store while the
-/// component runs, so waiting inside a host call never counts.
-#[derive(Debug)]
-pub(crate) struct CpuWatch {
-    budget: std::time::Duration,
-    budget_ticks: u64,
-    calls_seen: u64,
-    busy_ticks: u64,
-}
-
-/// How often the component yields to the rest of the process, and the resolution of the
-/// CPU budget.
-pub(crate) const TICK: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// The component computed longer than its budget without calling the host.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "the component computed for more than {} ms without calling the host (RuntimeOptions::cpu_budget); it was stopped",
-    budget.as_millis()
-)]
-pub(crate) struct CpuBudgetExceeded {
-    budget: std::time::Duration,
-}
-
-impl CpuWatch {
-    fn new(budget: std::time::Duration) -> Self {
-        Self {
-            budget,
-            budget_ticks: u64::try_from(budget.as_millis().div_ceil(TICK.as_millis()))
-                .unwrap_or(u64::MAX)
-                .max(1),
-            calls_seen: 0,
-            busy_ticks: 0,
-        }
-    }
-}
-
 impl HostState {
-    /// One epoch tick while the component runs: yield, or stop it if it has computed past its
-    /// budget since its last host call.
+    /// One epoch tick while the component runs (see [`CpuWatch`]).
     pub fn tick(&mut self) -> wasmtime::Result<wasmtime::UpdateDeadline> {
-        let cpu = &mut self.cpu;
-        if cpu.calls_seen != self.calls {
-            cpu.calls_seen = self.calls;
-            cpu.busy_ticks = 0;
-        } else {
-            cpu.busy_ticks += 1;
-        }
-        if cpu.busy_ticks >= cpu.budget_ticks {
-            return Err(CpuBudgetExceeded { budget: cpu.budget }.into());
-        }
-        Ok(wasmtime::UpdateDeadline::Yield(1))
+        self.cpu.tick(self.calls)
     }
 }
 
@@ -196,16 +86,8 @@ impl HostState {
             .allow_udp(false)
             .allow_ip_name_lookup(false)
             .build();
-        let limits = Limits {
-            inner: StoreLimitsBuilder::new()
-                .memory_size(max_memory_bytes)
-                .build(),
-            memory_bytes: 0,
-            max_memory_bytes,
-            refused_bytes: None,
-        };
-        let mut table = ResourceTable::new();
-        table.set_max_capacity(max_handles);
+        let limits = Limits::new(max_memory_bytes);
+        let table = sandbox::handle_table(max_handles);
         Self {
             wasi,
             table,

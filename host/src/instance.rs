@@ -9,9 +9,10 @@ use wasmtime::{Engine, Store};
 use crate::error::BindingError;
 use crate::generated::exports::mqtt_binding::binding::binding as wit;
 use crate::generated::{MqttBinding, MqttBindingPre};
-use crate::host_state::{BindingHost, CpuBudgetExceeded, HostState, TICK};
+use crate::host_state::{BindingHost, HostState};
 use crate::imports::from_wit;
 use crate::runtime_options::RuntimeOptions;
+use crate::sandbox::{CpuBudgetExceeded, TICK};
 
 /// Makes instances of one loaded component. Shared by the runtime and its bindings.
 pub(crate) struct Instances {

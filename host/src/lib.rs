@@ -43,6 +43,7 @@ pub mod pluggable;
 pub mod registry;
 mod runtime;
 mod runtime_options;
+mod sandbox;
 #[cfg(feature = "sidecar")]
 pub mod sidecar;
 

@@ -45,7 +45,7 @@ impl Runtime {
         let mut config = Config::new();
         // Guest code checks the epoch at function entries and loop heads: how a component
         // that computes without calling the host is made to yield, and stopped (see
-        // `instance::Ticker` and `host_state::CpuWatch`). Without a budget the checks are
+        // `instance::Ticker` and `sandbox::CpuWatch`). Without a budget the checks are
         // not compiled in at all.
         config.epoch_interruption(options.cpu_budget.is_some());
         let engine = Engine::new(&config)?;
@@ -117,7 +117,7 @@ impl Runtime {
             shutdown: CancellationToken::new(),
             settings: self.instances.options().broker.clone(),
             allowed_brokers: self.instances.options().allowed_brokers.clone(),
-            log_limiter: std::sync::Mutex::new(crate::guest_log::LogLimiter::new(
+            log_limiter: std::sync::Mutex::new(crate::sandbox::LogLimiter::new(
                 self.instances.options().max_log_lines_per_second,
                 std::time::Instant::now(),
             )),
