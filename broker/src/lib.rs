@@ -262,6 +262,12 @@ impl Connection {
         lock(&self.shared.status).clone()
     }
 
+    /// Whether `other` is a clone of this very connection (for tests of who shares one).
+    #[cfg(any(test, feature = "test-support"))]
+    pub fn same(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Messages received and not yet taken by a reader, and connections after the first.
     pub fn traffic(&self) -> (usize, u64) {
         let inbox = self.shared.inbox();

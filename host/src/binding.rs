@@ -243,7 +243,7 @@ impl Binding {
     /// Waits until the broker has accepted the input binding's subscription (after `read`
     /// started). Useful before publishing to a binding that has no persistent session.
     pub async fn wait_subscribed(&self) -> Result<(), BindingError> {
-        let connection = self.host.connection.lock().await.clone();
+        let connection = self.host.connection.current().await;
         let connection =
             connection.ok_or(BindingError::Broker(crate::error::BrokerError::Closed))?;
         Ok(connection.wait_subscribed().await?)
@@ -252,13 +252,13 @@ impl Binding {
     /// The state of the binding's broker connection: up since when, or down since when and
     /// why. `None` before the first connection or after `close`.
     pub async fn connection_status(&self) -> Option<crate::LinkStatus> {
-        let connection = self.host.connection.lock().await.clone();
+        let connection = self.host.connection.current().await;
         connection.map(|connection| connection.status())
     }
 
     /// A snapshot of the binding's figures, for metrics.
     pub async fn stats(&self) -> BindingStats {
-        let connection = self.host.connection.lock().await.clone();
+        let connection = self.host.connection.current().await;
         let (connected, (messages_waiting, reconnects)) = match &connection {
             Some(connection) => (connection.status().connected, connection.traffic()),
             None => (false, (0, 0)),
@@ -298,10 +298,7 @@ impl Binding {
     /// persistent session survives). Acknowledgements already given are sent first.
     pub async fn close(&self) {
         self.shutdown();
-        let connection = self.host.connection.lock().await.take();
-        if let Some(connection) = connection {
-            connection.disconnect().await;
-        }
+        self.host.connection.close().await;
     }
 }
 

@@ -9,8 +9,7 @@ use tokio_util::sync::CancellationToken;
 use wasmtime::component::{HasData, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use crate::broker::{BrokerSettings, Connection};
-use crate::broker_policy::AllowedBroker;
+use crate::connection_slot::ConnectionSlot;
 use crate::handler::EventHandler;
 use crate::sandbox::{self, CpuWatch, Limits, LogLimiter};
 
@@ -20,19 +19,11 @@ pub(crate) struct BindingHost {
     pub name: String,
     pub handler: Option<Arc<dyn EventHandler>>,
     pub shutdown: CancellationToken,
-    pub settings: BrokerSettings,
-    /// Where the component may connect (`None`: anywhere).
-    pub allowed_brokers: Option<Vec<AllowedBroker>>,
+    /// The binding's one broker connection.
+    pub connection: ConnectionSlot,
     /// The rate limit on the component's log lines, shared by the binding's instances.
     pub log_limiter: std::sync::Mutex<LogLimiter>,
     pub max_log_line_bytes: usize,
-    /// One connection per binding serves both directions (the client ID is used exactly,
-    /// with no per-direction suffix). The first instance to connect opens it; the binding's other
-    /// instances join it.
-    pub connection: tokio::sync::Mutex<Option<Connection>>,
-    /// The client IDs of every binding of the runtime, and this binding's hold on its own.
-    pub client_ids: Arc<crate::client_ids::ClientIds>,
-    pub client_id: std::sync::Mutex<Option<crate::client_ids::Claim>>,
     /// Instances of this binding thrown away after a trap, and (among them) those stopped
     /// for computing past their CPU budget.
     pub faults: Faults,

@@ -11,7 +11,6 @@ use wasmtime::component::Resource;
 use crate::broker::{
     ConnectOptions, Connection, MessageProperties, ProtocolVersion, PublishRequest, Transport,
 };
-use crate::broker_policy;
 use crate::error::{BrokerError, Field, Rejection};
 use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, types};
 use crate::handler::{Event, EventHandler};
@@ -143,15 +142,6 @@ impl broker::HostConnection for HostView<'_> {
         &mut self,
         options: broker::ConnectOptions,
     ) -> wasmtime::Result<Result<Resource<Connection>, broker::Error>> {
-        // The operator's policy comes before anything touches the network.
-        if let Err(reason) = broker_policy::check(
-            self.host.allowed_brokers.as_deref(),
-            &options.host,
-            options.port,
-        ) {
-            tracing::error!(binding = %self.host.name, "{reason}");
-            return Ok(Err(to_wit(BrokerError::invalid(Field::Host, reason))));
-        }
         let options = ConnectOptions {
             transport: match options.transport {
                 broker::Transport::Tcp => Transport::Tcp,
@@ -177,42 +167,16 @@ impl broker::HostConnection for HostView<'_> {
             client_key: options.client_key,
             connect_timeout: millis(options.connect_timeout_ms),
         };
-        let mut slot = self.host.connection.lock().await;
-        if let Some(open) = slot.as_ref().filter(|open| open.is_open()) {
-            return Ok(Ok(self.table.push(open.clone())?));
+        match self.host.connection.open(options).await {
+            Ok(connection) => Ok(Ok(self.table.push(connection)?)),
+            Err(error) => Ok(Err(to_wit(error))),
         }
-        tracing::debug!(binding = %self.host.name, ?options, "connecting");
-        let claim = self.host.client_ids.claim(
-            &options.host,
-            options.port,
-            &options.client_id,
-            &self.host.name,
-        );
-        *self
-            .host
-            .client_id
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Some(claim);
-        let connection = tokio::select! {
-            connected = Connection::connect(options, &self.host.settings) => connected,
-            () = self.host.shutdown.cancelled() => Err(BrokerError::Closed),
-        };
-        let connection = match connection {
-            Ok(connection) => connection,
-            Err(error) => return Ok(Err(to_wit(error))),
-        };
-        *slot = Some(connection.clone());
-        Ok(Ok(self.table.push(connection)?))
     }
 
     async fn join(&mut self) -> wasmtime::Result<Result<Resource<Connection>, broker::Error>> {
-        let open = self.host.connection.lock().await.clone();
-        match open.filter(Connection::is_open) {
-            Some(open) => {
-                tracing::debug!(binding = %self.host.name, "joining the binding's connection");
-                Ok(Ok(self.table.push(open)?))
-            }
-            None => Ok(Err(broker::Error::Closed)),
+        match self.host.connection.join().await {
+            Ok(connection) => Ok(Ok(self.table.push(connection)?)),
+            Err(error) => Ok(Err(to_wit(error))),
         }
     }
 

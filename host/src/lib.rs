@@ -27,6 +27,7 @@ mod binding;
 mod binding_tests;
 mod broker_policy;
 mod client_ids;
+mod connection_slot;
 mod error;
 mod generated;
 mod guest_log;

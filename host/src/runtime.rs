@@ -13,6 +13,7 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine};
 
 use crate::binding::{Binding, BindingOptions};
+use crate::connection_slot::ConnectionSlot;
 use crate::error::BindingError;
 use crate::generated::MqttBindingPre;
 use crate::guest_log;
@@ -111,21 +112,25 @@ impl Runtime {
         name: String,
         handler: Option<Arc<dyn crate::EventHandler>>,
     ) -> Arc<BindingHost> {
+        let shutdown = CancellationToken::new();
+        let options = self.instances.options();
         Arc::new(BindingHost {
+            connection: ConnectionSlot::new(
+                name.clone(),
+                options.broker.clone(),
+                options.allowed_brokers.clone(),
+                self.client_ids.clone(),
+                shutdown.clone(),
+            ),
             name,
             handler,
-            shutdown: CancellationToken::new(),
-            settings: self.instances.options().broker.clone(),
-            allowed_brokers: self.instances.options().allowed_brokers.clone(),
+            shutdown,
             log_limiter: std::sync::Mutex::new(crate::sandbox::LogLimiter::new(
                 self.instances.options().max_log_lines_per_second,
                 std::time::Instant::now(),
             )),
             max_log_line_bytes: self.instances.options().max_log_line_bytes,
             faults: Default::default(),
-            connection: tokio::sync::Mutex::new(None),
-            client_ids: self.client_ids.clone(),
-            client_id: std::sync::Mutex::new(None),
         })
     }
 }
