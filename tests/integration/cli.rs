@@ -507,15 +507,7 @@ async fn read_survives_a_broker_restart() {
 
     broker.restart();
     // The binding reconnects on its own (backoff from 1 s) and subscribes again.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while broker.log_count(&subscribed) < 2 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no second SUBSCRIBE:\n{}",
-            broker.log()
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    broker.wait_for_log_count(&subscribed, 2).await;
     mosquitto_pub(broker.port, &format!("{topic}/after"), &["-m", "after"]).await;
     let after = line(&mut lines).await;
     assert_eq!(

@@ -6,7 +6,7 @@ use axum::http::StatusCode;
 use rumqttc::QoS;
 
 use crate::sidecar::{App, Sidecar, binding_yaml};
-use crate::support::{BrokerConfig, Mosquitto, WAIT, free_port, publish_all, unique};
+use crate::support::{BrokerConfig, Mosquitto, WAIT, eventually, free_port, publish_all, unique};
 
 /// The value of the sample `name{labels...}` in a scrape, if there is one.
 pub(crate) fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -39,18 +39,14 @@ async fn scrape_until(
     labels: &[(&str, &str)],
     wanted: f64,
 ) -> String {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, async || {
         let text = scrape(sidecar).await;
         if sample(&text, name, labels).is_some_and(|value| value >= wanted) {
-            return text;
+            return Ok(text);
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{name}{labels:?} never reached {wanted}:\n{text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+        Err(format!("{name}{labels:?} never reached {wanted}:\n{text}"))
+    })
+    .await
 }
 
 #[tokio::test]

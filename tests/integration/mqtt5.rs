@@ -2,15 +2,14 @@
 //! Paho's Python client (paho-mqtt 2.x, `tests/mqtt5/peer.py`). Properties both ways byte for
 //! byte, message expiry, request/response, reason codes, sessions and shared subscriptions.
 
-use std::time::Duration;
-
 use base64::Engine as _;
 use mqtt_binding::{BindingError, BrokerError};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 
 use crate::support::{
-    BrokerConfig, Mosquitto, Reader, Recorder, WAIT, binding, create, meta, python, unique,
+    BrokerConfig, Mosquitto, Reader, Recorder, WAIT, binding, create, eventually, meta, python,
+    unique,
 };
 
 const PEER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/mqtt5/peer.py");
@@ -78,14 +77,11 @@ async fn peer_retained(port: u16, topic: &str) -> Value {
 /// Waits until the broker no longer retains a message for `topic` (expiry is the event),
 /// failing the test after [`WAIT`].
 async fn wait_until_not_retained(port: u16, topic: &str) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !peer_retained(port, topic).await.is_null() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{topic} was still retained after {WAIT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(WAIT, async || match peer_retained(port, topic).await {
+        serde_json::Value::Null => Ok(()),
+        retained => Err(format!("{topic} is still retained: {retained}")),
+    })
+    .await;
 }
 
 /// A peer subscribed to a topic (the subscription is made when this returns), printing the
@@ -439,15 +435,14 @@ async fn a_shared_subscription_splits_the_messages_between_bindings() {
             .await
             .expect("published");
     }
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while first.calls().len() + second.calls().len() < count {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{} of {count} delivered",
-            first.calls().len() + second.calls().len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(WAIT, async || {
+        let delivered = first.calls().len() + second.calls().len();
+        if delivered >= count {
+            return Ok(());
+        }
+        Err(format!("{delivered} of {count} delivered"))
+    })
+    .await;
     let mut all: Vec<u32> = first
         .calls()
         .iter()

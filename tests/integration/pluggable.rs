@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
-use crate::support::{BrokerConfig, Mosquitto, Subscriber, WAIT, publish_all, python, unique};
+use crate::support::{
+    BrokerConfig, Mosquitto, Subscriber, WAIT, eventually, publish_all, python, unique,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
 const STANDIN: &str = concat!(
@@ -53,18 +55,16 @@ impl Pluggable {
             log,
             metrics,
         };
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while tokio::net::UnixStream::connect(&pluggable.socket)
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the socket never accepted; log:\n{}",
-                pluggable.log()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        eventually(WAIT, async || {
+            match tokio::net::UnixStream::connect(&pluggable.socket).await {
+                Ok(_) => Ok(()),
+                Err(error) => Err(format!(
+                    "the socket never accepted ({error}); log:\n{}",
+                    pluggable.log()
+                )),
+            }
+        })
+        .await;
         pluggable
     }
 
@@ -510,16 +510,15 @@ async fn init_succeeds_while_the_broker_is_down() {
     });
     let mut subscriber = Subscriber::start(broker.port, &topic).await;
     // The instance reconnects with backoff (1 s, then 2 s...): invoke until it is up.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
+    eventually(WAIT, async || {
         let answer = daprd.invoke("late", "in time").await;
         if answer == json!({"data": "", "metadata": {}}) {
-            break;
+            return Ok(());
         }
         assert_eq!(answer["code"], json!("UNAVAILABLE"), "{answer}");
-        assert!(tokio::time::Instant::now() < deadline, "never connected");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+        Err(format!("never connected: {answer}"))
+    })
+    .await;
     assert_eq!(&subscriber.next().await.payload[..], b"in time");
     assert!(pluggable.terminate().await.success());
 }

@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, StatusCode};
 use rumqttc::QoS;
 use tokio::process::{Child, Command};
 
-use crate::support::{Mosquitto, Subscriber, WAIT, free_port, publish_all, unique};
+use crate::support::{Mosquitto, Subscriber, WAIT, eventually, free_port, publish_all, unique};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
 
@@ -126,20 +126,7 @@ impl Sidecar {
             metrics,
             client: reqwest::Client::new(),
         };
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while sidecar
-            .client
-            .get(sidecar.url("/v1.0/metadata"))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the sidecar never served HTTP"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        serving(&sidecar.client, &sidecar.url("/v1.0/metadata")).await;
         sidecar
     }
 
@@ -154,8 +141,7 @@ impl Sidecar {
 
     /// Waits until `GET path` answers 204, failing the test after [`WAIT`].
     pub(crate) async fn wait_for_no_content(&self, path: &str) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        loop {
+        eventually(WAIT, async || {
             let response = self
                 .client
                 .get(self.url(path))
@@ -163,15 +149,14 @@ impl Sidecar {
                 .await
                 .expect("the sidecar answers");
             if response.status() == StatusCode::NO_CONTENT {
-                return;
+                return Ok(());
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
+            Err(format!(
                 "{path} never answered 204: {}",
                 response.text().await.unwrap_or_default()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+            ))
+        })
+        .await;
     }
 
     pub(crate) async fn post(&self, binding: &str, body: &str) -> (StatusCode, String) {
@@ -811,19 +796,7 @@ async fn the_sidecar_raises_its_soft_descriptor_limit() {
         .spawn()
         .expect("mqtt-binding run starts");
     let client = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while client
-        .get(format!("http://127.0.0.1:{port}/v1.0/metadata"))
-        .send()
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the sidecar never served HTTP"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    serving(&client, &format!("http://127.0.0.1:{port}/v1.0/metadata")).await;
     let pid = child.id().expect("running");
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
     let open_files: Vec<&str> = limits
@@ -938,20 +911,8 @@ async fn the_api_listens_only_on_the_addresses_given() {
         .spawn()
         .expect("mqtt-binding run starts");
     let client = reqwest::Client::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
     for address in ["127.0.0.2", "127.0.0.3"] {
-        while client
-            .get(format!("http://{address}:{port}/v1.0/healthz"))
-            .send()
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "nothing served on {address}"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        serving(&client, &format!("http://{address}:{port}/v1.0/healthz")).await;
     }
     let elsewhere = client
         .get(format!("http://127.0.0.1:{port}/v1.0/healthz"))
@@ -1046,4 +1007,13 @@ async fn dapr_error_codes() {
     assert_eq!(metadata["components"][0]["name"], "sensors");
     assert_eq!(metadata["components"][0]["type"], "bindings.mqtt");
     assert!(sidecar.terminate().await.success());
+}
+
+/// Waits until `url` answers at all (the sidecar serves HTTP).
+async fn serving(client: &reqwest::Client, url: &str) {
+    eventually(WAIT, async || match client.get(url).send().await {
+        Ok(_) => Ok(()),
+        Err(error) => Err(format!("nothing served at {url}: {error}")),
+    })
+    .await;
 }

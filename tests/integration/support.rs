@@ -24,6 +24,27 @@ use tokio::sync::mpsc;
 /// How long any test waits for an expected event before failing.
 pub const WAIT: Duration = Duration::from_secs(15);
 
+/// Asks `check` every 20 ms until it answers `Ok`, and returns what it answered; after
+/// `within`, fails the test with the last `Err`, which says what was seen instead. For
+/// events nothing announces: a log line, a metric, a port that starts to accept.
+pub async fn eventually<T>(
+    within: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let seen = match check().await {
+            Ok(done) => return done,
+            Err(seen) => seen,
+        };
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {within:?}: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A process-wide runtime with default settings (compiled code cached on disk).
 pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -359,15 +380,16 @@ impl Mosquitto {
     /// Waits until the log contains `text` at least `count` times, failing the test after
     /// [`WAIT`].
     pub async fn wait_for_log_count(&self, text: &str, count: usize) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while self.log_count(text) < count {
-            assert!(
-                tokio::time::Instant::now() < deadline,
+        eventually(WAIT, async || {
+            if self.log_count(text) >= count {
+                return Ok(());
+            }
+            Err(format!(
                 "mosquitto's log never showed {text:?} {count} times; log:\n{}",
                 self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            ))
+        })
+        .await;
     }
 
     pub fn url(&self) -> String {

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use mqtt_binding::{BindingError, BrokerError};
 
 use crate::support::{
-    Certificates, Reader, Recorder, WAIT, binding, create, free_port, meta, unique,
+    Certificates, Reader, Recorder, WAIT, binding, create, eventually, free_port, meta, unique,
 };
 
 /// The `mqttv5` command: `$MQTT_BINDING_MQTTV5`, else where `scripts/test` installs it.
@@ -72,17 +72,13 @@ impl WebSocketBroker {
         };
         // Listening is the event: wait for both ports to accept.
         for port in [ws_port, wss_port] {
-            let deadline = tokio::time::Instant::now() + WAIT;
-            while tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_err()
-            {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "mqttv5 did not listen on {port}"
-                );
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
+            eventually(WAIT, async || {
+                match tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    Ok(_) => Ok(()),
+                    Err(error) => Err(format!("mqttv5 did not listen on {port}: {error}")),
+                }
+            })
+            .await;
         }
         broker
     }
