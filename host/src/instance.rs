@@ -12,7 +12,7 @@ use crate::generated::{MqttBinding, MqttBindingPre};
 use crate::host_state::{BindingHost, HostState};
 use crate::imports::from_wit;
 use crate::runtime_options::RuntimeOptions;
-use crate::sandbox::{CpuBudgetExceeded, TICK};
+use crate::sandbox::{self, CpuBudgetExceeded, TICK};
 
 /// Makes instances of one loaded component. Shared by the runtime and its bindings.
 pub(crate) struct Instances {
@@ -94,6 +94,9 @@ impl Instances {
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
+        store.set_hostcall_fuel(sandbox::hostcall_fuel(
+            self.options.broker.max_payload_bytes,
+        ));
         if self.options.cpu_budget.is_some() {
             // Every epoch tick while the component runs: yield to the other tasks, or stop a
             // component that computes past its budget without calling the host.
@@ -133,6 +136,12 @@ impl Instance {
             if let Some(wasmtime::Trap::StackOverflow) = error.downcast_ref() {
                 return Err(BindingError::Component(anyhow::anyhow!(
                     "the component exhausted its call stack (unbounded recursion?); it was stopped"
+                )));
+            }
+            if sandbox::is_hostcall_fuel_exhausted(error) {
+                return Err(BindingError::Component(anyhow::anyhow!(
+                    "the component asked the host to copy more than {} bytes in one call (the largest message, RuntimeOptions::broker.max_payload_bytes, and 1 MiB); it was stopped",
+                    self.store.hostcall_fuel()
                 )));
             }
             if let Some(wasmtime::component::ResourceTableError::Full) = error.downcast_ref() {

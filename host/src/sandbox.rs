@@ -84,6 +84,27 @@ impl Limits {
     }
 }
 
+/// What one host call may copy out of the component (wasmtime's "hostcall fuel", 128 MiB
+/// unless set): the largest message the host accepts, `max_payload_bytes`, and 1 MiB for its
+/// topic, properties and metadata. The payload itself is a handle and is not copied; this
+/// bounds what a component can make the host allocate in one call.
+pub(crate) fn hostcall_fuel(max_payload_bytes: u32) -> usize {
+    usize::try_from(max_payload_bytes)
+        .unwrap_or(usize::MAX)
+        .saturating_add(1 << 20)
+}
+
+/// What wasmtime says when a call would copy more than [`hostcall_fuel`] (its error type is
+/// private, so the words are matched).
+const HOSTCALL_FUEL_EXHAUSTED: &str = "fuel allocated for hostcalls has been exhausted";
+
+/// Whether `error` is a host call stopped by [`hostcall_fuel`].
+pub(crate) fn is_hostcall_fuel_exhausted(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.to_string().contains(HOSTCALL_FUEL_EXHAUSTED))
+}
+
 /// The store's table of handles (connections, payloads, deliveries), holding at most
 /// `max_handles`.
 pub(crate) fn handle_table(max_handles: usize) -> ResourceTable {

@@ -167,7 +167,26 @@ async fn a_component_taking_handles_without_end_is_stopped_at_the_limit() {
     binding.close().await;
 }
 
-/// One line of 100 MB and 100,000 more: the host cuts the long line to 4 KiB, writes about
+/// A call that would make the host copy 64 MiB out of the component (a content type that
+/// long) is stopped at the bound of one message: the host allocates nothing for it.
+#[tokio::test]
+async fn a_component_asking_the_host_to_copy_more_than_a_message_is_stopped() {
+    let broker = Mosquitto::start();
+    let topic = format!("copy/{}", unique());
+    let mut subscriber = Subscriber::start(broker.port, &topic).await;
+    let runtime = hostile_runtime(Duration::from_secs(5));
+    let binding = hostile_binding(&runtime, &[("url", &broker.url()), ("topic", &topic)])
+        .await
+        .expect("init");
+    assert_eq!(
+        failed_with(&binding, "copy").await,
+        "the component asked the host to copy more than 17825792 bytes in one call (the largest message, RuntimeOptions::broker.max_payload_bytes, and 1 MiB); it was stopped"
+    );
+    served_after(&binding, &mut subscriber, "after").await;
+    binding.close().await;
+}
+
+/// One line of 16 MiB and 100,000 more: the host cuts the long line to 4 KiB, writes about
 /// a second's worth of the rest (100 lines), and says how many it dropped.
 #[tokio::test]
 async fn a_component_flooding_the_log_is_rate_limited_and_its_long_lines_cut() {
@@ -202,19 +221,20 @@ async fn a_component_flooding_the_log_is_rate_limited_and_its_long_lines_cut() {
     let longest = log.lines().map(str::len).max().unwrap_or_default();
     assert!(longest < 8 * 1024, "a line of {longest} bytes was written");
     assert!(
-        log.contains("(104853504 bytes cut)"),
-        "the 100 MB line was not cut to 4 KiB"
+        log.contains("(16773120 bytes cut)"),
+        "the 16 MiB line was not cut to 4 KiB"
     );
 }
 
-/// The 100 MB line is read where it lies, in the component's memory: the host does not copy
-/// it. Peak resident memory of the whole `invoke` process stays well below the two copies
-/// that lifting it into a host string would make (the component's own 100 MB is counted):
-/// 143 MiB measured without the copy, 262 MiB with it; the bound sits between. Compiling the
-/// component costs memory too, so a first run fills the compilation cache, and only the
-/// second, which loads from it, is measured.
+/// A 100 MB log line is more than one host call may copy (one message and 1 MiB): the call
+/// is refused where the line lies, in the component's memory, before anything is copied, and
+/// the component is stopped. Peak resident memory of the whole `invoke` process stays well
+/// below what a copy would add (the component's own 100 MB is counted): 143 MiB measured
+/// without a copy, 262 MiB with one; the bound sits between. Compiling the component costs
+/// memory too, so a first run fills the compilation cache, and only the second, which loads
+/// from it, is measured.
 #[tokio::test]
-async fn a_100_mb_log_line_is_not_copied_into_the_host() {
+async fn a_100_mb_log_line_is_refused_before_it_is_copied_into_the_host() {
     let broker = Mosquitto::start();
     let file = crate::cli::component_file(
         broker.dir.path(),
@@ -237,14 +257,14 @@ async fn a_100_mb_log_line_is_not_copied_into_the_host() {
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-binding"))
         .args(["--wasm", HOSTILE, "invoke", "--component"])
         .arg(&file)
-        .args(["--data", "x", "--metadata", "misbehave=flood"])
+        .args(["--data", "x", "--metadata", "misbehave=huge-line"])
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("mqtt-binding runs");
     let (status, peak) = exit_and_peak_memory(child).await;
-    assert_eq!(status, 0, "exit status");
+    assert_eq!(status, 1, "the invoke fails: the component was stopped");
     let peak_mib = peak / (1024 * 1024);
     assert!(
         peak_mib >= 100,

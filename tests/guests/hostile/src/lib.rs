@@ -7,8 +7,9 @@
 //! `read` and traps before acknowledging it; request metadata
 //! `misbehave` makes that `invoke` spin (`spin`), take connection handles without end
 //! (`handles`), allocate without end (`allocate`), recurse without end (`recurse`),
-//! panic (`panic`), or flood the log (`flood`: one line of 100 MB and 100,000 more, then a
-//! pause and one more line) before publishing.
+//! panic (`panic`), flood the log (`flood`: one line of 16 MiB and 100,000 more, then a
+//! pause and one more line), log one line of 100 MB (`huge-line`), or ask the host to copy
+//! 64 MiB in one call (`copy`: a content type that long) before publishing.
 //!
 //! It is a component only: on other targets (a workspace build) it compiles to nothing.
 
@@ -141,8 +142,10 @@ impl Guest for Hostile {
                 std::hint::black_box(recurse(0));
             }
             Some("panic") => panic!("the hostile component panics on request"),
+            Some("huge-line") => logging::log(Level::Info, &"y".repeat(100 << 20)),
+            Some("copy") => return publish(&request, Some("z".repeat(64 << 20))),
             Some("flood") => {
-                logging::log(Level::Info, &"y".repeat(100 << 20));
+                logging::log(Level::Info, &"y".repeat(16 << 20));
                 for n in 0..100_000 {
                     logging::log(Level::Info, &format!("flood {n}"));
                 }
@@ -151,33 +154,7 @@ impl Guest for Hostile {
             }
             _ => {}
         }
-        BOUND.with_borrow(|bound| {
-            let bound = bound.as_ref().ok_or(Error::NotInitialized)?;
-            bound
-                .connection
-                .publish(
-                    &bound.topic,
-                    &request.data,
-                    &PublishOptions {
-                        qos: Qos::AtLeastOnce,
-                        retain: false,
-                        properties: Properties {
-                            expiry_secs: None,
-                            content_type: None,
-                            response_topic: None,
-                            correlation_data: None,
-                            user_properties: Vec::new(),
-                            utf8_payload: false,
-                        },
-                        timeout_ms: 10_000,
-                    },
-                )
-                .map_err(Error::Broker)?;
-            Ok(InvokeResponse {
-                data: None,
-                metadata: Vec::new(),
-            })
-        })
+        publish(&request, None)
     }
 
     fn read() -> Result<(), Error> {
@@ -206,4 +183,35 @@ impl Guest for Hostile {
             "this component has no input side".into(),
         ))
     }
+}
+
+/// Publishes the request's data to the bound topic at QoS 1, with `content_type` if given.
+fn publish(request: &InvokeRequest, content_type: Option<String>) -> Result<InvokeResponse, Error> {
+    BOUND.with_borrow(|bound| {
+        let bound = bound.as_ref().ok_or(Error::NotInitialized)?;
+        bound
+            .connection
+            .publish(
+                &bound.topic,
+                &request.data,
+                &PublishOptions {
+                    qos: Qos::AtLeastOnce,
+                    retain: false,
+                    properties: Properties {
+                        expiry_secs: None,
+                        content_type,
+                        response_topic: None,
+                        correlation_data: None,
+                        user_properties: Vec::new(),
+                        utf8_payload: false,
+                    },
+                    timeout_ms: 10_000,
+                },
+            )
+            .map_err(Error::Broker)?;
+        Ok(InvokeResponse {
+            data: None,
+            metadata: Vec::new(),
+        })
+    })
 }
