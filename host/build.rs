@@ -17,8 +17,6 @@ use std::process::Command;
 use sha2::{Digest, Sha256};
 
 const GUEST: &str = "mqtt-binding-guest";
-/// The hostile component of the sandbox tests, built beside it so that tests can load it.
-const HOSTILE: &str = "mqtt-binding-hostile";
 const TARGET: &str = "wasm32-wasip2";
 
 fn main() {
@@ -35,8 +33,6 @@ fn main() {
     for watched in [
         "../guest/src",
         "../guest/Cargo.toml",
-        "../tests/guests/hostile/src",
-        "../tests/guests/hostile/Cargo.toml",
         "../broker/src",
         "../broker/Cargo.toml",
         "../cli/src",
@@ -57,8 +53,6 @@ fn main() {
             "--release",
             "--package",
             GUEST,
-            "--package",
-            HOSTILE,
             "--target",
             TARGET,
             "--target-dir",
@@ -98,16 +92,12 @@ fn main() {
         .collect();
     println!("cargo:rustc-env=GUEST_WASM_SHA256={digest}");
 
-    let hostile = out_dir.join("mqtt_binding_hostile.wasm");
-    std::fs::copy(
-        target_dir
-            .join(TARGET)
-            .join("release")
-            .join("mqtt_binding_hostile.wasm"),
-        &hostile,
-    )
-    .expect("copying the hostile test component into OUT_DIR");
-    println!("cargo:rustc-env=HOSTILE_GUEST_WASM={}", hostile.display());
+    // The tests build their hostile component into the same folder, reusing what the guest
+    // compiled (tests/integration/support.rs, `hostile_component`).
+    println!(
+        "cargo:rustc-env=MQTT_BINDING_GUEST_TARGET={}",
+        target_dir.display()
+    );
 
     #[cfg(feature = "portable")]
     portable::build(&root, &out_dir, &wasm);

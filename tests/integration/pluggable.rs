@@ -580,7 +580,7 @@ async fn a_misbehaving_instance_does_not_stall_the_others() {
         folder.path(),
         &[
             "--wasm",
-            env!("HOSTILE_GUEST_WASM"),
+            crate::support::hostile_component(),
             "--cpu-budget",
             "200ms",
         ],

@@ -11,14 +11,13 @@ use mqtt_binding::{
 };
 
 use crate::support::{
-    Captured, Mosquitto, Subscriber, WAIT, eventually, exit_and_peak_memory, metadata, unique,
+    Captured, Mosquitto, Subscriber, WAIT, eventually, exit_and_peak_memory, hostile_component,
+    metadata, unique,
 };
-
-const HOSTILE: &str = env!("HOSTILE_GUEST_WASM");
 
 fn hostile_runtime(cpu_budget: Duration) -> Runtime {
     Runtime::new(RuntimeOptions {
-        component: ComponentSource::File(HOSTILE.into()),
+        component: ComponentSource::File(hostile_component().into()),
         cpu_budget: Some(cpu_budget),
         ..RuntimeOptions::default()
     })
@@ -242,7 +241,7 @@ async fn a_100_mb_log_line_is_refused_before_it_is_copied_into_the_host() {
         &[("url", &broker.url()), ("topic", "t")],
     );
     let warm_up = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-binding"))
-        .args(["--wasm", HOSTILE, "invoke", "--component"])
+        .args(["--wasm", hostile_component(), "invoke", "--component"])
         .arg(&file)
         .args(["--data", "x"])
         .stdin(std::process::Stdio::null())
@@ -255,7 +254,7 @@ async fn a_100_mb_log_line_is_refused_before_it_is_copied_into_the_host() {
         String::from_utf8_lossy(&warm_up.stderr)
     );
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-binding"))
-        .args(["--wasm", HOSTILE, "invoke", "--component"])
+        .args(["--wasm", hostile_component(), "invoke", "--component"])
         .arg(&file)
         .args(["--data", "x", "--metadata", "misbehave=huge-line"])
         .stdin(std::process::Stdio::null())
@@ -284,7 +283,7 @@ async fn allocating_recursing_or_panicking_fails_the_call_and_the_next_is_served
     let topic = format!("abuse/{}", unique());
     let mut subscriber = Subscriber::start(broker.port, &topic).await;
     let runtime = Runtime::new(RuntimeOptions {
-        component: ComponentSource::File(HOSTILE.into()),
+        component: ComponentSource::File(hostile_component().into()),
         max_memory_bytes: 32 * 1024 * 1024,
         ..RuntimeOptions::default()
     })
@@ -361,7 +360,7 @@ async fn a_sidecar_stays_responsive_while_one_binding_spins_in_read() {
         dir.path(),
         Some(app_port),
         &[],
-        &["--wasm", HOSTILE, "--cpu-budget", "300ms"],
+        &["--wasm", hostile_component(), "--cpu-budget", "300ms"],
     )
     .await;
 
@@ -421,7 +420,7 @@ async fn the_cli_exits_1_with_the_reason_when_the_component_spins() {
     );
     let output = crate::cli::run(&[
         "--wasm",
-        HOSTILE,
+        hostile_component(),
         "--cpu-budget",
         "200ms",
         "invoke",

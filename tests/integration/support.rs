@@ -141,6 +141,38 @@ pub fn unique() -> String {
     )
 }
 
+/// The hostile component of the sandbox tests (`tests/guests/hostile`), built once per test
+/// process for wasm32-wasip2 into the folder where the host's build script built the guest,
+/// so that its dependencies are compiled already. The shipped build never compiles it.
+pub fn hostile_component() -> &'static str {
+    static FILE: OnceLock<String> = OnceLock::new();
+    FILE.get_or_init(|| {
+        let target_dir = env!("MQTT_BINDING_GUEST_TARGET");
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let output = Command::new(cargo)
+            .current_dir(&root)
+            .args(["build", "--release", "--package", "mqtt-binding-hostile"])
+            .args(["--target", "wasm32-wasip2", "--target-dir", target_dir])
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("CARGO_BUILD_TARGET")
+            .output()
+            .expect("cargo runs");
+        assert!(
+            output.status.success(),
+            "building the hostile component failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Path::new(target_dir)
+            .join("wasm32-wasip2/release/mqtt_binding_hostile.wasm")
+            .to_str()
+            .expect("a UTF-8 path")
+            .to_string()
+    })
+}
+
 /// A loopback port free a moment ago, never the same one twice in this process.
 pub fn free_port() -> u16 {
     // The kernel may hand a port just released to the very next bind: two servers of one
