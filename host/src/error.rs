@@ -5,6 +5,7 @@
 pub use mqtt_binding_broker::{BrokerError, Field, Rejection};
 
 /// An error and its causes on one line, each said once (`a: b: c`).
+#[cfg(any(feature = "sidecar", feature = "pluggable"))]
 pub fn one_line(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();

@@ -41,6 +41,7 @@ mod payload;
 mod pending;
 #[cfg(feature = "pluggable")]
 pub mod pluggable;
+#[cfg(any(feature = "sidecar", feature = "pluggable"))]
 pub mod registry;
 mod runtime;
 mod runtime_options;
