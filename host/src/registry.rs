@@ -149,13 +149,22 @@ impl Registry {
             stop: CancellationToken::new(),
             task: Mutex::new(None),
         });
-        let previous = lock(&self.entries).insert(name, entry.clone());
+        let previous = lock(&self.entries).insert(name.clone(), entry.clone());
         if let Some(previous) = previous {
             previous.stop(deadline).await;
         }
         self.changed.send_replace(());
+        let entries = lock(&self.entries);
+        // Replaced or removed while the previous one stopped: this one never starts.
+        if !entries
+            .get(&name)
+            .is_some_and(|current| Arc::ptr_eq(current, &entry))
+        {
+            return;
+        }
         let task = tokio::spawn(supervise(self.clone(), entry.clone(), plan));
         *lock(&entry.task) = Some(task);
+        drop(entries);
     }
 
     /// Stops the binding called `name` (its input side settles the message in hand within
