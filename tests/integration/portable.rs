@@ -11,7 +11,9 @@ use rumqttc::QoS;
 use tokio::process::{Child, Command};
 
 use crate::cli::component_file;
-use crate::support::{BrokerConfig, Mosquitto, Subscriber, WAIT, free_port, publish_all, unique};
+use crate::support::{
+    BrokerConfig, Mosquitto, Subscriber, WAIT, eventually, free_port, publish_all, unique,
+};
 
 /// How long one run of the component may take, the runtime's start included (jco
 /// translates the component to JavaScript on every run, a few seconds).
@@ -135,22 +137,18 @@ async fn wait_until_writing_to_a_full_pipe(child: &Child) {
             })
         })
     };
-    let found = async {
-        loop {
-            let processes = std::fs::read_dir("/proc").expect("/proc");
-            if processes
-                .flatten()
-                .map(|entry| entry.path())
-                .any(|pid| in_group(&pid) && blocked_on_a_pipe(&pid))
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    eventually(WAIT, async || {
+        let processes = std::fs::read_dir("/proc").expect("/proc");
+        if processes
+            .flatten()
+            .map(|entry| entry.path())
+            .any(|pid| in_group(&pid) && blocked_on_a_pipe(&pid))
+        {
+            return Ok(());
         }
-    };
-    tokio::time::timeout(WAIT, found)
-        .await
-        .expect("the run blocks writing its line to the full pipe (/proc/*/task/*/wchan)");
+        Err("no thread of the run blocks writing to a full pipe (/proc/*/task/*/wchan)".into())
+    })
+    .await;
 }
 
 /// SIGKILL to the run's whole process group, and its end.

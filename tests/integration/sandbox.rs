@@ -366,15 +366,7 @@ async fn a_sidecar_stays_responsive_while_one_binding_spins_in_read() {
 
     // Wait until the spinner has been stopped at least twice: it spins, and is restarted.
     eventually(WAIT, async || {
-        let metadata: serde_json::Value = sidecar
-            .client
-            .get(sidecar.url("/v1.0/metadata"))
-            .send()
-            .await
-            .expect("metadata answers while the spinner spins")
-            .json()
-            .await
-            .expect("JSON");
+        let metadata = sidecar.metadata().await;
         let faults = metadata["extended"]["binding.spinner.faults"]
             .as_str()
             .unwrap_or_default()

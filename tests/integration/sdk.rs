@@ -164,15 +164,7 @@ async fn a_python_sdk_app_receives_events_over_grpc() {
     let sidecar =
         Sidecar::start_with_args(dir.path(), Some(app_port), &[], &["--app-protocol", "grpc"])
             .await;
-    let metadata: serde_json::Value = sidecar
-        .client
-        .get(sidecar.url("/v1.0/metadata"))
-        .send()
-        .await
-        .expect("answer")
-        .json()
-        .await
-        .expect("JSON");
+    let metadata = sidecar.metadata().await;
     assert_eq!(
         metadata["appConnectionProperties"],
         json!({"port": app_port, "protocol": "grpc"}),

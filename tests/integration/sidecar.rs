@@ -134,6 +134,18 @@ impl Sidecar {
         format!("http://127.0.0.1:{}{path}", self.http)
     }
 
+    /// `GET /v1.0/metadata`, as JSON.
+    pub(crate) async fn metadata(&self) -> serde_json::Value {
+        self.client
+            .get(self.url("/v1.0/metadata"))
+            .send()
+            .await
+            .expect("the sidecar answers /v1.0/metadata")
+            .json()
+            .await
+            .expect("metadata as JSON")
+    }
+
     /// Waits until `/v1.0/healthz` answers 204.
     pub(crate) async fn healthy(&self) {
         self.wait_for_no_content("/v1.0/healthz").await;
@@ -586,15 +598,7 @@ async fn a_missing_secret_fails_only_its_component() {
     // As daprd with `spec.ignoreErrors: true`: ready without them, and the metadata
     // names them with their errors.
     sidecar.healthy().await;
-    let metadata: serde_json::Value = sidecar
-        .client
-        .get(sidecar.url("/v1.0/metadata"))
-        .send()
-        .await
-        .expect("answer")
-        .json()
-        .await
-        .expect("JSON");
+    let metadata = sidecar.metadata().await;
     let failed = |name: &str| {
         metadata["extended"][format!("component.{name}")]
             .as_str()
@@ -699,15 +703,7 @@ async fn unreadable_files_in_the_resources_folder_are_skipped_and_reported() {
     std::fs::write(dir.path().join("nokind.yaml"), "metadata: {name: x}\n").expect("write");
     let sidecar = Sidecar::start(dir.path(), None, &[]).await;
     sidecar.healthy().await;
-    let metadata: serde_json::Value = sidecar
-        .client
-        .get(sidecar.url("/v1.0/metadata"))
-        .send()
-        .await
-        .expect("answer")
-        .json()
-        .await
-        .expect("JSON");
+    let metadata = sidecar.metadata().await;
     let extended = &metadata["extended"];
     let skipped = |file: &str| {
         extended[format!("file.{file}")]
@@ -994,15 +990,7 @@ async fn dapr_error_codes() {
         );
         assert!(!json["message"].as_str().unwrap_or_default().is_empty());
     }
-    let metadata: serde_json::Value = sidecar
-        .client
-        .get(sidecar.url("/v1.0/metadata"))
-        .send()
-        .await
-        .expect("answer")
-        .json()
-        .await
-        .expect("json");
+    let metadata = sidecar.metadata().await;
     assert_eq!(metadata["id"], "shop");
     assert_eq!(metadata["components"][0]["name"], "sensors");
     assert_eq!(metadata["components"][0]["type"], "bindings.mqtt");
