@@ -54,6 +54,19 @@ impl ClientIds {
     }
 }
 
+#[cfg(test)]
+impl ClientIds {
+    /// The binding that holds `client_id` at `host:port`, if any.
+    pub(crate) fn holder(&self, host: &str, port: u16, client_id: &str) -> Option<String> {
+        let key = (host.to_string(), port, client_id.to_string());
+        self.in_use
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&key)
+            .cloned()
+    }
+}
+
 impl Drop for Claim {
     fn drop(&mut self) {
         let mut in_use = self
