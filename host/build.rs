@@ -1,10 +1,10 @@
 //! Builds the guest component for wasm32-wasip2 so the host can embed the component it was
-//! built with. The guest gets its own target directory: the outer cargo holds the lock on
-//! ours, and host flags must not leak into a wasm build. With the `portable` feature, also
-//! builds the broker plug and the driver and composes them with that very guest into the
-//! portable component (`portable.rs`). With the `pluggable` feature, also compiles the
-//! project's `.proto` files (protox, no `protoc`) into Rust and into the encoded descriptor
-//! set the reflection service serves.
+//! built with. The wasm builds get their own target directory: the outer cargo holds the
+//! lock on ours, and host flags must not leak into a wasm build. With the `portable`
+//! feature, the same cargo run also builds the broker plug and the driver, which are then
+//! composed with that very guest into the portable component (`portable.rs`). With the
+//! `pluggable` feature, also compiles the project's `.proto` files (protox, no `protoc`)
+//! into Rust and into the encoded descriptor set the reflection service serves.
 
 #[cfg(feature = "portable")]
 #[path = "build/portable.rs"]
@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 const GUEST: &str = "mqtt-binding-guest";
 const TARGET: &str = "wasm32-wasip2";
+const WASM_RUSTFLAGS: &str = "--cfg tokio_unstable";
 
 fn main() {
     let manifest_dir =
@@ -44,26 +45,32 @@ fn main() {
         println!("cargo:rerun-if-changed={watched}");
     }
 
-    let target_dir = out_dir.join("guest-target");
+    // Every wasm part in one cargo run, in one folder: the guest and (with `portable`) the
+    // plug and the driver share their compiled dependencies (wit-bindgen's macros above
+    // all) and build side by side. tokio's networking on wasm32-wasip2 (wasi:sockets) is
+    // still behind `--cfg tokio_unstable`; the flag changes nothing in crates that do not
+    // ask for it (the guest has no tokio), and the tests build their hostile component
+    // with the same flags (`WASM_RUSTFLAGS`) so that nothing is compiled twice.
+    let target_dir = out_dir.join("wasm-target");
+    let mut packages = vec![GUEST];
+    #[cfg(feature = "portable")]
+    packages.extend(portable::PARTS.map(|(package, _)| package));
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let output = Command::new(cargo)
+    let mut command = Command::new(cargo);
+    command
         .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "--package",
-            GUEST,
-            "--target",
-            TARGET,
-            "--target-dir",
-        ])
-        .arg(&target_dir)
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(&target_dir);
+    for package in packages {
+        command.args(["--package", package]);
+    }
+    let output = command
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS")
         .env_remove("CARGO_TARGET_DIR")
         .env_remove("CARGO_BUILD_TARGET")
+        .env("RUSTFLAGS", WASM_RUSTFLAGS)
         .output()
-        .expect("running cargo to build the guest component");
+        .expect("running cargo to build the wasm components");
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let hint = if stderr.contains("target may not be installed")
@@ -72,16 +79,16 @@ fn main() {
             format!(
                 "\nthe {TARGET} target is missing; install it with: rustup target add {TARGET}\n"
             )
+        } else if stderr.contains("failed to find tool") && stderr.contains("clang") {
+            "\nring (TLS inside the portable component) compiles C for wasm32 with clang; install it with: sudo apt-get install clang\n".to_string()
         } else {
             String::new()
         };
-        panic!("building the guest component failed:{hint}\n{stderr}");
+        panic!("building the wasm components failed:{hint}\n{stderr}");
     }
+    let release = target_dir.join(TARGET).join("release");
 
-    let wasm_path = target_dir
-        .join(TARGET)
-        .join("release")
-        .join("mqtt_binding_guest.wasm");
+    let wasm_path = release.join("mqtt_binding_guest.wasm");
     let wasm = std::fs::read(&wasm_path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", wasm_path.display()));
     std::fs::write(out_dir.join("mqtt_binding_guest.wasm"), &wasm)
@@ -98,9 +105,10 @@ fn main() {
         "cargo:rustc-env=MQTT_BINDING_GUEST_TARGET={}",
         target_dir.display()
     );
+    println!("cargo:rustc-env=MQTT_BINDING_WASM_RUSTFLAGS={WASM_RUSTFLAGS}");
 
     #[cfg(feature = "portable")]
-    portable::build(&root, &out_dir, &wasm);
+    portable::compose_into(&release, &out_dir, &wasm);
 
     #[cfg(feature = "sidecar")]
     compile_protos(

@@ -1,21 +1,18 @@
 //! The portable component: the broker plug and the driver's two parts, built for
-//! wasm32-wasip2 with tokio's WASI networking (`--cfg tokio_unstable`, in a target directory
-//! of their own so that the flag reaches no other build), then composed with the guest the
-//! host embeds, byte for byte, into one component whose only imports are `wasi:*`.
+//! wasm32-wasip2 with tokio's WASI networking (`--cfg tokio_unstable`) beside the guest by
+//! the build script, then composed with the guest the host embeds, byte for byte, into one
+//! component whose only imports are `wasi:*`.
 //!
 //! The composition plugs each import by name into the export of an earlier part: the
 //! graph is plug → app side → guest → command, acyclic as a composition must be.
 
 use std::path::Path;
-use std::process::Command;
 
 use wac_graph::types::Package;
 use wac_graph::{CompositionGraph, EncodeOptions};
 
-const TARGET: &str = "wasm32-wasip2";
-
 /// The parts in the order they are instantiated: each may import from those before it.
-const PARTS: [(&str, &str); 3] = [
+pub const PARTS: [(&str, &str); 3] = [
     ("mqtt-binding-plug", "mqtt_binding_plug.wasm"),
     ("mqtt-binding-driver-app", "mqtt_binding_driver_app.wasm"),
     (
@@ -24,35 +21,9 @@ const PARTS: [(&str, &str); 3] = [
     ),
 ];
 
-pub fn build(root: &Path, out_dir: &Path, guest: &[u8]) {
-    let target_dir = out_dir.join("portable-target");
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut command = Command::new(cargo);
-    command
-        .current_dir(root)
-        .args(["build", "--release", "--target", TARGET, "--target-dir"])
-        .arg(&target_dir);
-    for (package, _) in PARTS {
-        command.args(["--package", package]);
-    }
-    let output = command
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO_BUILD_TARGET")
-        // tokio's networking on wasm32-wasip2 (wasi:sockets) is still behind this flag.
-        .env("RUSTFLAGS", "--cfg tokio_unstable")
-        .output()
-        .expect("running cargo to build the portable component's parts");
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let hint = if stderr.contains("failed to find tool") && stderr.contains("clang") {
-            "\nring (TLS inside the component) compiles C for wasm32 with clang; install it with: sudo apt-get install clang\n"
-        } else {
-            ""
-        };
-        panic!("building the portable component's parts failed:{hint}\n{stderr}");
-    }
-    let release = target_dir.join(TARGET).join("release");
+/// Composes the parts (built by the build script into `release`) with the guest the host
+/// embeds, byte for byte, into `OUT_DIR/mqtt_binding_portable.wasm`.
+pub fn compose_into(release: &Path, out_dir: &Path, guest: &[u8]) {
     let parts: Vec<(String, Vec<u8>)> = PARTS
         .iter()
         .map(|(package, file)| {

@@ -155,7 +155,7 @@ pub fn hostile_component() -> &'static str {
             .args(["build", "--release", "--package", "mqtt-binding-hostile"])
             .args(["--target", "wasm32-wasip2", "--target-dir", target_dir])
             .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .env_remove("RUSTFLAGS")
+            .env("RUSTFLAGS", env!("MQTT_BINDING_WASM_RUSTFLAGS"))
             .env_remove("CARGO_TARGET_DIR")
             .env_remove("CARGO_BUILD_TARGET")
             .output()
