@@ -4,9 +4,10 @@
 //! `cargo bench -p mqtt-binding --bench bench` runs it in full and writes the table into
 //! `docs/BENCHMARKS.md` (between its table markers; the text around them is kept).
 //! `cargo bench -p mqtt-binding --bench bench -- output input` runs only those groups
-//! (`output`, `latency`, `input`, `mqtt5`, `sandbox`, `faces`, `floors` or one of its halves
-//! `floors-output` and `floors-input`, `concurrency`, `bindings`, `start`, `memory`,
-//! `portable`) and writes nothing.
+//! (`output`, `latency`, `input`, `mqtt5`, `sandbox`, `faces`, `floors` or one of its parts
+//! `floors-output`, `floors-input` and `floors-busy` (both halves again beside a CPU hog
+//! pinned to one core), `concurrency`, `bindings`, `start`, `memory`, `portable`) and writes
+//! nothing.
 //! `cargo test -p mqtt-binding --bench bench` (no `--bench` argument) runs every figure once
 //! with a few hundred messages, so that the code cannot rot.
 //!
@@ -24,6 +25,7 @@
 #![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
 mod bindings;
+mod busy;
 mod faces;
 mod floors;
 mod portable;
@@ -48,8 +50,8 @@ const IN_FLIGHT: usize = 64;
 struct Settings {
     full: bool,
     /// Figure groups to run (`output`, `latency`, `input`, `mqtt5`, `sandbox`, `faces`,
-    /// `floors` or `floors-output` and `floors-input`, `concurrency`, `bindings`, `start`,
-    /// `memory`, `portable`); all if empty.
+    /// `floors` or `floors-output`, `floors-input` and `floors-busy`, `concurrency`,
+    /// `bindings`, `start`, `memory`, `portable`); all if empty.
     only: Vec<String>,
     runs: usize,
     messages: usize,
@@ -79,6 +81,10 @@ fn main() {
     // This binary is also the hand-written servers the `floors` group measures against.
     if args.get(1).map(String::as_str) == Some("floor-server") {
         return floors::serve(&args[2..]);
+    }
+    // And the CPU hog the busy variant of `floors` runs beside.
+    if args.get(1).map(String::as_str) == Some("cpu-hog") {
+        return busy::spin(&args[2..]);
     }
     let full = std::env::args().any(|arg| arg == "--bench");
     let only: Vec<String> = std::env::args()
@@ -154,6 +160,13 @@ async fn measure(settings: &Settings) -> Vec<Row> {
     }
     if settings.wants("floors") || settings.wants("floors-input") {
         rows.extend(floors::input_rows(settings, &broker).await);
+    }
+    if settings.wants("floors") || settings.wants("floors-busy") {
+        let hog = busy::Hog::start().await;
+        let mut busy = floors::output_rows(settings, &broker).await;
+        busy.extend(floors::input_rows(settings, &broker).await);
+        hog.stop().await;
+        rows.extend(busy.into_iter().map(busy::marked));
     }
     if settings.wants("concurrency") {
         rows.extend(faces::concurrency_rows(settings, &broker).await);
