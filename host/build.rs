@@ -52,9 +52,10 @@ fn main() {
     // ask for it (the guest has no tokio), and the tests build their hostile component
     // with the same flags (`WASM_RUSTFLAGS`) so that nothing is compiled twice.
     let target_dir = out_dir.join("wasm-target");
-    let mut packages = vec![GUEST];
     #[cfg(feature = "portable")]
-    packages.extend(portable::PARTS.map(|(package, _)| package));
+    let packages = [&[GUEST][..], &portable::PARTS.map(|(package, _)| package)].concat();
+    #[cfg(not(feature = "portable"))]
+    let packages = [GUEST];
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
