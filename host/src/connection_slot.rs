@@ -235,13 +235,16 @@ mod tests {
         }
     }
 
-    fn fake_slot(
-        connector: Fake,
-        allowed: Option<Vec<AllowedBroker>>,
-        client_ids: Arc<ClientIds>,
-        shutdown: CancellationToken,
-    ) -> ConnectionSlot<Fake> {
-        ConnectionSlot::new("orders".into(), connector, allowed, client_ids, shutdown)
+    /// A slot over a fake that admits `permits` connects, with no allow-list, a client-ID
+    /// table of its own and no shutdown.
+    fn fake_slot(permits: usize) -> ConnectionSlot<Fake> {
+        ConnectionSlot::new(
+            "orders".into(),
+            Fake::admitting(permits),
+            None,
+            Arc::default(),
+            CancellationToken::new(),
+        )
     }
 
     fn connects(slot: &ConnectionSlot<Fake>) -> usize {
@@ -250,12 +253,7 @@ mod tests {
 
     #[tokio::test]
     async fn instances_that_open_at_once_share_one_connect() {
-        let slot = fake_slot(
-            Fake::admitting(0),
-            None,
-            Arc::default(),
-            CancellationToken::new(),
-        );
+        let slot = fake_slot(0);
         let first = slot.open(options("broker.test"));
         let second = slot.open(options("broker.test"));
         let release = async {
@@ -272,12 +270,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_join_before_any_open_and_after_close_finds_no_connection() {
-        let slot = fake_slot(
-            Fake::admitting(1),
-            None,
-            Arc::default(),
-            CancellationToken::new(),
-        );
+        let slot = fake_slot(1);
         assert_eq!(slot.join().await.err(), Some(BrokerError::Closed));
         slot.open(options("broker.test")).await.expect("opened");
         slot.close().await;
@@ -291,12 +284,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_closed_for_good_is_replaced_by_the_next_open() {
-        let slot = fake_slot(
-            Fake::admitting(2),
-            None,
-            Arc::default(),
-            CancellationToken::new(),
-        );
+        let slot = fake_slot(2);
         let first = slot.open(options("broker.test")).await.expect("opened");
         first.open.store(false, Ordering::SeqCst);
         assert_eq!(slot.join().await.err(), Some(BrokerError::Closed));
@@ -307,12 +295,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_connect_leaves_no_connection_and_the_next_open_tries_again() {
-        let slot = fake_slot(
-            Fake::admitting(2),
-            None,
-            Arc::default(),
-            CancellationToken::new(),
-        );
+        let slot = fake_slot(2);
         let failed = slot.open(options("unreachable.invalid")).await.err();
         assert!(
             failed.as_ref().is_some_and(BrokerError::is_retryable),
@@ -326,7 +309,8 @@ mod tests {
     #[tokio::test]
     async fn a_broker_the_operator_does_not_allow_is_refused_before_any_connect() {
         let allowed: AllowedBroker = "mqtt.example.com".parse().expect("a pattern");
-        let slot = fake_slot(
+        let slot = ConnectionSlot::new(
+            "orders".into(),
             Fake::admitting(1),
             Some(vec![allowed]),
             Arc::default(),
@@ -353,7 +337,13 @@ mod tests {
     #[tokio::test]
     async fn a_connect_under_way_gives_up_at_shutdown() {
         let shutdown = CancellationToken::new();
-        let slot = fake_slot(Fake::admitting(0), None, Arc::default(), shutdown.clone());
+        let slot = ConnectionSlot::new(
+            "orders".into(),
+            Fake::admitting(0),
+            None,
+            Arc::default(),
+            shutdown.clone(),
+        );
         let opening = slot.open(options("broker.test"));
         shutdown.cancel();
         let outcome = tokio::time::timeout(WAIT, opening).await.expect("ended");
@@ -364,7 +354,8 @@ mod tests {
     #[tokio::test]
     async fn the_client_id_is_held_from_open_until_close() {
         let client_ids = Arc::<ClientIds>::default();
-        let slot = fake_slot(
+        let slot = ConnectionSlot::new(
+            "orders".into(),
             Fake::admitting(1),
             None,
             client_ids.clone(),
