@@ -140,6 +140,9 @@ fn compile_protos(out_dir: &std::path::Path, files: &[&str], descriptor: &str) {
     std::fs::write(out_dir.join(descriptor), compiled.encode_to_vec())
         .expect("writing the descriptor set into OUT_DIR");
     tonic_prost_build::configure()
+        // An event's data goes out as the payload's own bytes, shared, not copied.
+        .bytes(".dapr.proto.runtime.v1.BindingEventRequest.data")
+        .bytes(".dapr.proto.components.v1.ReadResponse.data")
         .compile_fds(compiled)
         .unwrap_or_else(|error| panic!("generating code from {files:?}: {error}"));
 }

@@ -25,6 +25,7 @@ mod backoff;
 mod codec;
 mod driver;
 mod error;
+pub mod event;
 #[cfg(any(test, feature = "test-support"))]
 pub mod fake;
 mod inbox;

@@ -139,11 +139,6 @@ impl Host for Imports<'_> {
         timeout_ms: u32,
     ) -> Result<(), host::BrokerError> {
         let properties = &publish.properties;
-        let user_properties: Vec<(&str, &str)> = properties
-            .user_properties
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .collect();
         let options = PublishOptions {
             qos: wit_qos(publish.qos),
             retain: publish.retain,
@@ -152,7 +147,7 @@ impl Host for Imports<'_> {
                 content_type: properties.content_type.as_deref(),
                 response_topic: properties.response_topic.as_deref(),
                 correlation_data: properties.correlation_data.as_deref(),
-                user_properties: &user_properties,
+                user_properties: &properties.user_properties,
                 utf8_payload: false,
             },
             timeout_ms,
@@ -217,9 +212,9 @@ impl Host for Imports<'_> {
 
 fn wit_event<'a>(event: host::Event<'a, Payload>) -> delivery::Event<'a> {
     delivery::Event {
-        data: event.data,
-        metadata: event.metadata,
+        message: event.message,
         attempt: event.attempt,
+        ack: event.ack,
     }
 }
 

@@ -62,13 +62,17 @@ pub struct Message<P> {
     pub properties: Properties,
 }
 
-/// One delivery of a message to the application.
+/// One delivery of a message to the application. The host gives the application the
+/// message's bytes and its metadata (topic, flags, MQTT 5 properties), made once when it
+/// arrived.
 #[derive(Debug, Clone, Copy)]
 pub struct Event<'a, P> {
-    pub data: &'a P,
-    pub metadata: &'a [(&'a str, &'a str)],
+    /// The message's payload, as `next_messages` handed it.
+    pub message: &'a P,
     /// 1 for the first delivery, 2 for the first retry.
     pub attempt: u32,
+    /// `deliver` only: the host acknowledges the message once the application accepted it.
+    pub ack: bool,
 }
 
 /// The application's answer: accepted (with the data it answered, if any), or not.

@@ -4,16 +4,13 @@
 //! topic, and acknowledge a message only once it is settled, in arrival order. It runs
 //! until the host closes the connection for shutdown.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
-
-use base64::Engine as _;
 
 use crate::host::{BrokerError, DeliveryError, Event, GivenUp, Host, Level, Message, Waited};
 use crate::metadata::{Config, Qos};
 use crate::output::publish_with_retries;
-use crate::request::{self, Properties, Publish};
+use crate::request::{Properties, Publish};
 use crate::window::Window;
 
 /// How long `subscribe` waits for SUBACK, and how long to wait before trying again.
@@ -24,8 +21,6 @@ const NEXT_MESSAGES_WAIT_MS: u32 = 60_000;
 /// Most messages taken from the host at once: enough to save most calls under load, few
 /// enough that a batch in hand stays small.
 const NEXT_MESSAGES_MAX: u32 = 64;
-/// Event metadata name of a received message's remaining expiry, in seconds.
-const MESSAGE_EXPIRY_INTERVAL: &str = "messageExpiryInterval";
 
 /// Subscribes, then delivers until shutdown (`Ok`), or until the broker fails in a way
 /// that retrying cannot mend.
@@ -82,19 +77,18 @@ enum Settled {
 /// broker to redeliver.
 fn deliver<H: Host>(host: &H, config: &Config, message: Message<H::Payload>) -> Settled {
     let topic = &message.topic;
-    let entries = event_metadata(&message);
-    let metadata: Vec<(&str, &str)> = entries
-        .iter()
-        .map(|(name, value)| (name.as_ref(), value.as_ref()))
-        .collect();
+    // With nothing to do between the application's acceptance and the acknowledgement (no
+    // response to publish first), the host acknowledges on acceptance: one call less.
+    let ack_on_accept = message.qos != Qos::AtMostOnce && message.properties.response_topic.is_none();
     let mut attempt: u32 = 1;
     let reason = loop {
         let event = Event {
-            data: &message.payload,
-            metadata: &metadata,
+            message: &message.payload,
             attempt,
+            ack: ack_on_accept,
         };
         let reason = match host.deliver(event) {
+            Ok(_) if ack_on_accept => return Settled::Acknowledged,
             Ok(answer) => {
                 if !respond(host, config, &message, answer) {
                     return Settled::Unacknowledged;
@@ -198,7 +192,6 @@ fn give_up<H: Host>(
 /// One message of a concurrent input binding, from its first delivery until it is settled.
 struct Flight<H: Host> {
     message: Message<H::Payload>,
-    metadata: Vec<(String, String)>,
     attempt: u32,
     state: FlightState<H::Pending>,
 }
@@ -211,13 +204,8 @@ enum FlightState<P> {
 
 impl<H: Host> Flight<H> {
     fn start(host: &H, message: Message<H::Payload>) -> Self {
-        let metadata = event_metadata(&message)
-            .into_iter()
-            .map(|(name, value)| (name.into_owned(), value.into_owned()))
-            .collect();
         let mut flight = Self {
             message,
-            metadata,
             attempt: 0,
             state: FlightState::RetryAt(host.now()),
         };
@@ -227,15 +215,11 @@ impl<H: Host> Flight<H> {
 
     fn deliver_again(&mut self, host: &H) {
         self.attempt += 1;
-        let metadata: Vec<(&str, &str)> = self
-            .metadata
-            .iter()
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .collect();
+        // Acknowledged through `ack`, in arrival order (see `window`).
         self.state = FlightState::Delivering(host.start(Event {
-            data: &self.message.payload,
-            metadata: &metadata,
+            message: &self.message.payload,
             attempt: self.attempt,
+            ack: false,
         }));
     }
 }
@@ -363,49 +347,6 @@ fn read_concurrently<H: Host>(
     }
 }
 
-/// The event metadata of a message: `topic`, `retained`, `qos`, `duplicate`, and at MQTT 5
-/// the properties it carries (docs/BEHAVIOUR.md, "Input binding").
-fn event_metadata<P>(message: &Message<P>) -> Vec<(Cow<'_, str>, Cow<'_, str>)> {
-    // Borrowed where it can be: an MQTT 3.1.1 message costs no allocation per entry.
-    let mut metadata: Vec<(Cow<'_, str>, Cow<'_, str>)> = vec![
-        ("topic".into(), message.topic.as_str().into()),
-        ("retained".into(), bool_text(message.retained).into()),
-        ("qos".into(), qos_text(message.qos).into()),
-        ("duplicate".into(), bool_text(message.duplicate).into()),
-    ];
-    let properties = &message.properties;
-    if let Some(content_type) = &properties.content_type {
-        metadata.push((request::field::CONTENT_TYPE.into(), content_type.into()));
-    }
-    if let Some(response_topic) = &properties.response_topic {
-        metadata.push((request::field::RESPONSE_TOPIC.into(), response_topic.into()));
-    }
-    if let Some(data) = &properties.correlation_data {
-        metadata.push(match std::str::from_utf8(data) {
-            Ok(text) => (request::field::CORRELATION_DATA.into(), text.into()),
-            Err(_) => (
-                request::field::CORRELATION_DATA_BASE64.into(),
-                base64::engine::general_purpose::STANDARD
-                    .encode(data)
-                    .into(),
-            ),
-        });
-    }
-    if let Some(expiry) = properties.expiry_secs {
-        metadata.push((MESSAGE_EXPIRY_INTERVAL.into(), expiry.to_string().into()));
-    }
-    for (name, value) in &properties.user_properties {
-        // W3C Trace Context over MQTT: the trace goes on to the application as its own
-        // header, as well as the user property it is.
-        if name == request::field::TRACEPARENT || name == request::field::TRACESTATE {
-            metadata.push((name.into(), value.into()));
-        }
-        let prefixed = format!("{}{name}", request::field::USER_PROPERTY_PREFIX);
-        metadata.push((prefixed.into(), value.into()));
-    }
-    metadata
-}
-
 /// Answers an MQTT 5 request: when the message names a response topic and the application
 /// answered with data, publishes that data there with the request's correlation data.
 /// `false` when that publish failed, so that the request stays unacknowledged and the broker
@@ -469,18 +410,6 @@ fn acknowledge<H: Host>(host: &H, id: u64, qos: Qos, topic: &str) -> Settled {
             Settled::Unacknowledged
         }
     }
-}
-
-fn qos_text(qos: Qos) -> &'static str {
-    match qos {
-        Qos::AtMostOnce => "0",
-        Qos::AtLeastOnce => "1",
-        Qos::ExactlyOnce => "2",
-    }
-}
-
-fn bool_text(value: bool) -> &'static str {
-    if value { "true" } else { "false" }
 }
 
 #[cfg(test)]

@@ -15,11 +15,12 @@ use crate::request::{Properties, Publish};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
     Subscribed(String),
-    /// `deliver`, or `start` of a concurrent delivery.
+    /// `deliver`, or `start` of a concurrent delivery; `ack` when the host was asked to
+    /// acknowledge on acceptance (then an `Acked` follows an accepting answer).
     Delivered {
         payload: String,
         attempt: u32,
-        metadata: Vec<(String, String)>,
+        ack: bool,
     },
     Acked(u64),
     Published {
@@ -50,6 +51,9 @@ pub struct Scripted {
     origin: Instant,
     elapsed: Cell<Duration>,
     calls: RefCell<Vec<Call>>,
+    /// The message ids of the payloads handed out (the tests' payloads are unique), for an
+    /// event that asks to be acknowledged on acceptance.
+    ids: RefCell<HashMap<Vec<u8>, u64>>,
 }
 
 impl Default for Scripted {
@@ -63,6 +67,7 @@ impl Default for Scripted {
             origin: Instant::now(),
             elapsed: Cell::new(Duration::ZERO),
             calls: RefCell::default(),
+            ids: RefCell::default(),
         }
     }
 }
@@ -184,13 +189,9 @@ impl Scripted {
 
     fn delivery(&self, event: &Event<'_, Vec<u8>>) {
         self.record(Call::Delivered {
-            payload: String::from_utf8_lossy(event.data).into_owned(),
+            payload: String::from_utf8_lossy(event.message).into_owned(),
             attempt: event.attempt,
-            metadata: event
-                .metadata
-                .iter()
-                .map(|(name, value)| (name.to_string(), value.to_string()))
-                .collect(),
+            ack: event.ack,
         });
     }
 
@@ -230,6 +231,8 @@ impl Host for Scripted {
                 if batch.len() > max {
                     batches.push_front(batch.split_off(max));
                 }
+                let mut ids = self.ids.borrow_mut();
+                ids.extend(batch.iter().map(|m| (m.payload.clone(), m.id)));
                 Ok(batch)
             }
             None if timeout_ms == 0 => Ok(Vec::new()),
@@ -260,13 +263,20 @@ impl Host for Scripted {
 
     fn deliver(&self, event: Event<'_, Vec<u8>>) -> Answer<Vec<u8>> {
         self.delivery(&event);
-        self.answer_for(event.data, event.attempt)
+        let answer = self.answer_for(event.message, event.attempt);
+        if event.ack && answer.is_ok() {
+            let id = self.ids.borrow().get(event.message).copied();
+            self.record(Call::Acked(id.expect("a payload from next_messages")));
+        }
+        answer
     }
 
+    /// The real host refuses `ack` here; so does this one, loudly.
     fn start(&self, event: Event<'_, Vec<u8>>) -> Started {
+        assert!(!event.ack, "`start` does not acknowledge");
         self.delivery(&event);
         Started {
-            payload: event.data.clone(),
+            payload: event.message.clone(),
             attempt: event.attempt,
         }
     }

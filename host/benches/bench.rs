@@ -86,6 +86,10 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("cpu-hog") {
         return busy::spin(&args[2..]);
     }
+    // And one side of one in-process row, again and again, for a profiler to watch.
+    if args.get(1).map(String::as_str) == Some("profile") {
+        return profile(&args[2..]);
+    }
     let full = std::env::args().any(|arg| arg == "--bench");
     let only: Vec<String> = std::env::args()
         .skip(1)
@@ -129,6 +133,78 @@ fn main() {
             .expect("writing docs/BENCHMARKS.md");
         println!("written to docs/BENCHMARKS.md");
     }
+}
+
+/// `bench profile ROW SIDE SECONDS`: runs one side (`binding` or `reference`) of one
+/// in-process row (`input-qos0`, `input-qos1`, `output-qos0`, `output-qos1`; 100 B, 30,000
+/// messages a run) in a loop for about SECONDS, then prints the CPU per message of the
+/// runs. The broker is a process of its own and input rows preload on a thread of their
+/// own, so the benchmark thread (named after this binary) is the row's timed part alone:
+///
+/// ```text
+/// $TARGET/release/deps/bench-* profile input-qos0 binding 20 &
+/// perf record -g -p $! -o input.perf -- sleep 15
+/// perf report -i input.perf --comms "$(cat /proc/$!/comm)" --no-children --sort sym
+/// ```
+fn profile(args: &[String]) {
+    let [row, side, seconds] = args else {
+        panic!("usage: profile ROW SIDE SECONDS, for example: profile input-qos0 binding 20");
+    };
+    let binding = match side.as_str() {
+        "binding" => true,
+        "reference" => false,
+        other => panic!("SIDE is `binding` or `reference`, not {other:?}"),
+    };
+    let seconds: u64 = seconds.parse().expect("SECONDS is a whole number");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let broker = Mosquitto::start_with(BrokerConfig {
+            extra: "queue_qos0_messages true\nmax_queued_messages 0\n".into(),
+            ..Default::default()
+        });
+        const MESSAGES: usize = 30_000;
+        let until = Instant::now() + Duration::from_secs(seconds);
+        let mut cpu = Vec::new();
+        while Instant::now() < until {
+            let run = match (row.as_str(), binding) {
+                ("input-qos0", true) => {
+                    binding_rate(runtime(), &broker, QoS::AtMostOnce, MESSAGES).await
+                }
+                ("input-qos0", false) => raw_rate(&broker, QoS::AtMostOnce, MESSAGES).await,
+                ("input-qos1", true) => {
+                    binding_rate(runtime(), &broker, QoS::AtLeastOnce, MESSAGES).await
+                }
+                ("input-qos1", false) => raw_rate(&broker, QoS::AtLeastOnce, MESSAGES).await,
+                ("output-qos0", true) => {
+                    output_rate(runtime(), &broker, QoS::AtMostOnce, 100, MESSAGES).await
+                }
+                ("output-qos0", false) => {
+                    rumqttc_output_rate(&broker, QoS::AtMostOnce, 100, MESSAGES).await
+                }
+                ("output-qos1", true) => {
+                    output_rate(runtime(), &broker, QoS::AtLeastOnce, 100, MESSAGES).await
+                }
+                ("output-qos1", false) => {
+                    rumqttc_output_rate(&broker, QoS::AtLeastOnce, 100, MESSAGES).await
+                }
+                (other, _) => panic!(
+                    "ROW is input-qos0, input-qos1, output-qos0 or output-qos1, not {other:?}"
+                ),
+            };
+            cpu.push(run.cpu_per_message);
+        }
+        let (median, low, high) = stats(&cpu);
+        println!(
+            "{row} {side}: {} runs, CPU per message {} µs ({}–{})",
+            cpu.len(),
+            fmt(median),
+            fmt(low),
+            fmt(high)
+        );
+    });
 }
 
 async fn measure(settings: &Settings) -> Vec<Row> {
@@ -1136,9 +1212,24 @@ async fn mosquitto_pub_process(broker: &Mosquitto) -> f64 {
 }
 
 /// Creates a persistent session subscribed to a fresh topic, then fills it while offline.
+/// On a thread of its own, so that a profiler watching the benchmark thread (see
+/// [`profile`]) sees only the timed part of a row.
 async fn preload(broker: &Mosquitto, qos: QoS, messages: usize, client_id: &str) -> String {
+    let (port, client_id) = (broker.port, client_id.to_string());
+    tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(preload_here(port, qos, messages, &client_id))
+    })
+    .await
+    .expect("preloading")
+}
+
+async fn preload_here(port: u16, qos: QoS, messages: usize, client_id: &str) -> String {
     let topic = format!("bench/{}", unique());
-    let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.port);
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options.set_clean_session(false);
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     client.subscribe(&topic, qos).await.expect("subscribe");
@@ -1152,7 +1243,7 @@ async fn preload(broker: &Mosquitto, qos: QoS, messages: usize, client_id: &str)
     client.disconnect().await.expect("disconnect");
     while eventloop.poll().await.is_ok() {}
     let payloads = vec![vec![b'x'; 100]; messages];
-    publish_all(broker.port, &topic, QoS::AtLeastOnce, &payloads).await;
+    publish_all(port, &topic, QoS::AtLeastOnce, &payloads).await;
     topic
 }
 

@@ -753,7 +753,7 @@ async fn serve_grpc_input(app_port: &str, broker_port: u16, topic: &str, client_
     while let Some(publish) = arrived.recv().await {
         let request = BindingEventRequest {
             name: "bench".into(),
-            data: publish.payload.to_vec(),
+            data: publish.payload.clone(),
             metadata: [("topic".to_string(), publish.topic.clone())].into(),
         };
         app.on_binding_event(request)
@@ -811,7 +811,7 @@ impl InputBinding for ReadFloor {
                 next_id += 1;
                 let message_id = next_id.to_string();
                 let event = ReadResponse {
-                    data: publish.payload.to_vec(),
+                    data: publish.payload.clone(),
                     metadata: [("topic".to_string(), publish.topic.clone())].into(),
                     content_type: String::new(),
                     message_id: message_id.clone(),

@@ -197,7 +197,7 @@ impl Binding {
             data,
             metadata,
         } = request;
-        let data = Payload(data.into());
+        let data = Payload::from(bytes::Bytes::from(data));
         self.with_output(async |Instance { store, exports }| {
             // The bytes stay with the host; the component gets a handle it owns and drops.
             let data = store

@@ -132,7 +132,7 @@ async fn a_message_from_an_earlier_connection_is_not_acknowledged_on_the_next() 
     let held = tokio::time::timeout(WAIT, delivered.recv())
         .await
         .expect("delivered");
-    assert_eq!(held.expect("event").data, b"old");
+    assert_eq!(held.expect("event").data, &b"old"[..]);
 
     drop(first);
     let mut second = broker.accept(false).await;
@@ -144,7 +144,7 @@ async fn a_message_from_an_earlier_connection_is_not_acknowledged_on_the_next() 
     let next = tokio::time::timeout(WAIT, delivered.recv())
         .await
         .expect("delivered");
-    assert_eq!(next.expect("event").data, b"new");
+    assert_eq!(next.expect("event").data, &b"new"[..]);
     match second.next().await {
         Packet::PubAck(ack) => assert_eq!(ack.pkid, 8, "only the new message is acknowledged"),
         other => panic!("expected PUBACK 8, got {other:?}"),

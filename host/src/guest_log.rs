@@ -18,7 +18,7 @@ use crate::host_state::HostState;
 use crate::sandbox::{Admit, clipped};
 
 /// The import's name, as the WIT declares it.
-const INTERFACE: &str = "mqtt-binding:binding/logging@0.4.0";
+const INTERFACE: &str = "mqtt-binding:binding/logging@0.5.0";
 
 /// Adds the `logging` import to `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> anyhow::Result<()> {

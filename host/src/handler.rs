@@ -4,10 +4,13 @@
 use std::future::Future;
 use std::pin::Pin;
 
+use bytes::Bytes;
+
 /// One event for the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
-    pub data: Vec<u8>,
+    /// The message payload: the bytes as they came off the socket, shared, not copied.
+    pub data: Bytes,
     pub metadata: Vec<(String, String)>,
     /// Which delivery of this message this is: 1 for the first, 2 for the first retry.
     pub attempt: u32,

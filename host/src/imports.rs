@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use bytes::Bytes;
 use wasmtime::component::Resource;
 
 use crate::broker::{
@@ -14,8 +15,8 @@ use crate::broker::{
 use crate::error::{BrokerError, Field, Rejection};
 use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, types};
 use crate::handler::{Event, EventHandler};
-use crate::host_state::HostView;
-use crate::payload::Payload;
+use crate::host_state::{BindingHost, HostView};
+use crate::payload::{Payload, Received};
 use crate::pending::{Pending, Refused};
 
 /// The one mapping from host errors to the guest's `broker.error`.
@@ -126,7 +127,7 @@ impl types::Host for HostView<'_> {}
 
 impl types::HostPayload for HostView<'_> {
     async fn len(&mut self, payload: Resource<Payload>) -> wasmtime::Result<u64> {
-        Ok(self.table.get(&payload)?.0.len() as u64)
+        Ok(self.table.get(&payload)?.bytes.len() as u64)
     }
 
     async fn drop(&mut self, payload: Resource<Payload>) -> wasmtime::Result<()> {
@@ -187,7 +188,7 @@ impl broker::HostConnection for HostView<'_> {
         payload: Resource<Payload>,
         options: broker::PublishOptions,
     ) -> wasmtime::Result<Result<(), broker::Error>> {
-        let payload = self.table.get(&payload)?.0.clone();
+        let payload = self.table.get(&payload)?.bytes.clone();
         let connection = self.table.get(&connection)?;
         let request = PublishRequest {
             topic,
@@ -234,14 +235,17 @@ impl broker::HostConnection for HostView<'_> {
         };
         let mut handed = Vec::with_capacity(messages.len());
         for m in messages {
+            let (id, topic, qos, retained, duplicate) =
+                (m.id, m.topic.clone(), m.qos, m.retain, m.duplicate);
+            let properties = wit_properties(m.properties.clone());
             handed.push(broker::Message {
-                id: m.id,
-                topic: m.topic,
-                payload: self.table.push(Payload(m.payload))?,
-                qos: wit_qos(m.qos),
-                retained: m.retain,
-                duplicate: m.duplicate,
-                properties: wit_properties(m.properties),
+                id,
+                topic,
+                payload: self.table.push(Payload::received(m))?,
+                qos: wit_qos(qos),
+                retained,
+                duplicate,
+                properties,
             });
         }
         Ok(Ok(handed))
@@ -280,14 +284,21 @@ impl delivery::Host for HostView<'_> {
             Ok(handler) => handler,
             Err(refused) => return Ok(Err(refused.into())),
         };
-        let event = self.event_for_app(event)?;
+        let ack = event.ack;
+        let (event, received) = match self.event_for_app(&event)? {
+            Ok(prepared) => prepared,
+            Err(refused) => return Ok(Err(refused.into())),
+        };
         let outcome = tokio::select! {
             biased;
             outcome = handler.deliver(event) => outcome.map_err(delivery::DeliveryError::Failed),
             () = self.host.shutdown.cancelled() => Err(delivery::DeliveryError::Stopped),
         };
+        if ack && outcome.is_ok() {
+            acknowledge(self.host, &received).await;
+        }
         Ok(match outcome {
-            Ok(Some(answer)) => Ok(Some(self.table.push(Payload(answer.into()))?)),
+            Ok(Some(answer)) => Ok(Some(self.table.push(Payload::from(Bytes::from(answer)))?)),
             Ok(None) => Ok(None),
             Err(error) => Err(error),
         })
@@ -295,10 +306,13 @@ impl delivery::Host for HostView<'_> {
 
     async fn start(&mut self, event: delivery::Event) -> wasmtime::Result<Resource<Pending>> {
         let pending = match self.handler_to_deliver() {
-            Ok(handler) => {
-                let event = self.event_for_app(event)?;
-                Pending::start(handler, event, self.host.shutdown.clone())
-            }
+            Ok(_) if event.ack => Pending::answered(Err(Refused::Failed(
+                "`start` does not acknowledge (`ack` is for `deliver`): acknowledge with `ack` once the message is settled".into(),
+            ))),
+            Ok(handler) => match self.event_for_app(&event)? {
+                Ok((event, _)) => Pending::start(handler, event, self.host.shutdown.clone()),
+                Err(refused) => Pending::answered(Err(refused)),
+            },
             Err(refused) => Pending::answered(Err(refused)),
         };
         Ok(self.table.push(pending)?)
@@ -363,7 +377,7 @@ impl delivery::HostPending for HostView<'_> {
         };
         let index = u32::try_from(waiting[position].0).unwrap_or(u32::MAX);
         let outcome = match outcome {
-            Ok(Ok(Some(answer))) => Ok(Some(self.table.push(Payload(answer.into()))?)),
+            Ok(Ok(Some(answer))) => Ok(Some(self.table.push(Payload::from(Bytes::from(answer)))?)),
             Ok(Ok(None)) => Ok(None),
             Ok(Err(refused)) => Err(refused.into()),
             Err(_) => Err(delivery::DeliveryError::Failed(
@@ -408,20 +422,31 @@ impl HostView<'_> {
         Ok(handler)
     }
 
-    /// The application's copy of an event, counted as a retry when it is not the first
-    /// delivery of its message.
-    fn event_for_app(&mut self, event: delivery::Event) -> wasmtime::Result<Event> {
+    /// The event for the application, from the received message behind `event.message`
+    /// (its bytes shared, its metadata made when it arrived), counted as a retry when it is
+    /// not the first delivery of its message.
+    fn event_for_app(
+        &mut self,
+        event: &delivery::Event,
+    ) -> wasmtime::Result<Result<(Event, Arc<Received>), Refused>> {
+        let payload = self.table.get(&event.message)?;
+        let Some(received) = payload.received.clone() else {
+            return Ok(Err(Refused::Failed(
+                "an event's `message` must be a payload from `next-messages`".into(),
+            )));
+        };
         if event.attempt > 1 {
             self.host
                 .faults
                 .delivery_retries
                 .fetch_add(1, Ordering::Relaxed);
         }
-        Ok(Event {
-            data: self.table.get(&event.data)?.0.to_vec(),
-            metadata: event.metadata,
+        let app_event = Event {
+            data: payload.bytes.clone(),
+            metadata: received.metadata.clone(),
             attempt: event.attempt,
-        })
+        };
+        Ok(Ok((app_event, received)))
     }
 
     /// Gives the answers that did not come back to their deliveries (all but `spent`), and
@@ -442,6 +467,25 @@ impl HostView<'_> {
             }
         }
         Ok(waited)
+    }
+}
+
+/// Acknowledges a delivered message for `deliver` (its `ack`). A failure is logged: the
+/// broker sends the message again on its next connection, so nothing is lost.
+async fn acknowledge(host: &BindingHost, received: &Received) {
+    if received.qos == crate::broker::QoS::AtMostOnce {
+        return;
+    }
+    let acknowledged = match host.connection.current().await {
+        Some(connection) => connection.ack(received.id).await,
+        None => Err(BrokerError::Closed),
+    };
+    if let Err(error) = acknowledged {
+        tracing::warn!(
+            binding = %host.name,
+            %error,
+            "acknowledging a delivered message failed; the broker sends it again on its next connection"
+        );
     }
 }
 

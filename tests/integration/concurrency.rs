@@ -39,11 +39,11 @@ impl EventHandler for Jittery {
                 .failed_once
                 .lock()
                 .expect("lock")
-                .insert(event.data.clone());
+                .insert(event.data.to_vec());
             if n.is_multiple_of(5) && first_time {
                 return Err(format!("scripted failure of {n}"));
             }
-            self.accepted.lock().expect("lock").push(event.data);
+            self.accepted.lock().expect("lock").push(event.data.to_vec());
             self.arrived.notify_waiters();
             Ok(None)
         })
@@ -154,8 +154,8 @@ async fn shutdown_with_messages_in_delivery_leaves_them_for_the_next_session() {
     let reader = Reader::start(&pairs, holding.clone()).await;
     let payloads: Vec<Vec<u8>> = (0..6).map(|n| format!("m{n}").into_bytes()).collect();
     publish_all(broker.port, &topic, QoS::AtLeastOnce, &payloads).await;
-    assert_eq!(accepted.next().await.data, b"m0");
-    assert_eq!(accepted.next().await.data, b"m1");
+    assert_eq!(accepted.next().await.data, &b"m0"[..]);
+    assert_eq!(accepted.next().await.data, &b"m1"[..]);
     holding.wait_for_calls(6).await;
     reader.stop().await.expect("stopped");
 

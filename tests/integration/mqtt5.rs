@@ -233,7 +233,7 @@ async fn properties_come_in_byte_for_byte() {
     .await;
     assert_eq!(code, 0);
     let event = accepted.next().await;
-    assert_eq!(event.data, b"hello");
+    assert_eq!(event.data, &b"hello"[..]);
     assert_eq!(meta(&event, "contentType"), "text/plain; charset=utf-8");
     assert_eq!(
         meta(&event, "correlationDataBase64"),
@@ -320,12 +320,12 @@ async fn an_expired_queued_message_is_not_delivered_to_a_returning_session() {
     wait_until_not_retained(broker.port, &probe).await;
     let (recorder, mut accepted) = Recorder::failing(0);
     let reader = Reader::start(&pairs(&metadata), recorder.clone()).await;
-    assert_eq!(accepted.next().await.data, b"stays");
+    assert_eq!(accepted.next().await.data, &b"stays"[..]);
     assert_eq!(
         peer_publish(broker.port, &topic, b"marker", "{}", false).await,
         0
     );
-    assert_eq!(accepted.next().await.data, b"marker");
+    assert_eq!(accepted.next().await.data, &b"marker"[..]);
     assert_eq!(
         recorder
             .calls()
@@ -364,7 +364,7 @@ async fn a_request_gets_the_applications_answer_with_its_correlation_data() {
     assert_eq!(response["payload_b64"], b64(b"the answer"));
     assert_eq!(response["correlation_b64"], b64(b"\x01request-7\xff"));
     let request = accepted.next().await;
-    assert_eq!(request.data, b"the question");
+    assert_eq!(request.data, &b"the question"[..]);
     assert_eq!(meta(&request, "responseTopic"), replies);
     reader.stop().await.expect("stopped");
 }
@@ -410,7 +410,7 @@ async fn a_persistent_session_survives_a_binding_restart() {
     );
     let (recorder, mut accepted) = Recorder::failing(0);
     let reader = Reader::start(&pairs(&metadata), recorder).await;
-    assert_eq!(accepted.next().await.data, b"while away");
+    assert_eq!(accepted.next().await.data, &b"while away"[..]);
     reader.stop().await.expect("stopped");
 }
 

@@ -508,6 +508,6 @@ async fn a_message_in_hand_when_the_component_dies_is_redelivered() {
     let (recorder, mut accepted) = Recorder::failing(0);
     let reader = Reader::start(&session.metadata(), recorder).await;
     let event = accepted.next().await;
-    assert_eq!(event.data, b"precious");
+    assert_eq!(event.data, &b"precious"[..]);
     reader.stop().await.expect("read ends cleanly");
 }

@@ -95,7 +95,7 @@ async fn wildcard_and_shared_filters_report_the_concrete_topic() {
         )
         .await;
         let event = accepted.next().await;
-        assert_eq!(event.data, b"21.5");
+        assert_eq!(event.data, &b"21.5"[..]);
         assert_eq!(
             event.metadata,
             [
@@ -129,7 +129,7 @@ async fn handler_failing_twice_is_called_three_times_and_acknowledged_once() {
     )
     .await;
     publish_all(broker.port, &topic, QoS::AtLeastOnce, &[b"flaky".to_vec()]).await;
-    assert_eq!(accepted.next().await.data, b"flaky");
+    assert_eq!(accepted.next().await.data, &b"flaky"[..]);
     let puback = format!("Received PUBACK from {client_id}");
     broker.wait_for_log(&puback).await;
     reader.stop().await.expect("read ends cleanly");
@@ -173,7 +173,7 @@ async fn exhausted_retries_leave_the_message_for_the_next_connection() {
     let (recorder, mut accepted) = Recorder::failing(0);
     let reader = Reader::start(&metadata, recorder).await;
     let event = accepted.next().await;
-    assert_eq!(event.data, b"keep me", "redelivered on the next connection");
+    assert_eq!(event.data, &b"keep me"[..], "redelivered on the next connection");
     broker.wait_for_log(&puback).await;
     reader.stop().await.expect("read ends cleanly");
 }
@@ -238,7 +238,7 @@ async fn shutdown_delivers_nothing_more_and_the_session_redelivers_the_rest() {
     let reader = Reader::start(&metadata, holding.clone()).await;
     holding.wait_for_calls(4).await;
     reader.stop().await.expect("read ends cleanly");
-    let calls: Vec<Vec<u8>> = holding.calls().into_iter().map(|e| e.data).collect();
+    let calls: Vec<Vec<u8>> = holding.calls().into_iter().map(|e| e.data.to_vec()).collect();
     assert_eq!(calls, sent[..4], "nothing delivered after shutdown");
 
     // The fourth was abandoned unaccepted: it comes again, with all after it.
@@ -273,12 +273,12 @@ async fn qos2_messages_are_delivered_exactly_once() {
     for expected in &sent {
         let event = accepted.next().await;
         assert_eq!(
-            (event.data.as_slice(), meta(&event, "qos")),
+            (&event.data[..], meta(&event, "qos")),
             (expected.as_slice(), "2")
         );
     }
     reader.stop().await.expect("read ends cleanly");
-    let calls: Vec<Vec<u8>> = recorder.calls().into_iter().map(|e| e.data).collect();
+    let calls: Vec<Vec<u8>> = recorder.calls().into_iter().map(|e| e.data.to_vec()).collect();
     assert_eq!(calls, sent, "each message delivered once, in order");
 }
 
@@ -376,11 +376,11 @@ async fn broker_restart_mid_stream_loses_no_acknowledged_message() {
             .next_within(std::time::Duration::from_secs(60))
             .await;
         assert!(
-            expected.contains(&event.data),
+            expected.contains(&event.data.to_vec()),
             "unexpected payload {:?}",
             event.data
         );
-        seen.insert(event.data);
+        seen.insert(event.data.to_vec());
     }
     reader.stop().await.expect("read ends cleanly");
 }

@@ -44,19 +44,13 @@ fn each_message_is_delivered_in_order_then_acknowledged() {
     assert_eq!(settled, expected.iter().collect::<Vec<_>>());
 }
 
-/// A first delivery of a plain message on `in` at this QoS.
+/// A delivery of a plain message at this QoS: at QoS 1 and 2 the host is asked to
+/// acknowledge it on acceptance.
 fn delivered(payload: &str, attempt: u32, qos: &str) -> Call {
     Call::Delivered {
         payload: payload.into(),
         attempt,
-        metadata: [
-            ("topic", "in"),
-            ("retained", "false"),
-            ("qos", qos),
-            ("duplicate", "false"),
-        ]
-        .map(|(name, value)| (name.to_string(), value.to_string()))
-        .to_vec(),
+        ack: qos != "0",
     }
 }
 
@@ -185,18 +179,6 @@ fn an_mqtt5_request_is_answered_on_its_response_topic_before_it_is_acknowledged(
         Some(&[0xff, 0x01][..])
     );
     assert_eq!(host.acked(), [1]);
-    // Correlation data that is not UTF-8 reaches the application in base64.
-    let calls = host.calls();
-    let Some(Call::Delivered { metadata, .. }) = calls
-        .iter()
-        .find(|call| matches!(call, Call::Delivered { .. }))
-    else {
-        panic!("{calls:?}");
-    };
-    assert!(
-        metadata.contains(&("correlationDataBase64".into(), "/wE=".into())),
-        "{metadata:?}"
-    );
 }
 
 #[test]
@@ -209,41 +191,6 @@ fn a_response_that_cannot_be_published_leaves_the_request_for_the_broker() {
     host.publish_results([Err(BrokerError::TooLarge("over the limit".into()))]);
     read(&host, &config(&[])).expect("ends at shutdown");
     assert!(host.acked().is_empty());
-}
-
-#[test]
-fn mqtt5_properties_become_event_metadata() {
-    let mut received = message(1, "a", Qos::AtLeastOnce);
-    received.retained = true;
-    received.properties = Properties {
-        expiry_secs: Some(30),
-        content_type: Some("application/json".into()),
-        response_topic: None,
-        correlation_data: Some(b"id-7".to_vec()),
-        user_properties: vec![
-            ("traceparent".into(), "00-abc-def-01".into()),
-            ("tenant".into(), "eu".into()),
-        ],
-    };
-    let metadata: Vec<(String, String)> = event_metadata(&received)
-        .into_iter()
-        .map(|(name, value)| (name.into_owned(), value.into_owned()))
-        .collect();
-    let expected: Vec<(String, String)> = [
-        ("topic", "in"),
-        ("retained", "true"),
-        ("qos", "1"),
-        ("duplicate", "false"),
-        ("contentType", "application/json"),
-        ("correlationData", "id-7"),
-        ("messageExpiryInterval", "30"),
-        ("traceparent", "00-abc-def-01"),
-        ("userProperty.traceparent", "00-abc-def-01"),
-        ("userProperty.tenant", "eu"),
-    ]
-    .map(|(name, value)| (name.to_string(), value.to_string()))
-    .to_vec();
-    assert_eq!(metadata, expected);
 }
 
 #[test]

@@ -66,8 +66,9 @@ fn write_event(event: &Event<'_>) -> Result<(), DeliveryError> {
         Next::Refuse => return Err(DeliveryError::Stopped),
         Next::Write { last } => last,
     };
-    let data = plug::payload_bytes(event.data);
-    let line = mqtt_binding_cli::event_line::event_line(&data, &event.metadata);
+    let data = plug::payload_bytes(event.message);
+    let metadata = plug::message_metadata(event.message);
+    let line = mqtt_binding_cli::event_line::event_line(&data, &metadata);
     let mut stdout = std::io::stdout().lock();
     stdout
         .write_all(&line)
@@ -92,7 +93,17 @@ impl delivery::Guest for App {
     type Pending = Pending;
 
     fn deliver(event: Event<'_>) -> Result<Option<Payload>, DeliveryError> {
-        write_event(&event).map(|()| None)
+        write_event(&event)?;
+        if event.ack
+            && let Err(error) = plug::acknowledge(event.message)
+        {
+            // The broker sends the message again on its next connection: nothing is lost.
+            log(
+                Level::Warn,
+                &format!("acknowledging a delivered message failed: {error}"),
+            );
+        }
+        Ok(None)
     }
 
     fn gave_up(how: GivenUp) {
@@ -107,8 +118,15 @@ impl delivery::Guest for App {
     }
 
     fn start(event: Event<'_>) -> delivery::Pending {
+        let answer = if event.ack {
+            Err(DeliveryError::Failed(
+                "`start` does not acknowledge (`ack` is for `deliver`)".into(),
+            ))
+        } else {
+            write_event(&event)
+        };
         delivery::Pending::new(Pending {
-            answer: RefCell::new(Some(write_event(&event))),
+            answer: RefCell::new(Some(answer)),
         })
     }
 }

@@ -59,12 +59,30 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
     RUNTIME.with(|runtime| runtime.block_on(future))
 }
 
-/// Message bytes held by the plug.
-pub struct Payload(Bytes);
+/// Message bytes held by the plug, and for a received message what delivering it takes.
+pub struct Payload {
+    bytes: Bytes,
+    received: Option<Received>,
+}
+
+/// A received message as an event needs it: made once, when the binding takes it.
+struct Received {
+    id: u64,
+    metadata: Vec<(String, String)>,
+}
+
+impl From<Bytes> for Payload {
+    fn from(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            received: None,
+        }
+    }
+}
 
 impl GuestPayload for Payload {
     fn len(&self) -> u64 {
-        self.0.len() as u64
+        self.bytes.len() as u64
     }
 }
 
@@ -108,7 +126,7 @@ impl GuestConnection for Connection {
     ) -> Result<(), Error> {
         let request = PublishRequest {
             topic,
-            payload: payload.get::<Payload>().0.clone(),
+            payload: payload.get::<Payload>().bytes.clone(),
             qos: qos(options.qos),
             retain: options.retain,
             properties: properties(options.properties),
@@ -125,14 +143,23 @@ impl GuestConnection for Connection {
         let messages = block_on(self.0.next_messages(max, millis(timeout_ms))).map_err(to_wit)?;
         Ok(messages
             .into_iter()
-            .map(|m| Message {
-                id: m.id,
-                topic: m.topic,
-                payload: PayloadHandle::new(Payload(m.payload)),
-                qos: wit_qos(m.qos),
-                retained: m.retain,
-                duplicate: m.duplicate,
-                properties: wit_properties(m.properties),
+            .map(|m| {
+                let received = Received {
+                    id: m.id,
+                    metadata: m.event_metadata(),
+                };
+                Message {
+                    id: m.id,
+                    topic: m.topic,
+                    payload: PayloadHandle::new(Payload {
+                        bytes: m.payload,
+                        received: Some(received),
+                    }),
+                    qos: wit_qos(m.qos),
+                    retained: m.retain,
+                    duplicate: m.duplicate,
+                    properties: wit_properties(m.properties),
+                }
             })
             .collect())
     }
@@ -148,11 +175,28 @@ impl GuestConnection for Connection {
 
 impl plug::Guest for Plug {
     fn make_payload(bytes: Vec<u8>) -> PayloadHandle {
-        PayloadHandle::new(Payload(bytes.into()))
+        PayloadHandle::new(Payload::from(Bytes::from(bytes)))
     }
 
     fn payload_bytes(payload: PayloadBorrow<'_>) -> Vec<u8> {
-        payload.get::<Payload>().0.to_vec()
+        payload.get::<Payload>().bytes.to_vec()
+    }
+
+    fn message_metadata(message: PayloadBorrow<'_>) -> Vec<(String, String)> {
+        match &message.get::<Payload>().received {
+            Some(received) => received.metadata.clone(),
+            None => Vec::new(),
+        }
+    }
+
+    fn acknowledge(message: PayloadBorrow<'_>) -> Result<(), String> {
+        let Some(received) = &message.get::<Payload>().received else {
+            return Err("not a received message's payload".into());
+        };
+        let Some(open) = OPEN.with_borrow(Clone::clone) else {
+            return Err(BrokerError::Closed.to_string());
+        };
+        block_on(open.ack(received.id)).map_err(|error| error.to_string())
     }
 
     fn wait_message(connection: broker::ConnectionBorrow<'_>, timeout_ms: u32) -> Waiting {
