@@ -69,7 +69,10 @@ impl Message {
             if property == name::TRACEPARENT || property == name::TRACESTATE {
                 add(property, value.clone());
             }
-            add(&format!("{}{property}", name::USER_PROPERTY_PREFIX), value.clone());
+            add(
+                &format!("{}{property}", name::USER_PROPERTY_PREFIX),
+                value.clone(),
+            );
         }
         metadata
     }

@@ -79,7 +79,8 @@ fn deliver<H: Host>(host: &H, config: &Config, message: Message<H::Payload>) -> 
     let topic = &message.topic;
     // With nothing to do between the application's acceptance and the acknowledgement (no
     // response to publish first), the host acknowledges on acceptance: one call less.
-    let ack_on_accept = message.qos != Qos::AtMostOnce && message.properties.response_topic.is_none();
+    let ack_on_accept =
+        message.qos != Qos::AtMostOnce && message.properties.response_topic.is_none();
     let mut attempt: u32 = 1;
     let reason = loop {
         let event = Event {

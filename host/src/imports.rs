@@ -443,7 +443,7 @@ impl HostView<'_> {
         }
         let app_event = Event {
             data: payload.bytes.clone(),
-            metadata: received.metadata.clone(),
+            metadata: received.event_metadata(),
             attempt: event.attempt,
         };
         Ok(Ok((app_event, received)))
@@ -473,11 +473,11 @@ impl HostView<'_> {
 /// Acknowledges a delivered message for `deliver` (its `ack`). A failure is logged: the
 /// broker sends the message again on its next connection, so nothing is lost.
 async fn acknowledge(host: &BindingHost, received: &Received) {
-    if received.qos == crate::broker::QoS::AtMostOnce {
+    if received.qos() == crate::broker::QoS::AtMostOnce {
         return;
     }
     let acknowledged = match host.connection.current().await {
-        Some(connection) => connection.ack(received.id).await,
+        Some(connection) => connection.ack(received.id()).await,
         None => Err(BrokerError::Closed),
     };
     if let Err(error) = acknowledged {

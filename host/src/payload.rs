@@ -8,7 +8,7 @@ use bytes::Bytes;
 use crate::broker::{Message, QoS};
 
 /// The bytes behind one `payload` handle. Cloning the `Bytes` shares them, never copies.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct Payload {
     pub bytes: Bytes,
     /// Set on the payload of a received message (from `next-messages`): what delivering it
@@ -16,27 +16,33 @@ pub struct Payload {
     pub received: Option<Arc<Received>>,
 }
 
-/// A received message, as an event needs it: made once, when the component takes it.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Received {
+/// A received message, as an event needs it (its payload is the [`Payload`]'s bytes).
+#[derive(Debug)]
+pub struct Received(Message);
+
+impl Received {
     /// Its id for acknowledging it.
-    pub id: u64,
-    pub qos: QoS,
-    /// The event metadata (`topic`, `retained`, `qos`, `duplicate`, MQTT 5 properties).
-    pub metadata: Vec<(String, String)>,
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    pub fn qos(&self) -> QoS {
+        self.0.qos
+    }
+
+    /// The event metadata (`topic`, `retained`, `qos`, `duplicate`, MQTT 5 properties),
+    /// made for each delivery: the application owns what it is given.
+    pub fn event_metadata(&self) -> Vec<(String, String)> {
+        self.0.event_metadata()
+    }
 }
 
 impl Payload {
     /// The payload of a received message, which takes its bytes without copying them.
-    pub fn received(message: Message) -> Self {
-        let received = Received {
-            id: message.id,
-            qos: message.qos,
-            metadata: message.event_metadata(),
-        };
+    pub fn received(mut message: Message) -> Self {
         Self {
-            bytes: message.payload,
-            received: Some(Arc::new(received)),
+            bytes: std::mem::take(&mut message.payload),
+            received: Some(Arc::new(Received(message))),
         }
     }
 }

@@ -43,7 +43,10 @@ impl EventHandler for Jittery {
             if n.is_multiple_of(5) && first_time {
                 return Err(format!("scripted failure of {n}"));
             }
-            self.accepted.lock().expect("lock").push(event.data.to_vec());
+            self.accepted
+                .lock()
+                .expect("lock")
+                .push(event.data.to_vec());
             self.arrived.notify_waiters();
             Ok(None)
         })

@@ -173,7 +173,11 @@ async fn exhausted_retries_leave_the_message_for_the_next_connection() {
     let (recorder, mut accepted) = Recorder::failing(0);
     let reader = Reader::start(&metadata, recorder).await;
     let event = accepted.next().await;
-    assert_eq!(event.data, &b"keep me"[..], "redelivered on the next connection");
+    assert_eq!(
+        event.data,
+        &b"keep me"[..],
+        "redelivered on the next connection"
+    );
     broker.wait_for_log(&puback).await;
     reader.stop().await.expect("read ends cleanly");
 }
@@ -238,7 +242,11 @@ async fn shutdown_delivers_nothing_more_and_the_session_redelivers_the_rest() {
     let reader = Reader::start(&metadata, holding.clone()).await;
     holding.wait_for_calls(4).await;
     reader.stop().await.expect("read ends cleanly");
-    let calls: Vec<Vec<u8>> = holding.calls().into_iter().map(|e| e.data.to_vec()).collect();
+    let calls: Vec<Vec<u8>> = holding
+        .calls()
+        .into_iter()
+        .map(|e| e.data.to_vec())
+        .collect();
     assert_eq!(calls, sent[..4], "nothing delivered after shutdown");
 
     // The fourth was abandoned unaccepted: it comes again, with all after it.
@@ -278,7 +286,11 @@ async fn qos2_messages_are_delivered_exactly_once() {
         );
     }
     reader.stop().await.expect("read ends cleanly");
-    let calls: Vec<Vec<u8>> = recorder.calls().into_iter().map(|e| e.data.to_vec()).collect();
+    let calls: Vec<Vec<u8>> = recorder
+        .calls()
+        .into_iter()
+        .map(|e| e.data.to_vec())
+        .collect();
     assert_eq!(calls, sent, "each message delivered once, in order");
 }
 

@@ -123,7 +123,11 @@ async fn round_trip(url: &str, version: &str, extra: &[(&str, &str)]) {
         .await
         .expect("published");
     let event = accepted.next().await;
-    assert_eq!(event.data, &b"over a websocket"[..], "{url} at MQTT {version}");
+    assert_eq!(
+        event.data,
+        &b"over a websocket"[..],
+        "{url} at MQTT {version}"
+    );
     assert_eq!(meta(&event, "topic"), topic);
     if version == "5" {
         assert_eq!(meta(&event, "userProperty.via"), "websocket");
