@@ -29,6 +29,7 @@ mod busy;
 mod faces;
 mod floors;
 mod portable;
+mod summary;
 #[path = "../../tests/integration/support.rs"]
 #[allow(dead_code, reason = "the benchmark uses part of the test helpers")]
 mod support;
@@ -121,6 +122,8 @@ fn main() {
     let rows = rt.block_on(measure(&settings));
     let table = render(&rows);
     println!("{table}");
+    let summary = summary::render(&rows);
+    println!("{summary}");
     if !settings.full {
         check_document();
     }
@@ -129,8 +132,11 @@ fn main() {
         std::fs::create_dir_all(&docs).expect("creating docs/");
         let path = docs.join("BENCHMARKS.md");
         let existing = std::fs::read_to_string(&path).unwrap_or_default();
-        std::fs::write(&path, document(&existing, &measured(&settings, &table)))
-            .expect("writing docs/BENCHMARKS.md");
+        std::fs::write(
+            &path,
+            document(&existing, &summary, &measured(&settings, &table)),
+        )
+        .expect("writing docs/BENCHMARKS.md");
         println!("written to docs/BENCHMARKS.md");
     }
 }
@@ -840,31 +846,47 @@ fn stats(values: &[f64]) -> (f64, f64, f64) {
 
 const TABLE_START: &str = "<!-- table: written by the benchmark -->";
 const TABLE_END: &str = "<!-- end of table -->";
+const SUMMARY_START: &str = "<!-- summary: written by the benchmark -->";
+const SUMMARY_END: &str = "<!-- end of summary -->";
 
-/// The document with its measured part replaced, keeping the text around it; a new one if
-/// it has no markers.
-fn document(existing: &str, measured: &str) -> String {
-    let block = format!("{TABLE_START}\n{measured}{TABLE_END}");
-    match (existing.find(TABLE_START), existing.find(TABLE_END)) {
-        (Some(start), Some(end)) if start < end => format!(
-            "{}{block}{}",
-            &existing[..start],
-            &existing[end + TABLE_END.len()..]
-        ),
-        _ => format!("# Benchmarks\n\n{block}\n"),
+/// The document with its summary and its measured table replaced, keeping the text around
+/// them; a new one if it has no table markers (the summary goes first).
+fn document(existing: &str, summary: &str, measured: &str) -> String {
+    let summary_block = format!("{SUMMARY_START}\n{summary}{SUMMARY_END}");
+    let table_block = format!("{TABLE_START}\n{measured}{TABLE_END}");
+    match replaced(existing, TABLE_START, TABLE_END, &table_block) {
+        Some(with_table) => {
+            replaced(&with_table, SUMMARY_START, SUMMARY_END, &summary_block).unwrap_or(with_table)
+        }
+        None => format!("# Benchmarks\n\n{summary_block}\n\n{table_block}\n"),
     }
+}
+
+/// `text` with what lies from `start` to `end` (markers included) replaced by `block`.
+fn replaced(text: &str, start: &str, end: &str, block: &str) -> Option<String> {
+    let (from, to) = (text.find(start)?, text.find(end)?);
+    (from < to).then(|| format!("{}{block}{}", &text[..from], &text[to + end.len()..]))
 }
 
 /// Quick mode's check that rewriting the document keeps the hand-written text.
 fn check_document() {
-    let existing = format!("intro\n{TABLE_START}\nold table\n{TABLE_END}\nanalysis\n");
-    let rewritten = document(&existing, "new table\n");
+    let existing = format!(
+        "intro\n{SUMMARY_START}\nold summary\n{SUMMARY_END}\nmore\n{TABLE_START}\nold table\n{TABLE_END}\nanalysis\n"
+    );
+    let rewritten = document(&existing, "new summary\n", "new table\n");
     assert_eq!(
         rewritten,
-        format!("intro\n{TABLE_START}\nnew table\n{TABLE_END}\nanalysis\n")
+        format!(
+            "intro\n{SUMMARY_START}\nnew summary\n{SUMMARY_END}\nmore\n{TABLE_START}\nnew table\n{TABLE_END}\nanalysis\n"
+        )
     );
-    assert_eq!(document(&rewritten, "new table\n"), rewritten);
-    assert!(document("", "t\n").contains(&format!("{TABLE_START}\nt\n{TABLE_END}")));
+    assert_eq!(
+        document(&rewritten, "new summary\n", "new table\n"),
+        rewritten
+    );
+    let new = document("", "s\n", "t\n");
+    assert!(new.contains(&format!("{SUMMARY_START}\ns\n{SUMMARY_END}")));
+    assert!(new.contains(&format!("{TABLE_START}\nt\n{TABLE_END}")));
 }
 
 /// The table with what produced it: settings, machine, broker.

@@ -20,6 +20,14 @@ pub(crate) fn marked(mut row: Row) -> Row {
     row
 }
 
+/// A row's figure without the busy mark, and whether it had it.
+pub(crate) fn unmarked(figure: &str) -> (&str, bool) {
+    match figure.strip_suffix(&format!(", busy (a CPU hog pinned to core {CORE})")) {
+        Some(figure) => (figure, true),
+        None => (figure, false),
+    }
+}
+
 pub(crate) struct Hog {
     child: Child,
 }
