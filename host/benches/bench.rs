@@ -166,6 +166,12 @@ fn profile(args: &[String]) {
         .enable_all()
         .build()
         .expect("runtime");
+    if let Some(face) = row.strip_prefix("face-") {
+        return rt.block_on(async {
+            let broker = Mosquitto::start();
+            floors::profile_face(&broker, face, !binding, seconds).await;
+        });
+    }
     rt.block_on(async {
         let broker = Mosquitto::start_with(BrokerConfig {
             extra: "queue_qos0_messages true\nmax_queued_messages 0\n".into(),
@@ -197,7 +203,7 @@ fn profile(args: &[String]) {
                     rumqttc_output_rate(&broker, QoS::AtLeastOnce, 100, MESSAGES).await
                 }
                 (other, _) => panic!(
-                    "ROW is input-qos0, input-qos1, output-qos0 or output-qos1, not {other:?}"
+                    "ROW is input-qos0, input-qos1, output-qos0, output-qos1 or face-http, face-grpc, face-socket, not {other:?}"
                 ),
             };
             cpu.push(run.cpu_per_message);

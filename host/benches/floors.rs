@@ -161,6 +161,46 @@ fn on_threads(threads: usize) -> String {
     }
 }
 
+/// One output face (`http`, `grpc`, `socket`), the binding's (`floor` false) or its floor,
+/// measured again and again for `seconds`, for a profiler to watch the server's process;
+/// prints the server's CPU per request (user and system, all its threads) beside the rate.
+pub(crate) async fn profile_face(broker: &Mosquitto, face: &str, floor: bool, seconds: u64) {
+    let face = match face {
+        "http" => Face::Http,
+        "grpc" => Face::Grpc,
+        "socket" => Face::Socket,
+        other => panic!("the face is http, grpc or socket, not {other:?}"),
+    };
+    const MESSAGES: usize = 30_000;
+    let server = Server::start(broker, face, floor, 1).await;
+    let pid = server.process.child.id().expect("the server runs");
+    println!("server pid {pid}");
+    let until = Instant::now() + Duration::from_secs(seconds);
+    while Instant::now() < until {
+        let cpu_before = process_cpu(pid);
+        let rate = server.rate(MESSAGES).await;
+        let cpu = process_cpu(pid) - cpu_before;
+        println!(
+            "{} {}: {rate:.0} requests/s, server CPU {:.1} µs per request",
+            face.arg(),
+            if floor { "floor" } else { "binding" },
+            cpu.as_secs_f64() * 1e6 / MESSAGES as f64,
+        );
+    }
+    server.stop().await;
+}
+
+/// User and system time of process `pid` so far, from `/proc` (clock ticks of 10 ms).
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("stat") + 2..]
+        .split(' ')
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_millis(ticks * 10)
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Face {
     Http,
