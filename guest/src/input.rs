@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::host::{BrokerError, DeliveryError, Event, GivenUp, Host, Level, Message, Waited};
-use crate::metadata::{Config, Qos};
+use crate::metadata::{self, Config, Qos};
 use crate::output::publish_with_retries;
 use crate::request::{Properties, Publish};
 use crate::window::Window;
@@ -22,10 +22,33 @@ const NEXT_MESSAGES_WAIT_MS: u32 = 60_000;
 /// enough that a batch in hand stays small.
 const NEXT_MESSAGES_MAX: u32 = 64;
 
+/// SUBACK's "shared subscriptions not supported" (MQTT 5 section 3.9.3).
+const SHARED_NOT_SUPPORTED: u8 = 0x9E;
+
+/// A broker's refusal of a shared subscription, told in the terms of the field that asked for
+/// one (`sharedSubscriptionGroup`, or `topic` written as `$share/...`).
+fn share_refusal(config: &Config, error: BrokerError) -> BrokerError {
+    match error {
+        BrokerError::Rejected(mut rejection) if rejection.reason_code == SHARED_NOT_SUPPORTED => {
+            let field = match config.share_group {
+                Some(_) => metadata::field::SHARED_SUBSCRIPTION_GROUP,
+                None => metadata::field::TOPIC,
+            };
+            rejection.reason = format!(
+                "metadata field {field:?}: the broker refused the shared subscription {:?}: {}",
+                config.subscription(),
+                rejection.reason
+            );
+            BrokerError::Rejected(rejection)
+        }
+        other => other,
+    }
+}
+
 /// Subscribes, then delivers until shutdown (`Ok`), or until the broker fails in a way
 /// that retrying cannot mend.
 pub fn read<H: Host>(host: &H, config: &Config) -> Result<(), BrokerError> {
-    let topic = &config.topic;
+    let topic = &*config.subscription();
     loop {
         match host.subscribe(topic, config.qos, SUBSCRIBE_TIMEOUT_MS) {
             Ok(()) => break,
@@ -39,7 +62,7 @@ pub fn read<H: Host>(host: &H, config: &Config) -> Result<(), BrokerError> {
                     return Ok(());
                 }
             }
-            Err(error) => return Err(error),
+            Err(error) => return Err(share_refusal(config, error)),
         }
     }
     host.log(Level::Info, &format!("subscribed to {topic:?}"));
@@ -340,7 +363,7 @@ fn read_concurrently<H: Host>(
                 &format!(
                     "shutting down: {} messages on {:?} in delivery or waiting stay unacknowledged",
                     window.len(),
-                    config.topic
+                    config.subscription()
                 ),
             );
             return Ok(());

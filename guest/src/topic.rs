@@ -18,12 +18,8 @@ pub fn check_filter(filter: &str) -> Result<(), String> {
             let (group, inner) = rest
                 .split_once('/')
                 .ok_or("a shared subscription needs $share/<group>/<filter>")?;
-            if group.is_empty() {
-                return Err("the share group of $share/<group>/<filter> is empty".into());
-            }
-            if group.contains(['+', '#']) {
-                return Err("the share group must not contain + or #".into());
-            }
+            check_share_name(group)
+                .map_err(|why| format!("the share group of $share/<group>/<filter> {why}"))?;
             if inner.is_empty() {
                 return Err("the filter of $share/<group>/<filter> is empty".into());
             }
@@ -41,6 +37,28 @@ pub fn check_filter(filter: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Checks the group of a shared subscription (MQTT 5 section 4.8.2, "ShareName"). Returns
+/// what is wrong, phrased to follow the group's name.
+pub fn check_share_name(group: &str) -> Result<(), String> {
+    if group.is_empty() {
+        return Err("is empty".into());
+    }
+    if group.contains(['/', '+', '#']) {
+        return Err(format!("must not contain /, + or #; got {group:?}"));
+    }
+    Ok(())
+}
+
+/// Whether `filter` is a shared subscription already (`$share/<group>/<filter>`).
+pub fn is_shared(filter: &str) -> bool {
+    filter.starts_with(SHARE_PREFIX)
+}
+
+/// The shared subscription of `group` to `filter`.
+pub fn shared(group: &str, filter: &str) -> String {
+    format!("{SHARE_PREFIX}{group}/{filter}")
 }
 
 /// Checks a topic name for PUBLISH: a filter's rules, and no wildcards at all.
@@ -114,7 +132,10 @@ mod tests {
                 "$share//a",
                 "the share group of $share/<group>/<filter> is empty",
             ),
-            ("$share/g+/a", "the share group must not contain + or #"),
+            (
+                "$share/g+/a",
+                "the share group of $share/<group>/<filter> must not contain /, + or #; got \"g+\"",
+            ),
             (
                 "$share/g/",
                 "the filter of $share/<group>/<filter> is empty",
@@ -132,6 +153,23 @@ mod tests {
             check_filter(&"a".repeat(MAX_TOPIC_BYTES + 1)),
             Err("it is 65536 bytes long, MQTT allows 65535".to_string())
         );
+    }
+
+    #[test]
+    fn share_names_are_one_level_without_wildcards() {
+        assert_eq!(check_share_name("replicas"), Ok(()));
+        assert_eq!(check_share_name("order-workers.1"), Ok(()));
+        assert_eq!(check_share_name(""), Err("is empty".into()));
+        for group in ["a/b", "a+", "#"] {
+            assert_eq!(
+                check_share_name(group),
+                Err(format!("must not contain /, + or #; got {group:?}")),
+                "{group}"
+            );
+        }
+        assert_eq!(shared("g", "orders/#"), "$share/g/orders/#");
+        assert_eq!(check_filter(&shared("g", "orders/#")), Ok(()));
+        assert!(is_shared("$share/g/a") && !is_shared("share/g/a") && !is_shared("$SYS/#"));
     }
 
     #[test]

@@ -197,7 +197,8 @@ fn process_cpu(pid: u32) -> Duration {
     let fields: Vec<&str> = stat[stat.rfind(')').expect("stat") + 2..]
         .split(' ')
         .collect();
-    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
     Duration::from_millis(ticks * 10)
 }
 

@@ -36,6 +36,18 @@ async fn each_bad_value_is_refused_naming_its_field() {
         (vec![url, ("topic", "a/#/b")], "topic"),
         (vec![url, ("topic", "a+")], "topic"),
         (vec![url, ("topic", "$share//x")], "topic"),
+        (
+            vec![url, topic, ("sharedSubscriptionGroup", "a/b")],
+            "sharedSubscriptionGroup",
+        ),
+        (
+            vec![
+                url,
+                ("topic", "$share/g/x"),
+                ("sharedSubscriptionGroup", "g"),
+            ],
+            "sharedSubscriptionGroup",
+        ),
         (vec![url, topic, ("qos", "7")], "qos"),
         (vec![url, topic, ("qos", "one")], "qos"),
         (vec![url, topic, ("retain", "maybe")], "retain"),

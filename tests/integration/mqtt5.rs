@@ -415,11 +415,11 @@ async fn a_persistent_session_survives_a_binding_restart() {
 }
 
 #[tokio::test]
-async fn a_shared_subscription_splits_the_messages_between_bindings() {
+async fn a_share_group_splits_the_messages_between_bindings() {
     let broker = Mosquitto::start();
     let topic = format!("mqtt5/shared/{}", unique());
-    let filter = format!("$share/workers/{topic}");
-    let metadata = mqtt5(&broker, &filter);
+    let mut metadata = mqtt5(&broker, &topic);
+    metadata.push(("sharedSubscriptionGroup".into(), "workers".into()));
     let (first, _) = Recorder::failing(0);
     let (second, _) = Recorder::failing(0);
     let readers = [

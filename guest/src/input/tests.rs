@@ -251,6 +251,48 @@ fn subscribing_is_retried_while_it_may_pass_and_a_refusal_is_returned() {
 }
 
 #[test]
+fn a_share_group_subscribes_to_the_shared_subscription_and_a_refusal_names_the_field() {
+    let host = Scripted::default();
+    let config = config(&[("sharedSubscriptionGroup", "replicas")]);
+    read(&host, &config).expect("subscribed, then shutdown");
+    assert!(
+        host.calls()
+            .contains(&Call::Subscribed("$share/replicas/in".to_string())),
+        "{:?}",
+        host.calls()
+    );
+
+    let refused = |reason: &str| {
+        BrokerError::Rejected(Rejection {
+            reason_code: 0x9E,
+            reason: reason.into(),
+            retryable: false,
+        })
+    };
+    let host = Scripted::default();
+    host.subscribe_results([Err(refused("shared subscriptions not supported"))]);
+    assert_eq!(
+        read(&host, &config),
+        Err(refused(
+            r#"metadata field "sharedSubscriptionGroup": the broker refused the shared subscription "$share/replicas/in": shared subscriptions not supported"#
+        ))
+    );
+    let by_hand = crate::scripted::config(&[]);
+    let by_hand = Config {
+        topic: "$share/g/in".into(),
+        ..by_hand
+    };
+    let host = Scripted::default();
+    host.subscribe_results([Err(refused("no"))]);
+    assert_eq!(
+        read(&host, &by_hand),
+        Err(refused(
+            r#"metadata field "topic": the broker refused the shared subscription "$share/g/in": no"#
+        ))
+    );
+}
+
+#[test]
 fn concurrent_answers_out_of_order_are_acknowledged_in_arrival_order() {
     let host = Scripted::default();
     host.batch([

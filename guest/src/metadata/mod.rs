@@ -5,6 +5,7 @@
 //! "Metadata fields". The broker URL is `url`'s, the TLS material `tls`'s, and the names
 //! and single values `fields`'s; this module puts them together.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ pub use fields::{needs_mqtt5, parse_bool, parse_qos, parse_seconds};
 pub mod field {
     pub const URL: &str = "url";
     pub const TOPIC: &str = "topic";
+    pub const SHARED_SUBSCRIPTION_GROUP: &str = "sharedSubscriptionGroup";
     pub const CONSUMER_ID: &str = "consumerID";
     pub const QOS: &str = "qos";
     pub const RETAIN: &str = "retain";
@@ -63,8 +65,11 @@ pub const MAX_CONCURRENCY: u16 = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     pub broker: Broker,
-    /// The subscription filter, and the default publish topic.
+    /// The subscription filter (see [`Config::subscription`]), and the default publish topic.
     pub topic: String,
+    /// The shared subscription group the input side joins (`sharedSubscriptionGroup`), so
+    /// that replicas share the stream instead of each receiving all of it.
+    pub share_group: Option<String>,
     /// MQTT client ID, used exactly as given.
     pub client_id: String,
     pub qos: Qos,
@@ -88,6 +93,16 @@ pub struct Config {
     pub concurrency: u16,
     /// Things worth logging that did not stop the parse (unknown names, ignored fields).
     pub notes: Vec<Note>,
+}
+
+impl Config {
+    /// What the input side subscribes to: `topic`, or `$share/GROUP/topic` in a share group.
+    pub fn subscription(&self) -> Cow<'_, str> {
+        match &self.share_group {
+            Some(group) => Cow::Owned(topic::shared(group, &self.topic)),
+            None => Cow::Borrowed(&self.topic),
+        }
+    }
 }
 
 /// Where the broker is and who we are to it.
@@ -253,6 +268,7 @@ pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, Meta
 
     let broker = url::parse_url(&fields.require(field::URL)?)?;
     let topic = parse_topic(&mut fields)?;
+    let share_group = parse_share_group(&mut fields, &topic)?;
     let client_id = parse_client_id(&mut fields, app_id)?;
     let qos = match fields.optional(field::QOS) {
         Some(value) => parse_qos(field::QOS, &value)?,
@@ -290,6 +306,7 @@ pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, Meta
     Ok(Config {
         broker,
         topic,
+        share_group,
         client_id,
         qos,
         retain,
@@ -315,6 +332,42 @@ fn parse_topic(fields: &mut Fields<'_>) -> Result<String, MetadataError> {
         )
     })?;
     Ok(topic)
+}
+
+/// `sharedSubscriptionGroup`: a share name, for a `topic` that is not a shared subscription
+/// already.
+fn parse_share_group(
+    fields: &mut Fields<'_>,
+    topic: &str,
+) -> Result<Option<String>, MetadataError> {
+    let Some(group) = fields.optional(field::SHARED_SUBSCRIPTION_GROUP) else {
+        return Ok(None);
+    };
+    topic::check_share_name(&group).map_err(|why| {
+        MetadataError::new(
+            field::SHARED_SUBSCRIPTION_GROUP,
+            format!("expected a share name: it {why}"),
+        )
+    })?;
+    if topic::is_shared(topic) {
+        return Err(MetadataError::new(
+            field::SHARED_SUBSCRIPTION_GROUP,
+            format!(
+                "given with a {:?} that is a shared subscription already ({topic:?}); name the group in one of them",
+                field::TOPIC
+            ),
+        ));
+    }
+    topic::check_filter(&topic::shared(&group, topic)).map_err(|why| {
+        MetadataError::new(
+            field::SHARED_SUBSCRIPTION_GROUP,
+            format!(
+                "expected a group that makes a valid shared subscription of {:?}: {why}",
+                field::TOPIC
+            ),
+        )
+    })?;
+    Ok(Some(group))
 }
 
 /// `consumerID`, or the app ID when it is not given.
@@ -530,6 +583,71 @@ mod tests {
         );
         let config = parse("a", &md(&[("url", "tcp://h"), ("topic", "$share/g/a/+")])).expect("ok");
         assert_eq!(config.topic, "$share/g/a/+");
+        assert_eq!(config.subscription(), "$share/g/a/+");
+    }
+
+    #[test]
+    fn a_share_group_makes_the_subscription_shared_and_is_checked() {
+        let config = parse(
+            "a",
+            &md(&[
+                ("url", "tcp://h"),
+                ("topic", "orders/#"),
+                ("sharedSubscriptionGroup", "workers"),
+            ]),
+        )
+        .expect("ok");
+        assert_eq!(config.share_group.as_deref(), Some("workers"));
+        assert_eq!(config.subscription(), "$share/workers/orders/#");
+        // Output publishes to the topic itself.
+        assert_eq!(config.topic, "orders/#");
+        let plain = parse(
+            "a",
+            &md(&[
+                ("url", "tcp://h"),
+                ("topic", "orders"),
+                ("sharedSubscriptionGroup", " "),
+            ]),
+        )
+        .expect("ok");
+        assert_eq!(
+            (plain.share_group.as_deref(), &*plain.subscription()),
+            (None, "orders")
+        );
+
+        assert_eq!(
+            error_of(&md(&[
+                ("url", "tcp://h"),
+                ("topic", "a"),
+                ("sharedSubscriptionGroup", "a/b")
+            ])),
+            r#"metadata field "sharedSubscriptionGroup": expected a share name: it must not contain /, + or #; got "a/b""#
+        );
+        assert_eq!(
+            error_of(&md(&[
+                ("url", "tcp://h"),
+                ("topic", "a"),
+                ("sharedSubscriptionGroup", "g#")
+            ])),
+            r#"metadata field "sharedSubscriptionGroup": expected a share name: it must not contain /, + or #; got "g#""#
+        );
+        assert_eq!(
+            error_of(&md(&[
+                ("url", "tcp://h"),
+                ("topic", "$share/g/a"),
+                ("SharedSubscriptionGroup", "g")
+            ])),
+            r#"metadata field "sharedSubscriptionGroup": given with a "topic" that is a shared subscription already ("$share/g/a"); name the group in one of them"#
+        );
+        let long = "g".repeat(65_530);
+        assert_eq!(
+            error_of(&md(&[
+                ("url", "tcp://h"),
+                ("topic", "orders"),
+                ("sharedSubscriptionGroup", &long)
+            ])),
+            r#"metadata field "sharedSubscriptionGroup": expected a group that makes a valid shared subscription of "topic": it is 65544 bytes long, MQTT allows 65535"#
+        );
     }
 
     #[test]
