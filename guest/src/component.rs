@@ -39,6 +39,9 @@ use bindings::mqtt_binding::binding::{lifecycle, types};
 /// How long `connect` waits for CONNACK.
 const CONNECT_TIMEOUT_MS: u32 = 10_000;
 
+/// The environment variable Dapr's `{podName}` tag reads, the one the host passes in.
+const POD_NAME: &str = "POD_NAME";
+
 /// What `init` set up: the validated config and the open connection.
 struct Binding {
     config: Config,
@@ -53,7 +56,13 @@ struct Component;
 
 impl Guest for Component {
     fn init(app_id: String, metadata: Vec<(String, String)>, first: bool) -> Result<(), Error> {
-        let config = metadata::parse(&app_id, &metadata)
+        // The host gives the component `POD_NAME` and nothing else of its environment.
+        let pod_name = std::env::var(POD_NAME).ok();
+        let replica = metadata::Replica {
+            app_id: &app_id,
+            pod_name: pod_name.as_deref(),
+        };
+        let config = metadata::parse_as(replica, &metadata)
             .map_err(|e| Error::InvalidMetadata(e.to_string()))?;
         let connection = if first {
             for note in &config.notes {

@@ -63,20 +63,25 @@ impl HostState {
 
 impl HostState {
     /// A store's data for an instance of `host`'s binding, with at most `max_memory_bytes`
-    /// of linear memory. The guest gets no sockets, no files, no environment: its only
-    /// network is the broker connection import. stderr is kept so a guest panic is visible.
+    /// of linear memory. The guest gets no sockets, no files, and of the environment only
+    /// `POD_NAME` (Dapr's `{podName}`), when there is a pod name: its only network is the
+    /// broker connection import. stderr is kept so a guest panic is visible.
     pub fn new(
         host: Arc<BindingHost>,
         max_memory_bytes: usize,
         cpu_budget: std::time::Duration,
         max_handles: usize,
+        pod_name: Option<&str>,
     ) -> Self {
-        let wasi = WasiCtxBuilder::new()
-            .inherit_stderr()
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.inherit_stderr()
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
+            .allow_ip_name_lookup(false);
+        if let Some(pod_name) = pod_name {
+            wasi.env("POD_NAME", pod_name);
+        }
+        let wasi = wasi.build();
         let limits = Limits::new(max_memory_bytes);
         let table = sandbox::handle_table(max_handles);
         Self {

@@ -91,6 +91,7 @@ impl Instances {
             self.options.max_memory_bytes,
             self.options.cpu_budget.unwrap_or(std::time::Duration::MAX),
             self.options.max_handles,
+            self.options.pod_name.as_deref(),
         );
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);

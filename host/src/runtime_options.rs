@@ -52,6 +52,10 @@ pub struct RuntimeOptions {
     pub max_log_lines_per_second: u32,
     /// Longest log line of the component, in bytes; longer ones are cut.
     pub max_log_line_bytes: usize,
+    /// What Dapr's `{podName}` tag in metadata stands for: the replica's pod name, the one
+    /// variable of the host's environment the component sees (as `POD_NAME`). By default
+    /// `$POD_NAME`, which Kubernetes sets through the downward API.
+    pub pod_name: Option<String>,
 }
 
 impl Default for RuntimeOptions {
@@ -69,6 +73,9 @@ impl Default for RuntimeOptions {
             max_handles: 1024,
             max_log_lines_per_second: 100,
             max_log_line_bytes: 4096,
+            pod_name: std::env::var("POD_NAME")
+                .ok()
+                .filter(|name| !name.is_empty()),
         }
     }
 }

@@ -103,6 +103,61 @@ async fn invoke_publishes_over_tcp_to_mosquitto_sub() {
     assert_eq!(received(sub).await, "hello from the cli\n");
 }
 
+/// `{podName}` in `consumerID` is the replica's `POD_NAME`, as Dapr's components take it;
+/// without one the binding is refused, naming the field, rather than every replica sharing
+/// one client ID.
+#[tokio::test]
+async fn pod_name_in_the_consumer_id_comes_from_pod_name() {
+    let broker = Mosquitto::start();
+    let topic = format!("replicas/{}", unique());
+    let file = component_file(
+        broker.dir.path(),
+        "orders",
+        &[
+            ("url", &broker.url()),
+            ("topic", &topic),
+            ("consumerID", "orders-{podName}"),
+        ],
+    );
+    let path = file.to_str().expect("utf-8 path");
+    let pod = format!("orders-7c9f-{}", unique());
+    let invoke = |pod_name: Option<&str>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["invoke", "--component", path, "--data", "x"])
+            .env_remove("POD_NAME")
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(pod_name) = pod_name {
+            command.env("POD_NAME", pod_name);
+        }
+        async move {
+            tokio::time::timeout(WAIT, command.output())
+                .await
+                .expect("mqtt-binding exits on its own")
+                .expect("mqtt-binding runs")
+        }
+    };
+    let published = invoke(Some(&pod)).await;
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
+    // The client ID is the pod's.
+    broker
+        .wait_for_log(&format!("Received PUBLISH from orders-{pod} "))
+        .await;
+
+    let refused = invoke(None).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(r#"metadata field "consumerID": uses {podName}, but the pod name is not known: set the POD_NAME environment variable"#),
+        "{stderr}"
+    );
+}
+
 /// `--allow-broker`: a broker outside the list is refused before anything is sent to it,
 /// with an error naming the address and the policy; one inside it works.
 #[tokio::test]

@@ -46,6 +46,8 @@ const HOST_FIELDS: [&str; 2] = ["direction", "route"];
 
 /// Dapr's `{uuid}` tag: each occurrence becomes a fresh random UUIDv4.
 const UUID_TAG: &str = "{uuid}";
+/// Dapr's `{podName}` tag: the replica's pod name (see [`Replica`]).
+const POD_NAME_TAG: &str = "{podName}";
 
 /// The wait between delivery attempts of the input binding (docs/BEHAVIOUR.md, "Input
 /// binding").
@@ -256,13 +258,60 @@ pub fn expand_uuids(value: &str) -> String {
     out
 }
 
+/// Who the binding runs as: what the tags in metadata values stand for.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Replica<'a> {
+    /// The default client ID; empty when the host has none.
+    pub app_id: &'a str,
+    /// `{podName}`: the pod's name, which Dapr takes from `POD_NAME` (Kubernetes sets it
+    /// through the downward API); `None` when it is not set.
+    pub pod_name: Option<&'a str>,
+}
+
+/// Replaces each `{podName}` in field `name`'s `value` with `pod_name`; refused when there
+/// is none, as Dapr does, since replicas would otherwise share one client ID.
+fn expand_pod_name(
+    name: &str,
+    value: &str,
+    pod_name: Option<&str>,
+) -> Result<String, MetadataError> {
+    if !value.contains(POD_NAME_TAG) {
+        return Ok(value.to_string());
+    }
+    match pod_name {
+        Some(pod_name) if !pod_name.is_empty() => Ok(value.replace(POD_NAME_TAG, pod_name)),
+        _ => Err(MetadataError::new(
+            name,
+            "uses {podName}, but the pod name is not known: set the POD_NAME environment variable (on Kubernetes, from the downward API's metadata.name)",
+        )),
+    }
+}
+
 /// Parses and validates the binding's metadata. `app_id` is the default client ID; it may
-/// be empty when the host has none.
+/// be empty when the host has none. No pod name is known (see [`parse_as`]).
 pub fn parse(app_id: &str, metadata: &[(String, String)]) -> Result<Config, MetadataError> {
-    let expanded: Vec<(String, String)> = metadata
+    parse_as(
+        Replica {
+            app_id,
+            pod_name: None,
+        },
+        metadata,
+    )
+}
+
+/// Parses and validates the binding's metadata for `replica`.
+pub fn parse_as(
+    replica: Replica<'_>,
+    metadata: &[(String, String)],
+) -> Result<Config, MetadataError> {
+    let app_id = replica.app_id;
+    let expanded = metadata
         .iter()
-        .map(|(name, value)| (name.clone(), expand_uuids(value)))
-        .collect();
+        .map(|(name, value)| {
+            let value = expand_pod_name(name, value, replica.pod_name)?;
+            Ok((name.clone(), expand_uuids(&value)))
+        })
+        .collect::<Result<Vec<_>, MetadataError>>()?;
     let mut fields = Fields::new(&expanded)?;
     let mut notes = Vec::new();
 
@@ -648,6 +697,40 @@ mod tests {
             ])),
             r#"metadata field "sharedSubscriptionGroup": expected a group that makes a valid shared subscription of "topic": it is 65544 bytes long, MQTT allows 65535"#
         );
+    }
+
+    #[test]
+    fn pod_name_is_the_replicas_and_is_required_where_used() {
+        let metadata = md(&[
+            ("url", "tcp://h"),
+            ("topic", "t"),
+            ("consumerID", "orders-{podName}"),
+        ]);
+        let replica = |pod_name| Replica {
+            app_id: "orders",
+            pod_name,
+        };
+        let config = parse_as(replica(Some("orders-7c9f-x2")), &metadata).expect("ok");
+        assert_eq!(config.client_id, "orders-orders-7c9f-x2");
+        for missing in [None, Some("")] {
+            assert_eq!(
+                parse_as(replica(missing), &metadata).map_err(|error| error.to_string()),
+                Err(r#"metadata field "consumerID": uses {podName}, but the pod name is not known: set the POD_NAME environment variable (on Kubernetes, from the downward API's metadata.name)"#.into())
+            );
+        }
+        let both = md(&[
+            ("url", "tcp://h"),
+            ("topic", "t"),
+            ("consumerID", "{podName}-{uuid}"),
+        ]);
+        let config = parse_as(replica(Some("p")), &both).expect("ok");
+        assert!(
+            config.client_id.starts_with("p-") && config.client_id.len() == 2 + 36,
+            "{}",
+            config.client_id
+        );
+        // Without the tag the pod name is not needed.
+        assert!(parse_as(replica(None), &md(&[("url", "tcp://h"), ("topic", "t")])).is_ok());
     }
 
     #[test]
