@@ -197,6 +197,10 @@ fn from_v5(packet: v5::Packet) -> Result<Incoming, BrokerError> {
                 receive_maximum: properties.as_ref().and_then(|p| p.receive_max),
                 max_packet_size: property(|p| p.max_packet_size),
                 session_expiry: property(|p| p.session_expiry_interval),
+                shared_subscription_available: properties
+                    .as_ref()
+                    .and_then(|p| p.shared_subscription_available)
+                    .map(|available| available != 0),
                 reason_string: properties.and_then(|p| p.reason_string),
             })
         }
@@ -307,6 +311,7 @@ fn from_v4(packet: v4::Packet) -> Result<Incoming, BrokerError> {
             max_packet_size: None,
             session_expiry: None,
             reason_string: None,
+            shared_subscription_available: None,
         }),
         v4::Packet::Publish(publish) => Incoming::Publish(Publish {
             dup: publish.dup,

@@ -163,6 +163,10 @@ impl Driver {
         self.shared
             .broker_max_packet
             .store(link.writer.max_packet(), Ordering::Release);
+        self.shared.shares_unavailable.store(
+            connack.shared_subscription_available == Some(false),
+            Ordering::Release,
+        );
         tracing::debug!(
             connection = %self.shared.label,
             receive_maximum = ?connack.receive_maximum,

@@ -220,6 +220,7 @@ impl Connection {
             subscribed: tokio::sync::watch::Sender::new(0),
             max_payload,
             broker_max_packet: std::sync::atomic::AtomicUsize::new(usize::MAX),
+            shares_unavailable: AtomicBool::new(false),
             label,
         });
         let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
@@ -350,7 +351,9 @@ impl Connection {
     }
 
     /// Subscribes and waits for the SUBACK, at most `timeout`. The subscription is renewed
-    /// after every reconnect, whatever this call returns.
+    /// after every reconnect, whatever this call returns. A shared subscription
+    /// (`$share/...`) to a broker whose CONNACK said it has none is refused here, as its
+    /// SUBACK would (0x9E).
     pub async fn subscribe(
         &self,
         filter: String,
@@ -359,6 +362,13 @@ impl Connection {
     ) -> Result<(), BrokerError> {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(BrokerError::Closed);
+        }
+        if filter.starts_with("$share/") && self.shared.shares_unavailable.load(Ordering::Acquire) {
+            return Err(BrokerError::Rejected(Rejection::new(
+                reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
+                "shared subscriptions not supported: the broker's CONNACK says Shared Subscription Available = 0",
+                false,
+            )));
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let (reply, outcome) = oneshot::channel();

@@ -85,6 +85,8 @@ pub(crate) struct ConnAck {
     pub session_expiry: Option<u32>,
     /// MQTT 5: the broker's words on a refusal.
     pub reason_string: Option<String>,
+    /// MQTT 5: `Some(false)` when the broker says it has no shared subscriptions.
+    pub shared_subscription_available: Option<bool>,
 }
 
 /// PUBLISH, either way.

@@ -6,6 +6,9 @@ use super::codec::ProtocolVersion;
 use crate::error::{BrokerError, Rejection};
 use crate::packet::Reason;
 
+/// SUBACK's "shared subscriptions not supported" (MQTT 5 section 3.9.3).
+pub(super) const SHARED_SUBSCRIPTIONS_NOT_SUPPORTED: u8 = 0x9E;
+
 /// The name MQTT 5 gives a reason code (section 2.4), in lower case. One number has one
 /// name in every packet, but for 0x00: "success", and in DISCONNECT "normal disconnection".
 fn name(code: u8) -> &'static str {

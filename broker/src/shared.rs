@@ -33,6 +33,8 @@ pub(crate) struct Shared {
     pub max_payload: usize,
     /// The largest packet the broker accepts (its MQTT 5 maximum packet size, else ours).
     pub broker_max_packet: std::sync::atomic::AtomicUsize,
+    /// The broker said in its CONNACK that it has no shared subscriptions (MQTT 5).
+    pub shares_unavailable: AtomicBool,
     pub label: String,
 }
 

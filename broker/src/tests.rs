@@ -248,6 +248,11 @@ mod mqtt5 {
     }
 
     async fn connected() -> (Connection, Scripted) {
+        connected_saying(None).await
+    }
+
+    /// Connected to a broker whose CONNACK says `shared_subscription_available`.
+    async fn connected_saying(shared_subscription_available: Option<u8>) -> (Connection, Scripted) {
         let broker = FakeBroker::start().await;
         let mut options = broker.options();
         options.protocol = ProtocolVersion::V5;
@@ -280,7 +285,7 @@ mod mqtt5 {
                     user_properties: Vec::new(),
                     wildcard_subscription_available: None,
                     subscription_identifiers_available: None,
-                    shared_subscription_available: None,
+                    shared_subscription_available,
                     server_keep_alive: None,
                     response_information: None,
                     server_reference: None,
@@ -334,6 +339,38 @@ mod mqtt5 {
             Ok(()),
             "no matching subscribers: the broker has it"
         );
+    }
+
+    #[tokio::test]
+    async fn a_broker_without_shared_subscriptions_is_not_asked_for_one() {
+        let (connection, mut broker) = connected_saying(Some(0)).await;
+        let refused = connection
+            .subscribe("$share/g/a".into(), QoS::AtLeastOnce, WAIT)
+            .await;
+        match refused {
+            Err(BrokerError::Rejected(rejection)) => {
+                assert_eq!((rejection.code, rejection.retryable), (0x9E, false));
+                assert_eq!(
+                    rejection.reason,
+                    "shared subscriptions not supported: the broker's CONNACK says Shared Subscription Available = 0"
+                );
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // A plain subscription still goes to the broker; the refused one never did.
+        let subscribing = tokio::spawn({
+            let connection = connection.clone();
+            async move {
+                connection
+                    .subscribe("a".into(), QoS::AtLeastOnce, WAIT)
+                    .await
+            }
+        });
+        match broker.read().await {
+            Packet::Subscribe(subscribe) => assert_eq!(subscribe.filters[0].path, "a"),
+            other => panic!("expected SUBSCRIBE, got {other:?}"),
+        }
+        drop(subscribing);
     }
 
     #[tokio::test]
