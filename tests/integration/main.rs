@@ -1,6 +1,7 @@
 //! Integration tests: the component running in the host against a real mosquitto.
 
 mod cli;
+mod cluster;
 mod concurrency;
 mod connect;
 mod logs;

@@ -243,6 +243,11 @@ impl App {
         (app, server)
     }
 
+    /// Every POST so far.
+    pub(crate) fn calls(&self) -> Vec<Call> {
+        self.calls.lock().expect("calls").clone()
+    }
+
     pub(crate) async fn wait_for_calls(&self, n: usize) -> Vec<Call> {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
