@@ -56,12 +56,44 @@ pub(super) struct Timing {
 pub(super) struct Driver {
     pub shared: Arc<Shared>,
     pub commands: mpsc::Receiver<Command>,
-    pub endpoint: Endpoint,
+    /// Where to connect, in the order tried: the broker, then its failover list.
+    pub endpoints: Arc<[Endpoint]>,
     pub outbox: Outbox,
     pub timing: Timing,
     /// Subscriptions to renew on every new connection.
     pub filters: Vec<(String, QoS)>,
     pub generation: u64,
+}
+
+/// Opens a link to the first of `endpoints` that accepts, trying them in order. When none
+/// does: a refusal that retrying will not change (bad credentials, TLS) if one said so,
+/// else everything each one answered, as one retryable error.
+async fn open_any(endpoints: &[Endpoint]) -> Result<(Link, ConnAck), BrokerError> {
+    let mut failures = Vec::new();
+    for endpoint in endpoints {
+        match Link::open(endpoint).await {
+            Ok(opened) => {
+                if !failures.is_empty() {
+                    tracing::info!(broker = %format_args!("{}:{}", endpoint.host, endpoint.port), "connected to a failover broker after {} did not answer", failures.len());
+                }
+                return Ok(opened);
+            }
+            Err(error) if endpoints.len() == 1 => return Err(error),
+            Err(error) => {
+                tracing::debug!(broker = %format_args!("{}:{}", endpoint.host, endpoint.port), "not connected, trying the next broker: {error}");
+                failures.push(error);
+            }
+        }
+    }
+    if let Some(terminal) = failures.iter().find(|error| !error.is_retryable()) {
+        return Err(terminal.clone());
+    }
+    let each: Vec<String> = failures.iter().map(ToString::to_string).collect();
+    Err(BrokerError::Unreachable(format!(
+        "none of the {} brokers accepted the connection: {}",
+        endpoints.len(),
+        each.join("; ")
+    )))
 }
 
 /// How serving one link ended.
@@ -86,7 +118,7 @@ impl Driver {
         }
         let _done = Done(self.shared.clone());
 
-        let mut link = match Link::open(&self.endpoint).await {
+        let mut link = match open_any(&self.endpoints).await {
             Ok((mut link, connack)) => {
                 self.accepted(&mut link, &connack);
                 link
@@ -113,8 +145,8 @@ impl Driver {
                 if self.idle(tokio::time::sleep(wait)).await.is_none() {
                     return self.close(None).await;
                 }
-                let endpoint = self.endpoint.clone();
-                let opened = match self.idle(async move { Link::open(&endpoint).await }).await {
+                let endpoints = self.endpoints.clone();
+                let opened = match self.idle(async move { open_any(&endpoints).await }).await {
                     None => return self.close(None).await,
                     Some(opened) => opened,
                 };

@@ -44,6 +44,16 @@ impl FakeBroker {
 
     /// Accepts the client's next connection: reads its CONNECT, answers CONNACK.
     pub async fn accept(&self, session_present: bool) -> FakeConnection {
+        self.answer(ConnectReturnCode::Success, session_present)
+            .await
+    }
+
+    /// Accepts the client's next connection and refuses it with CONNACK `code`.
+    pub async fn refuse(&self, code: ConnectReturnCode) {
+        self.answer(code, false).await;
+    }
+
+    async fn answer(&self, code: ConnectReturnCode, session_present: bool) -> FakeConnection {
         let (stream, _) = tokio::time::timeout(WAIT, self.listener.accept())
             .await
             .expect("the client connected in time")
@@ -57,10 +67,7 @@ impl FakeBroker {
             other => panic!("expected CONNECT, got {other:?}"),
         }
         connection
-            .write(Packet::ConnAck(ConnAck::new(
-                ConnectReturnCode::Success,
-                session_present,
-            )))
+            .write(Packet::ConnAck(ConnAck::new(code, session_present)))
             .await;
         connection
     }
@@ -71,6 +78,7 @@ impl FakeBroker {
             host: "127.0.0.1".into(),
             port: self.port,
             path: String::new(),
+            failover: Vec::new(),
             protocol: ProtocolVersion::V311,
             client_id: "fake-test".into(),
             username: None,

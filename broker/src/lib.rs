@@ -114,6 +114,9 @@ pub struct ConnectOptions {
     pub port: u16,
     /// `Ws` and `Wss`: the HTTP path (and query) of the WebSocket endpoint.
     pub path: String,
+    /// More brokers, tried in order after `host` and `port` (connecting, and after every
+    /// loss); everything else here applies to them all.
+    pub failover: Vec<Server>,
     pub protocol: ProtocolVersion,
     pub client_id: String,
     pub username: Option<String>,
@@ -131,6 +134,15 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
 }
 
+/// One broker of a failover list (the WIT `server`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub host: String,
+    pub port: u16,
+    /// As [`ConnectOptions::path`].
+    pub path: String,
+}
+
 impl std::fmt::Debug for ConnectOptions {
     /// Shows where and who, never the password or the key.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -139,6 +151,7 @@ impl std::fmt::Debug for ConnectOptions {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("path", &self.path)
+            .field("failover", &self.failover)
             .field("protocol", &self.protocol)
             .field("client_id", &self.client_id)
             .field("username", &self.username)
@@ -205,7 +218,7 @@ impl Connection {
         let label = format!("{}@{}:{}", options.client_id, options.host, options.port);
         let max_payload = settings.max_payload_bytes as usize;
         let keep_alive = options.keep_alive.max(Duration::from_secs(1));
-        let endpoint = endpoint(options, max_payload)?;
+        let endpoints = endpoints(options, max_payload)?;
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Inbox::default()),
             arrived: tokio::sync::Notify::new(),
@@ -227,7 +240,7 @@ impl Connection {
         let driver = Driver {
             shared: shared.clone(),
             commands: receiver,
-            endpoint,
+            endpoints,
             outbox: Outbox::new(usize::from(settings.max_in_flight)),
             timing: Timing {
                 keep_alive,
@@ -516,13 +529,41 @@ impl Connection {
     }
 }
 
-/// The endpoint of a connection: where, how (TLS), and the CONNECT packet.
-fn endpoint(options: ConnectOptions, max_payload: usize) -> Result<Endpoint, BrokerError> {
+/// The endpoints of a connection, in the order they are tried: where, how (TLS), and the
+/// CONNECT packet.
+fn endpoints(options: ConnectOptions, max_payload: usize) -> Result<Arc<[Endpoint]>, BrokerError> {
     if options.client_id.is_empty() {
         return Err(BrokerError::invalid(Field::ClientId, "is empty"));
     }
-    if options.host.is_empty() {
-        return Err(BrokerError::invalid(Field::Host, "is empty"));
+    let servers = std::iter::once(Server {
+        host: options.host.clone(),
+        port: options.port,
+        path: options.path.clone(),
+    })
+    .chain(options.failover.iter().cloned());
+    for (n, server) in servers.clone().enumerate() {
+        let which = if n == 0 {
+            String::new()
+        } else {
+            format!("failover server {n}: ")
+        };
+        if server.host.is_empty() {
+            return Err(BrokerError::invalid(
+                Field::Host,
+                format!("{which}is empty"),
+            ));
+        }
+        if matches!(options.transport, Transport::Ws | Transport::Wss)
+            && !server.path.starts_with('/')
+        {
+            return Err(BrokerError::invalid(
+                Field::Path,
+                format!(
+                    "{which}expected a path starting with /, got {:?}",
+                    server.path
+                ),
+            ));
+        }
     }
     let tls = if matches!(options.transport, Transport::Tls | Transport::Wss) {
         Some(tls::client_config(&tls::TlsMaterial {
@@ -546,24 +587,17 @@ fn endpoint(options: ConnectOptions, max_payload: usize) -> Result<Endpoint, Bro
         // drops larger messages instead of breaking the connection with them.
         max_packet_size: u32::try_from(max_payload + PUBLISH_OVERHEAD).ok(),
     };
-    let websocket_path = match options.transport {
-        Transport::Ws | Transport::Wss if !options.path.starts_with('/') => {
-            return Err(BrokerError::invalid(
-                Field::Path,
-                format!("expected a path starting with /, got {:?}", options.path),
-            ));
-        }
-        Transport::Ws | Transport::Wss => Some(options.path),
-        Transport::Tcp | Transport::Tls => None,
-    };
-    Ok(Endpoint {
-        host: options.host,
-        port: options.port,
-        tls,
-        websocket_path,
-        version: options.protocol,
-        connect,
-        connect_timeout: options.connect_timeout,
-        max_packet: max_payload + PUBLISH_OVERHEAD,
-    })
+    let websocket = matches!(options.transport, Transport::Ws | Transport::Wss);
+    Ok(servers
+        .map(|server| Endpoint {
+            host: server.host,
+            port: server.port,
+            tls: tls.clone(),
+            websocket_path: websocket.then_some(server.path),
+            version: options.protocol,
+            connect: connect.clone(),
+            connect_timeout: options.connect_timeout,
+            max_packet: max_payload + PUBLISH_OVERHEAD,
+        })
+        .collect())
 }

@@ -208,6 +208,129 @@ async fn a_broker_that_goes_silent_is_dropped_and_reconnected() {
 
 /// MQTT 5 against a scripted broker: what mosquitto 2.0 never sends (a DISCONNECT with a
 /// reason, a PUBACK with a reason string), written with rumqttc's MQTT 5 codec.
+/// A failover list: `host` first, then each server in order, on every attempt.
+mod failover {
+    use rumqttc::ConnectReturnCode;
+
+    use super::*;
+    use crate::Server;
+
+    fn server(broker: &FakeBroker) -> Server {
+        Server {
+            host: "127.0.0.1".into(),
+            port: broker.port,
+            path: String::new(),
+        }
+    }
+
+    /// A port nothing listens on.
+    async fn closed_port() -> u16 {
+        FakeBroker::start().await.port
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_refuses_for_now_hands_the_connection_to_the_next_every_time() {
+        let (first, second) = (FakeBroker::start().await, FakeBroker::start().await);
+        let mut options = first.options();
+        options.failover = vec![server(&second)];
+        let connecting =
+            tokio::spawn(
+                async move { Connection::connect(options, &BrokerSettings::default()).await },
+            );
+        first.refuse(ConnectReturnCode::ServiceUnavailable).await;
+        let accepted = second.accept(false).await;
+        let connection = tokio::time::timeout(WAIT, connecting)
+            .await
+            .expect("connected in time")
+            .expect("the connect task")
+            .expect("connected to the second broker");
+        assert!(connection.status().connected);
+        // Lost: the next round starts at the first broker again, then moves on.
+        drop(accepted);
+        first.refuse(ConnectReturnCode::ServiceUnavailable).await;
+        let mut again = second.accept(true).await;
+        // Until it reads the CONNACK, the connection refuses publishes at once.
+        tokio::time::timeout(WAIT, async {
+            while !connection.status().connected {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("reconnected in time");
+        let publishing = spawn_publish(&connection, "a", QoS::AtLeastOnce, WAIT);
+        let sent = again.publish().await;
+        again.write(Packet::PubAck(PubAck::new(sent.pkid))).await;
+        assert_eq!(outcome(publishing).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn when_none_answers_the_error_says_what_each_said() {
+        let mut options = FakeBroker::start().await.options();
+        let (first, second) = (closed_port().await, closed_port().await);
+        options.port = first;
+        options.failover = vec![Server {
+            host: "127.0.0.1".into(),
+            port: second,
+            path: String::new(),
+        }];
+        match Connection::connect(options, &BrokerSettings::default()).await {
+            Err(BrokerError::Unreachable(text)) => {
+                assert!(
+                    text.starts_with("none of the 2 brokers accepted the connection: "),
+                    "{text}"
+                );
+                for port in [first, second] {
+                    assert!(text.contains(&format!("127.0.0.1:{port}")), "{text}");
+                }
+            }
+            other => panic!("expected unreachable, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_that_retrying_will_not_change_is_the_answer() {
+        let first = FakeBroker::start().await;
+        let mut options = first.options();
+        options.failover = vec![Server {
+            host: "127.0.0.1".into(),
+            port: closed_port().await,
+            path: String::new(),
+        }];
+        let connecting =
+            tokio::spawn(
+                async move { Connection::connect(options, &BrokerSettings::default()).await },
+            );
+        first.refuse(ConnectReturnCode::NotAuthorized).await;
+        let refused = tokio::time::timeout(WAIT, connecting)
+            .await
+            .expect("answered in time")
+            .expect("the connect task");
+        assert!(
+            matches!(refused, Err(BrokerError::NotAuthorized(_))),
+            "{refused:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn every_server_of_the_list_is_checked_before_connecting() {
+        let mut options = FakeBroker::start().await.options();
+        options.failover = vec![Server {
+            host: String::new(),
+            port: 1883,
+            path: String::new(),
+        }];
+        match Connection::connect(options, &BrokerSettings::default()).await {
+            Err(BrokerError::InvalidOption { field, reason }) => {
+                assert_eq!(
+                    (field, reason.as_str()),
+                    (crate::Field::Host, "failover server 1: is empty")
+                );
+            }
+            other => panic!("expected an invalid option, got {other:?}"),
+        }
+    }
+}
+
 mod mqtt5 {
     use bytes::BytesMut;
     use rumqttc::v5::mqttbytes::v5::{

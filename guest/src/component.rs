@@ -72,7 +72,17 @@ impl Guest for Component {
                 };
                 logging::log(level, &note.message);
             }
-            Connection::connect(connect_options(&config)).map_err(connect_error)?
+            let failover: Vec<broker::Server<'_>> = config
+                .broker
+                .failover
+                .iter()
+                .map(|server| broker::Server {
+                    host: &server.host,
+                    port: server.port,
+                    path: &server.path,
+                })
+                .collect();
+            Connection::connect(connect_options(&config, &failover)).map_err(connect_error)?
         } else {
             Connection::join().map_err(Error::Broker)?
         };
@@ -317,7 +327,10 @@ fn wit_error(error: host::BrokerError) -> broker::Error {
     }
 }
 
-fn connect_options<'a>(config: &'a Config) -> ConnectOptions<'a> {
+fn connect_options<'a>(
+    config: &'a Config,
+    failover: &'a [broker::Server<'a>],
+) -> ConnectOptions<'a> {
     let broker = &config.broker;
     // TLS material with a plain URL was already warned about; the host does not see it.
     let tls = broker.transport.is_tls();
@@ -332,6 +345,7 @@ fn connect_options<'a>(config: &'a Config) -> ConnectOptions<'a> {
         host: &broker.host,
         port: broker.port,
         path: &broker.path,
+        failover,
         protocol_version: match config.protocol {
             Protocol::V311 => broker::ProtocolVersion::Mqtt311,
             Protocol::V5 => broker::ProtocolVersion::Mqtt5,

@@ -91,12 +91,19 @@ impl<C: Connector> ConnectionSlot<C> {
     /// the operator allows it. Instances that connect at once wait for one another, so the
     /// binding never has two.
     pub async fn open(&self, options: ConnectOptions) -> Result<C::Connection, BrokerError> {
-        // The operator's policy comes before anything touches the network.
-        if let Err(reason) =
-            broker_policy::check(self.allowed_brokers.as_deref(), &options.host, options.port)
-        {
-            tracing::error!(binding = %self.binding, "{reason}");
-            return Err(BrokerError::invalid(Field::Host, reason));
+        // The operator's policy comes before anything touches the network, and covers
+        // every broker of a failover list.
+        let servers = std::iter::once((&options.host, options.port)).chain(
+            options
+                .failover
+                .iter()
+                .map(|server| (&server.host, server.port)),
+        );
+        for (host, port) in servers {
+            if let Err(reason) = broker_policy::check(self.allowed_brokers.as_deref(), host, port) {
+                tracing::error!(binding = %self.binding, "{reason}");
+                return Err(BrokerError::invalid(Field::Host, reason));
+            }
         }
         let mut open = self.open.lock().await;
         if let Some(connection) = open.as_ref().filter(|open| C::is_open(open)) {
@@ -221,6 +228,7 @@ mod tests {
             host: host.into(),
             port: 1883,
             path: String::new(),
+            failover: Vec::new(),
             protocol: crate::broker::ProtocolVersion::V311,
             client_id: "orders-app".into(),
             username: None,

@@ -10,7 +10,8 @@ use bytes::Bytes;
 use wasmtime::component::Resource;
 
 use crate::broker::{
-    ConnectOptions, Connection, MessageProperties, ProtocolVersion, PublishRequest, Transport,
+    ConnectOptions, Connection, MessageProperties, ProtocolVersion, PublishRequest, Server,
+    Transport,
 };
 use crate::error::{BrokerError, Field, Rejection};
 use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, types};
@@ -153,6 +154,15 @@ impl broker::HostConnection for HostView<'_> {
             host: options.host,
             port: options.port,
             path: options.path,
+            failover: options
+                .failover
+                .into_iter()
+                .map(|server| Server {
+                    host: server.host,
+                    port: server.port,
+                    path: server.path,
+                })
+                .collect(),
             protocol: match options.protocol_version {
                 broker::ProtocolVersion::Mqtt311 => ProtocolVersion::V311,
                 broker::ProtocolVersion::Mqtt5 => ProtocolVersion::V5,

@@ -116,8 +116,19 @@ pub struct Broker {
     /// The WebSocket endpoint's path and query (`/` when the URL has none); empty for TCP
     /// and TLS.
     pub path: String,
+    /// The other brokers of a `url` list, in order, reached the same way.
+    pub failover: Vec<Server>,
     pub username: Option<String>,
     pub password: Option<Secret>,
+}
+
+/// Another broker of a failover list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    pub host: String,
+    pub port: u16,
+    /// As [`Broker::path`].
+    pub path: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,6 +143,16 @@ impl Transport {
     /// Whether TLS carries the connection, so that the TLS fields apply.
     pub fn is_tls(self) -> bool {
         matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    /// The schemes that mean this transport, for an error.
+    fn family(self) -> &'static str {
+        match self {
+            Transport::Tcp => "plain MQTT (tcp://, mqtt://)",
+            Transport::Tls => "MQTT over TLS (ssl://, mqtts://, tls://, tcps://)",
+            Transport::Ws => "WebSockets (ws://)",
+            Transport::Wss => "WebSockets over TLS (wss://)",
+        }
     }
 }
 
@@ -315,7 +336,7 @@ pub fn parse_as(
     let mut fields = Fields::new(&expanded)?;
     let mut notes = Vec::new();
 
-    let broker = url::parse_url(&fields.require(field::URL)?)?;
+    let broker = url::parse_urls(&fields.require(field::URL)?)?;
     let topic = parse_topic(&mut fields)?;
     let share_group = parse_share_group(&mut fields, &topic)?;
     let client_id = parse_client_id(&mut fields, app_id)?;
@@ -567,6 +588,7 @@ mod tests {
                 host: "localhost".into(),
                 port: 1883,
                 path: String::new(),
+                failover: Vec::new(),
                 username: None,
                 password: None
             }

@@ -1,12 +1,72 @@
 //! The broker URL: scheme (transport and default port), host, port, WebSocket path, and
-//! the user name and password it may carry (percent-decoded, never echoed in an error).
+//! the user name and password it may carry (percent-decoded, never echoed in an error); or
+//! several, separated by commas, of one cluster's brokers.
 
 use percent_encoding::percent_decode_str;
 
-use super::{Broker, MetadataError, Secret, Transport, field};
+use super::{Broker, MetadataError, Secret, Server, Transport, field};
 
-/// Parses the broker URL: scheme, host, port (with the scheme's default), credentials.
-pub(super) fn parse_url(value: &str) -> Result<Broker, MetadataError> {
+/// Parses `url`: one broker's URL, or a failover list of several separated by commas
+/// (`tcp://a:1883,tcp://b:1883`, as Paho's server list), which must agree on the scheme
+/// family and on the credentials (given in each entry alike, or in the first only).
+pub(super) fn parse_urls(value: &str) -> Result<Broker, MetadataError> {
+    if !value.contains(',') {
+        return parse_url(value);
+    }
+    let entries: Vec<&str> = value.split(',').collect();
+    let count = entries.len();
+    let mut brokers = Vec::with_capacity(count);
+    for (n, entry) in entries.into_iter().enumerate() {
+        let position = n + 1;
+        let in_entry = |problem: &str| {
+            MetadataError::new(
+                field::URL,
+                format!("entry {position} of {count}: {problem}"),
+            )
+        };
+        if entry.trim().is_empty() {
+            return Err(in_entry(
+                "is empty; expected broker URLs separated by commas, as in tcp://a:1883,tcp://b:1883",
+            ));
+        }
+        brokers.push(parse_url(entry).map_err(|error| in_entry(&error.problem))?);
+    }
+    let mut brokers = brokers.into_iter();
+    let mut first = brokers.next().expect("a list with a comma has two entries");
+    for (n, broker) in brokers.enumerate() {
+        let position = n + 2;
+        if broker.transport != first.transport {
+            return Err(MetadataError::new(
+                field::URL,
+                format!(
+                    "entry {position} of {count}: uses {}, but entry 1 uses {}; every broker of the list must be reached the same way",
+                    broker.transport.family(),
+                    first.transport.family()
+                ),
+            ));
+        }
+        let credentials_given = broker.username.is_some() || broker.password.is_some();
+        if credentials_given
+            && (broker.username != first.username || broker.password != first.password)
+        {
+            return Err(MetadataError::new(
+                field::URL,
+                format!(
+                    "entry {position} of {count}: gives other credentials than entry 1; the brokers of a list share one login (give it in the first entry, or the same in each)"
+                ),
+            ));
+        }
+        first.failover.push(Server {
+            host: broker.host,
+            port: broker.port,
+            path: broker.path,
+        });
+    }
+    Ok(first)
+}
+
+/// Parses one broker URL: scheme, host, port (with the scheme's default), credentials.
+fn parse_url(value: &str) -> Result<Broker, MetadataError> {
     const SCHEMES: &str = "tcp://, mqtt://, ssl://, mqtts://, tls://, tcps://, ws:// or wss://";
     let invalid = |why: String| MetadataError::new(field::URL, why);
     // The value may hold a password, so no error below echoes it whole.
@@ -83,6 +143,7 @@ pub(super) fn parse_url(value: &str) -> Result<Broker, MetadataError> {
         host,
         port,
         path,
+        failover: Vec::new(),
         username,
         password,
     })
@@ -191,6 +252,73 @@ mod tests {
             error_of(&md(&[("topic", "t")])),
             r#"metadata field "url": is missing; it is required"#
         );
+    }
+
+    #[test]
+    fn a_list_of_urls_is_a_failover_list_in_order() {
+        let broker = parse(
+            "a",
+            &md(&[
+                ("url", "tcp://u:p@a:1883, mqtt://b ,tcp://u:p@[::1]:1885"),
+                ("topic", "t"),
+            ]),
+        )
+        .expect("valid")
+        .broker;
+        assert_eq!(
+            (broker.host.as_str(), broker.port),
+            ("a", 1883),
+            "the first is the broker"
+        );
+        let failover: Vec<(&str, u16)> = broker
+            .failover
+            .iter()
+            .map(|server| (server.host.as_str(), server.port))
+            .collect();
+        assert_eq!(failover, [("b", 1883), ("::1", 1885)]);
+        assert_eq!(broker.username.as_deref(), Some("u"));
+        let broker = parse(
+            "a",
+            &md(&[("url", "wss://a/mqtt,wss://b:8443/ws"), ("topic", "t")]),
+        )
+        .expect("valid")
+        .broker;
+        assert_eq!(broker.failover[0].path, "/ws");
+    }
+
+    #[test]
+    fn a_bad_entry_of_a_list_is_named_by_its_position() {
+        let cases = [
+            (
+                "tcp://a,,tcp://c",
+                r#"metadata field "url": entry 2 of 3: is empty; expected broker URLs separated by commas, as in tcp://a:1883,tcp://b:1883"#,
+            ),
+            (
+                "tcp://a,",
+                r#"metadata field "url": entry 2 of 2: is empty; expected broker URLs separated by commas, as in tcp://a:1883,tcp://b:1883"#,
+            ),
+            (
+                "tcp://a,http://u:secret@b",
+                r#"metadata field "url": entry 2 of 2: expected a scheme of tcp://, mqtt://, ssl://, mqtts://, tls://, tcps://, ws:// or wss://, got "http://""#,
+            ),
+            (
+                "tcp://a,ssl://b",
+                r#"metadata field "url": entry 2 of 2: uses MQTT over TLS (ssl://, mqtts://, tls://, tcps://), but entry 1 uses plain MQTT (tcp://, mqtt://); every broker of the list must be reached the same way"#,
+            ),
+            (
+                "ws://a/mqtt,wss://b/mqtt",
+                r#"metadata field "url": entry 2 of 2: uses WebSockets over TLS (wss://), but entry 1 uses WebSockets (ws://); every broker of the list must be reached the same way"#,
+            ),
+            (
+                "tcp://u:secret@a,tcp://u:other-secret@b",
+                r#"metadata field "url": entry 2 of 2: gives other credentials than entry 1; the brokers of a list share one login (give it in the first entry, or the same in each)"#,
+            ),
+        ];
+        for (url, expected) in cases {
+            let error = error_of(&md(&[("url", url), ("topic", "t")]));
+            assert_eq!(error, expected, "{url:?}");
+            assert!(!error.contains("secret"), "{error}");
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use mqtt_binding_broker::{
     BrokerError, BrokerSettings, ConnectOptions, Connection as Link, Field, MessageProperties,
-    ProtocolVersion, PublishRequest, QoS, Transport,
+    ProtocolVersion, PublishRequest, QoS, Server, Transport,
 };
 
 #[expect(
@@ -239,6 +239,15 @@ fn connect_options(options: WitConnectOptions) -> ConnectOptions {
         host: options.host,
         port: options.port,
         path: options.path,
+        failover: options
+            .failover
+            .into_iter()
+            .map(|server| Server {
+                host: server.host,
+                port: server.port,
+                path: server.path,
+            })
+            .collect(),
         protocol: match options.protocol_version {
             broker::ProtocolVersion::Mqtt311 => ProtocolVersion::V311,
             broker::ProtocolVersion::Mqtt5 => ProtocolVersion::V5,

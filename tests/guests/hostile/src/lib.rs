@@ -92,6 +92,7 @@ impl Guest for Hostile {
                 host: host.to_string(),
                 port,
                 path: String::new(),
+                failover: Vec::new(),
                 protocol_version: ProtocolVersion::Mqtt311,
                 client_id: value(&metadata, "consumerID").map_or(app_id, str::to_string),
                 username: None,
