@@ -186,6 +186,12 @@ impl Sidecar {
     pub(crate) async fn terminate(mut self) -> std::process::ExitStatus {
         crate::support::terminate(self.child.take().expect("running")).await
     }
+
+    /// SIGKILL, as a crash or an OOM kill would stop it, and waits for it to be gone.
+    pub(crate) async fn kill(mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().await.expect("SIGKILL");
+    }
 }
 
 /// One POST the app received: route, headers, body.
