@@ -37,8 +37,7 @@ async fn run() -> anyhow::Result<()> {
         std::path::Path::new(&config).is_file(),
         "{config}: no such configuration file"
     );
-    let settings =
-        Settings::init(options).map_err(|error| anyhow!("reading {config}: {error}"))?;
+    let settings = Settings::init(options).map_err(|error| anyhow!("reading {config}: {error}"))?;
     let node = Node::new(
         settings.node.id,
         settings.node.busy.loadavg,
@@ -69,7 +68,11 @@ async fn run() -> anyhow::Result<()> {
         settings.rpc.reuseport,
     );
     for plugin in [RAFT, SHARED_SUBSCRIPTION] {
-        let start = settings.plugins.default_startups.iter().any(|p| p == plugin);
+        let start = settings
+            .plugins
+            .default_startups
+            .iter()
+            .any(|p| p == plugin);
         let registered = match plugin {
             RAFT => rmqtt_cluster_raft::register_named(&scx, RAFT, start, false).await,
             _ => {
