@@ -367,6 +367,12 @@ impl Connection {
     /// after every reconnect, whatever this call returns. A shared subscription
     /// (`$share/...`) to a broker whose CONNACK said it has none is refused here, as its
     /// SUBACK would (0x9E).
+    /// Whether the broker takes shared subscriptions: false when its MQTT 5 CONNACK said
+    /// "Shared Subscription Available" = 0.
+    pub fn shared_subscriptions_available(&self) -> bool {
+        !self.shared.shares_unavailable.load(Ordering::Acquire)
+    }
+
     pub async fn subscribe(
         &self,
         filter: String,
@@ -376,7 +382,7 @@ impl Connection {
         if self.shared.closing.load(Ordering::Acquire) {
             return Err(BrokerError::Closed);
         }
-        if filter.starts_with("$share/") && self.shared.shares_unavailable.load(Ordering::Acquire) {
+        if filter.starts_with("$share/") && !self.shared_subscriptions_available() {
             return Err(BrokerError::Rejected(Rejection::new(
                 reason::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
                 "shared subscriptions not supported: the broker's CONNACK says Shared Subscription Available = 0",

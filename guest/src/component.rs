@@ -86,6 +86,14 @@ impl Guest for Component {
         } else {
             Connection::join().map_err(Error::Broker)?
         };
+        // A group the broker cannot make is refused now rather than when the input side
+        // subscribes: every replica would otherwise wait for a stream that never comes.
+        if config.share_group.is_some() && !connection.shared_subscriptions_available() {
+            return Err(Error::InvalidMetadata(format!(
+                "metadata field {:?}: the broker does not take shared subscriptions (its MQTT 5 CONNACK says Shared Subscription Available = 0)",
+                metadata::field::SHARED_SUBSCRIPTION_GROUP
+            )));
+        }
         BINDING.with_borrow_mut(|binding| *binding = Some(Binding { config, connection }));
         Ok(())
     }

@@ -118,7 +118,12 @@ impl Binding {
         // are made on demand and join it.
         let mut first = runtime.instance(host.clone()).await?;
         let initialised = first.init(&app_id, &metadata, true).await;
-        first.explained(initialised)?;
+        if let Err(error) = first.explained(initialised) {
+            // A refusal after connecting (a share group the broker cannot make) still
+            // disconnects cleanly.
+            host.connection.close().await;
+            return Err(error);
+        }
         let permits = tokio::sync::Semaphore::new(runtime.max_output_instances());
         let bytes = tokio::sync::Semaphore::new(byte_budget(runtime.options()));
         Ok(Self {

@@ -227,6 +227,16 @@ impl broker::HostConnection for HostView<'_> {
             .map_err(to_wit))
     }
 
+    async fn shared_subscriptions_available(
+        &mut self,
+        connection: Resource<Connection>,
+    ) -> wasmtime::Result<bool> {
+        Ok(self
+            .table
+            .get(&connection)?
+            .shared_subscriptions_available())
+    }
+
     async fn next_messages(
         &mut self,
         connection: Resource<Connection>,

@@ -57,11 +57,24 @@ pub(crate) struct Cluster {
 }
 
 impl Cluster {
-    /// Starts three nodes and waits until each accepts an MQTT connection (a node answers
-    /// CONNACK "server unavailable" until the cluster has a leader).
+    /// Starts three nodes with the Raft cluster and shared subscriptions, and waits until
+    /// each accepts an MQTT connection (a node answers CONNACK "server unavailable" until
+    /// the cluster has a leader).
     pub(crate) async fn start() -> Self {
+        Self::start_nodes(3, &["rmqtt-cluster-raft", "rmqtt-shared-subscription"]).await
+    }
+
+    /// One rmqtt node alone, with only the plugins named (none: no shared subscriptions,
+    /// which its MQTT 5 CONNACK then says).
+    pub(crate) async fn single(plugins: &[&str]) -> Self {
+        Self::start_nodes(1, plugins).await
+    }
+
+    async fn start_nodes(count: usize, plugins: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let ids = 1..=3;
+        let ids = 1..=count;
+        let startups: Vec<String> = plugins.iter().map(|p| format!("{p:?}")).collect();
+        let startups = startups.join(", ");
         let ports: Vec<(u16, u16, u16)> = ids
             .clone()
             .map(|_| (free_port(), free_port(), free_port()))
@@ -88,7 +101,7 @@ impl Cluster {
                  log.to = \"console\"\n\
                  log.level = \"warn\"\n\
                  plugins.dir = \"{}\"\n\
-                 plugins.default_startups = [\"rmqtt-cluster-raft\", \"rmqtt-shared-subscription\"]\n\
+                 plugins.default_startups = [{startups}]\n\
                  listener.tcp.external.addr = \"127.0.0.1:{mqtt}\"\n\
                  listener.tcp.external.allow_anonymous = true\n\
                  listener.tcp.external.max_mqueue_len = 100000\n\
@@ -1003,4 +1016,48 @@ async fn server_unavailable_moves_on_to_the_next_broker_and_is_retried() {
         other => Err(format!("the app got {other:?}")),
     })
     .await;
+}
+
+/// A broker whose MQTT 5 CONNACK says it has no shared subscriptions (rmqtt without its
+/// shared-subscription plugin) fails a binding with a share group at init, naming the
+/// field; the same binding without the group works.
+#[tokio::test]
+async fn a_broker_without_shared_subscriptions_fails_init_naming_the_group() {
+    let node = Cluster::single(&[]).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let topic = format!("orders/{}", unique());
+    let metadata = |group: Option<&str>| {
+        let mut metadata = vec![
+            ("url", node.url(0)),
+            ("topic", topic.clone()),
+            ("protocolVersion", "5".to_string()),
+        ];
+        metadata.extend(group.map(|g| ("sharedSubscriptionGroup", g.to_string())));
+        metadata
+    };
+    let invoke = async |metadata: Vec<(&str, String)>| {
+        let pairs: Vec<(&str, &str)> = metadata.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let file = component_file(dir.path(), "orders", &pairs);
+        run(&[
+            "invoke",
+            "--component",
+            file.to_str().expect("path"),
+            "--data",
+            "x",
+        ])
+        .await
+    };
+    let refused = invoke(metadata(Some("orders"))).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(r#"metadata field "sharedSubscriptionGroup": the broker does not take shared subscriptions (its MQTT 5 CONNACK says Shared Subscription Available = 0)"#),
+        "{stderr}"
+    );
+    let published = invoke(metadata(None)).await;
+    assert!(
+        published.status.success(),
+        "{}",
+        String::from_utf8_lossy(&published.stderr)
+    );
 }

@@ -138,6 +138,10 @@ impl GuestConnection for Connection {
         block_on(self.0.subscribe(filter, qos(level), millis(timeout_ms))).map_err(to_wit)
     }
 
+    fn shared_subscriptions_available(&self) -> bool {
+        self.0.shared_subscriptions_available()
+    }
+
     fn next_messages(&self, max: u32, timeout_ms: u32) -> Result<Vec<Message>, Error> {
         let max = usize::try_from(max).unwrap_or(usize::MAX);
         let messages = block_on(self.0.next_messages(max, millis(timeout_ms))).map_err(to_wit)?;
