@@ -888,7 +888,7 @@ async fn wait_until_every_replica_is_in_the_group_again(
     ports: &[u16],
     topic: &str,
 ) {
-    let before: Vec<usize> = replicas.iter().map(|r| probes(r)).collect();
+    let before: Vec<usize> = replicas.iter().map(probes).collect();
     let mut sent = 0;
     eventually(STREAM, async || {
         publish_all(
