@@ -797,6 +797,13 @@ async fn a_killed_replica_and_a_killed_node_lose_nothing_the_binding_acknowledge
     for publisher in publishers {
         publisher.await.expect("the publisher finished");
     }
+    // The survivors answer new clients "server unavailable" until they have elected a new
+    // leader (seconds, more on a busy machine); the probes below are such clients.
+    for node in 0..3 {
+        if node != doomed {
+            cluster.wait_until_serving(node).await;
+        }
+    }
     // Every replica still in the group gets a probe published after the stream: what its
     // session queued before has been sent to it by then. Then nothing is left in flight.
     wait_until_every_replica_is_in_the_group(&replicas, &survivors, &topic).await;
