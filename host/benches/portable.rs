@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Instant;
 
 use crate::faces::Session;
-use crate::support::{Mosquitto, exit_and_peak_memory, unique};
+use crate::support::{Mosquitto, exit_and_peak_memory, exit_status, unique};
 use crate::{Row, Settings, stats};
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
@@ -75,45 +75,19 @@ impl Command {
     /// Runs to the end; the wall time in ms.
     async fn time(self, dir: &Path, portable: &Path, args: &[&str]) -> f64 {
         let started = Instant::now();
-        let child = self
-            .build(dir, portable, args)
-            .spawn()
-            .expect("the command runs");
-        let (status, _) = exit_and_peak_memory(child).await;
+        let status = exit_status(self.build(dir, portable, args)).await;
         let elapsed = started.elapsed().as_secs_f64() * 1e3;
         assert_eq!(status, 0, "{args:?} exited {status}");
         elapsed
     }
 
-    /// Runs to the end under GNU time; the wall time in ms and the peak resident memory in
-    /// MiB. A small parent of its own: a child spawned by the benchmark itself starts its
-    /// accounting with the benchmark's memory (std spawns with a shared address space until
-    /// exec, and `wait4` then reports the larger of the two).
+    /// Runs to the end; the wall time in ms and the peak resident memory in MiB.
     async fn time_and_peak(self, dir: &Path, portable: &Path, args: &[&str]) -> (f64, f64) {
-        let report = tempfile::NamedTempFile::new().expect("a file for GNU time");
-        let inner = self.build(dir, portable, args);
-        let mut command = std::process::Command::new("/usr/bin/time");
-        command
-            .args(["-f", "%M", "-o"])
-            .arg(report.path())
-            .arg(inner.get_program())
-            .args(inner.get_args())
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null());
         let started = Instant::now();
-        let child = command
-            .spawn()
-            .expect("/usr/bin/time runs (./scripts/test installs Debian's time)");
-        let (status, _) = exit_and_peak_memory(child).await;
+        let (status, peak) = exit_and_peak_memory(self.build(dir, portable, args)).await;
         let elapsed = started.elapsed().as_secs_f64() * 1e3;
         assert_eq!(status, 0, "{args:?} exited {status}");
-        let kib: f64 = std::fs::read_to_string(report.path())
-            .expect("GNU time's report")
-            .trim()
-            .parse()
-            .expect("GNU time's %M, in KiB");
-        (elapsed, kib / 1024.0)
+        (elapsed, peak as f64 / (1024.0 * 1024.0))
     }
 }
 

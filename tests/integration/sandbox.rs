@@ -253,16 +253,12 @@ async fn a_100_mb_log_line_is_refused_before_it_is_copied_into_the_host() {
         "the warm-up invoke failed: {}",
         String::from_utf8_lossy(&warm_up.stderr)
     );
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-binding"))
+    let mut huge_line = std::process::Command::new(env!("CARGO_BIN_EXE_mqtt-binding"));
+    huge_line
         .args(["--wasm", hostile_component(), "invoke", "--component"])
         .arg(&file)
-        .args(["--data", "x", "--metadata", "misbehave=huge-line"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("mqtt-binding runs");
-    let (status, peak) = exit_and_peak_memory(child).await;
+        .args(["--data", "x", "--metadata", "misbehave=huge-line"]);
+    let (status, peak) = exit_and_peak_memory(huge_line).await;
     assert_eq!(status, 1, "the invoke fails: the component was stopped");
     let peak_mib = peak / (1024 * 1024);
     assert!(

@@ -791,30 +791,56 @@ pub fn meta<'a>(event: &'a BindingEvent, name: &str) -> &'a str {
         .unwrap_or_default()
 }
 
-/// The exit status of a child and its peak resident memory in bytes (`wait4`'s usage), or
-/// a panic after [`WAIT`], with the child killed.
-#[expect(
-    unsafe_code,
-    reason = "wait4 and kill, which std does not offer with usage"
-)]
-pub async fn exit_and_peak_memory(child: std::process::Child) -> (i32, u64) {
-    let pid = i32::try_from(child.id()).expect("pid");
-    let waited = tokio::task::spawn_blocking(move || {
-        let mut status = 0;
-        // SAFETY: a plain C struct, all zeroes is a valid value.
-        let mut usage = unsafe { std::mem::zeroed::<libc::rusage>() };
-        // SAFETY: wait4 writes only into the two locals it is given.
-        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-        assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
-        let peak_kib = u64::try_from(usage.ru_maxrss).expect("ru_maxrss");
-        (libc::WEXITSTATUS(status), peak_kib * 1024)
-    });
-    match tokio::time::timeout(WAIT, waited).await {
-        Ok(done) => done.expect("waiting for the child"),
-        Err(_) => {
-            // SAFETY: the child is ours and not yet reaped, so the pid is still its own.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            panic!("the child did not exit within {WAIT:?}");
-        }
+/// Runs `command` to its end: its exit status, or a panic after [`WAIT`] with the child
+/// killed.
+pub async fn exit_status(command: Command) -> i32 {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let mut child = tokio::process::Command::from(command)
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|error| panic!("{program} does not start: {error}"));
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap_or_else(|_| panic!("{program} did not exit within {WAIT:?}"))
+        .expect("waiting for the child");
+    status
+        .code()
+        .unwrap_or_else(|| panic!("{program} ended by a signal: {status}"))
+}
+
+/// Runs `command` to its end under GNU time (which `./scripts/test` installs), its output
+/// discarded: its exit status and its peak resident memory in bytes. Under a small parent of its own, because a
+/// process spawned by this one starts its accounting with this one's memory: std spawns with
+/// a shared address space until exec, and the kernel keeps the larger high-water mark, so
+/// `wait4` would report the peak of the whole test binary (hundreds of MiB, with other tests
+/// running beside).
+pub async fn exit_and_peak_memory(command: Command) -> (i32, u64) {
+    let report = tempfile::NamedTempFile::new().expect("a file for GNU time's report");
+    let mut timed = Command::new("/usr/bin/time");
+    // --quiet: the report holds the figure alone, without a line on a non-zero exit.
+    timed
+        .args(["--quiet", "-f", "%M", "-o"])
+        .arg(report.path())
+        .arg(command.get_program())
+        .args(command.get_args());
+    if let Some(dir) = command.get_current_dir() {
+        timed.current_dir(dir);
     }
+    for (name, value) in command.get_envs() {
+        match value {
+            Some(value) => timed.env(name, value),
+            None => timed.env_remove(name),
+        };
+    }
+    timed
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let status = exit_status(timed).await;
+    let kib: u64 = std::fs::read_to_string(report.path())
+        .expect("GNU time's report")
+        .trim()
+        .parse()
+        .expect("GNU time's %M, in KiB");
+    (status, kib * 1024)
 }
