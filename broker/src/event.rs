@@ -3,6 +3,8 @@
 //! message (the native host, the portable plug), so that the component makes no strings
 //! per message.
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 
 use crate::{Message, QoS};
@@ -35,47 +37,72 @@ impl Message {
     /// carries: `contentType`, `responseTopic`, `correlationData` (or
     /// `correlationDataBase64`), `messageExpiryInterval`, and each user property as
     /// `userProperty.NAME` (a `traceparent` or `tracestate` also under its own name).
-    pub fn event_metadata(&self) -> Vec<(String, String)> {
+    ///
+    /// Made as they are read, borrowed from the message wherever they can be: the four
+    /// standard pairs allocate nothing, so a consumer pays only for what it keeps.
+    pub fn event_metadata(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
         let properties = &self.properties;
-        let mut metadata = Vec::with_capacity(4 + properties.user_properties.len());
-        metadata.extend([
-            (name::TOPIC.to_string(), self.topic.clone()),
-            (name::RETAINED.to_string(), self.retain.to_string()),
-            (name::QOS.to_string(), qos_text(self.qos).to_string()),
-            (name::DUPLICATE.to_string(), self.duplicate.to_string()),
-        ]);
-        let mut add = |name: &str, value: String| metadata.push((name.to_string(), value));
-        if let Some(content_type) = &properties.content_type {
-            add(name::CONTENT_TYPE, content_type.clone());
-        }
-        if let Some(response_topic) = &properties.response_topic {
-            add(name::RESPONSE_TOPIC, response_topic.clone());
-        }
-        if let Some(data) = &properties.correlation_data {
-            match std::str::from_utf8(data) {
-                Ok(text) => add(name::CORRELATION_DATA, text.to_string()),
-                Err(_) => add(
-                    name::CORRELATION_DATA_BASE64,
-                    base64::engine::general_purpose::STANDARD.encode(data),
-                ),
-            }
-        }
-        if let Some(expiry) = properties.expiry {
-            add(name::MESSAGE_EXPIRY_INTERVAL, expiry.to_string());
-        }
-        for (property, value) in &properties.user_properties {
-            // W3C Trace Context over MQTT: the trace goes on to the application as its own
-            // header, as well as the user property it is.
-            if property == name::TRACEPARENT || property == name::TRACESTATE {
-                add(property, value.clone());
-            }
-            add(
-                &format!("{}{property}", name::USER_PROPERTY_PREFIX),
-                value.clone(),
-            );
-        }
-        metadata
+        let standard = [
+            (name::TOPIC, Cow::Borrowed(self.topic.as_str())),
+            (name::RETAINED, Cow::Borrowed(flag(self.retain))),
+            (name::QOS, Cow::Borrowed(qos_text(self.qos))),
+            (name::DUPLICATE, Cow::Borrowed(flag(self.duplicate))),
+        ];
+        let content_type = properties
+            .content_type
+            .as_deref()
+            .map(|value| (name::CONTENT_TYPE, Cow::Borrowed(value)));
+        let response_topic = properties
+            .response_topic
+            .as_deref()
+            .map(|value| (name::RESPONSE_TOPIC, Cow::Borrowed(value)));
+        let correlation_data =
+            properties
+                .correlation_data
+                .as_deref()
+                .map(|data| match std::str::from_utf8(data) {
+                    Ok(text) => (name::CORRELATION_DATA, Cow::Borrowed(text)),
+                    Err(_) => (
+                        name::CORRELATION_DATA_BASE64,
+                        Cow::Owned(base64::engine::general_purpose::STANDARD.encode(data)),
+                    ),
+                });
+        let expiry = properties.expiry.map(|expiry| {
+            (
+                name::MESSAGE_EXPIRY_INTERVAL,
+                Cow::Owned(expiry.to_string()),
+            )
+        });
+        let fixed = standard
+            .into_iter()
+            .chain(content_type)
+            .chain(response_topic)
+            .chain(correlation_data)
+            .chain(expiry)
+            .map(|(name, value)| (Cow::Borrowed(name), value));
+        let user = properties
+            .user_properties
+            .iter()
+            .flat_map(|(property, value)| {
+                // W3C Trace Context over MQTT: the trace goes on to the application as its own
+                // header, as well as the user property it is.
+                let trace = (property == name::TRACEPARENT || property == name::TRACESTATE)
+                    .then_some((
+                        Cow::Borrowed(property.as_str()),
+                        Cow::Borrowed(value.as_str()),
+                    ));
+                let prefixed = (
+                    Cow::Owned(format!("{}{property}", name::USER_PROPERTY_PREFIX)),
+                    Cow::Borrowed(value.as_str()),
+                );
+                trace.into_iter().chain([prefixed])
+            });
+        fixed.chain(user)
     }
+}
+
+fn flag(set: bool) -> &'static str {
+    if set { "true" } else { "false" }
 }
 
 fn qos_text(qos: QoS) -> &'static str {
@@ -105,8 +132,15 @@ mod tests {
         }
     }
 
-    fn pairs(metadata: &[(String, String)]) -> Vec<(&str, &str)> {
-        metadata
+    fn pairs(message: &Message) -> Vec<(String, String)> {
+        message
+            .event_metadata()
+            .map(|(name, value)| (name.into_owned(), value.into_owned()))
+            .collect()
+    }
+
+    fn strs(pairs: &[(String, String)]) -> Vec<(&str, &str)> {
+        pairs
             .iter()
             .map(|(name, value)| (name.as_str(), value.as_str()))
             .collect()
@@ -114,9 +148,9 @@ mod tests {
 
     #[test]
     fn an_mqtt_3_message_has_the_four_standard_entries() {
-        let metadata = message(MessageProperties::default()).event_metadata();
+        let metadata = pairs(&message(MessageProperties::default()));
         assert_eq!(
-            pairs(&metadata),
+            strs(&metadata),
             [
                 ("topic", "sensors/1"),
                 ("retained", "true"),
@@ -128,7 +162,7 @@ mod tests {
 
     #[test]
     fn mqtt_5_properties_follow_in_order() {
-        let metadata = message(MessageProperties {
+        let metadata = pairs(&message(MessageProperties {
             expiry: Some(30),
             content_type: Some("application/json".into()),
             response_topic: Some("replies/1".into()),
@@ -139,10 +173,9 @@ mod tests {
                 ("site".into(), "south".into()),
             ],
             utf8_payload: true,
-        })
-        .event_metadata();
+        }));
         assert_eq!(
-            pairs(&metadata[4..]),
+            strs(&metadata[4..]),
             [
                 ("contentType", "application/json"),
                 ("responseTopic", "replies/1"),
@@ -158,11 +191,10 @@ mod tests {
 
     #[test]
     fn correlation_data_that_is_not_utf8_is_given_in_base64() {
-        let metadata = message(MessageProperties {
+        let metadata = pairs(&message(MessageProperties {
             correlation_data: Some(Bytes::from_static(&[0xff, 0x00, 0x01])),
             ..MessageProperties::default()
-        })
-        .event_metadata();
-        assert_eq!(pairs(&metadata[4..]), [("correlationDataBase64", "/wAB")]);
+        }));
+        assert_eq!(strs(&metadata[4..]), [("correlationDataBase64", "/wAB")]);
     }
 }

@@ -15,7 +15,7 @@ use crate::broker::{
 };
 use crate::error::{BrokerError, Field, Rejection};
 use crate::generated::mqtt_binding::binding::{broker, delivery, lifecycle, types};
-use crate::handler::{Event, EventHandler};
+use crate::handler::{Event, EventHandler, Metadata};
 use crate::host_state::{BindingHost, HostView};
 use crate::payload::{Payload, Received};
 use crate::pending::{Pending, Refused};
@@ -463,7 +463,7 @@ impl HostView<'_> {
         }
         let app_event = Event {
             data: payload.bytes.clone(),
-            metadata: received.event_metadata(),
+            metadata: Metadata::of(received.clone()),
             attempt: event.attempt,
         };
         Ok(Ok((app_event, received)))

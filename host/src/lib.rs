@@ -68,6 +68,6 @@ pub use binding::{Binding, BindingOptions, BindingStats, InvokeRequest, InvokeRe
 pub use broker::{BrokerSettings, LinkStatus};
 pub use broker_policy::AllowedBroker;
 pub use error::{BindingError, BrokerError};
-pub use handler::{Answer, Delivery, Event, EventHandler};
+pub use handler::{Answer, Delivery, Event, EventHandler, Metadata};
 pub use runtime::Runtime;
 pub use runtime_options::{ComponentSource, RuntimeOptions, default_cache_dir};

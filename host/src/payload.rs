@@ -30,10 +30,9 @@ impl Received {
         self.0.qos
     }
 
-    /// The event metadata (`topic`, `retained`, `qos`, `duplicate`, MQTT 5 properties),
-    /// made for each delivery: the application owns what it is given.
-    pub fn event_metadata(&self) -> Vec<(String, String)> {
-        self.0.event_metadata()
+    /// The message, without its payload (the [`Payload`]'s bytes).
+    pub fn message(&self) -> &Message {
+        &self.0
     }
 }
 

@@ -248,8 +248,8 @@ async fn properties_come_in_byte_for_byte() {
         .parse()
         .expect("a number");
     assert!((1..=600).contains(&expiry), "left of 600 s: {expiry}");
-    let user: Vec<(&str, &str)> = event
-        .metadata
+    let metadata = event.metadata.to_vec();
+    let user: Vec<(&str, &str)> = metadata
         .iter()
         .filter(|(name, _)| name.starts_with("userProperty."))
         .map(|(name, value)| (name.as_str(), value.as_str()))

@@ -782,12 +782,11 @@ impl std::io::Write for Captured {
 }
 
 /// The value of a metadata entry of an event.
-pub fn meta<'a>(event: &'a BindingEvent, name: &str) -> &'a str {
+pub fn meta(event: &BindingEvent, name: &str) -> String {
     event
         .metadata
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_str())
+        .get(name)
+        .map(std::borrow::Cow::into_owned)
         .unwrap_or_default()
 }
 

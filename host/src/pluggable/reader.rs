@@ -7,6 +7,7 @@
 //! event there first. It is acknowledged to the broker only when daprd accepts it. A newer
 //! `Read` replaces an older one, so there is only one at a time.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -119,13 +120,12 @@ impl Reader {
                 .insert(message_id.clone(), answered);
             let content_type = event
                 .metadata
-                .iter()
-                .find(|(name, _)| name == "contentType")
-                .map(|(_, value)| value.clone())
+                .get("contentType")
+                .map(Cow::into_owned)
                 .unwrap_or_default();
             let response = ReadResponse {
                 data: event.data.clone(),
-                metadata: event.metadata.iter().cloned().collect(),
+                metadata: event.metadata.owned().collect(),
                 content_type,
                 message_id,
             };

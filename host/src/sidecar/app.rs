@@ -95,7 +95,7 @@ impl EventHandler for AppRoute {
                 .post(&self.url)
                 .timeout(DELIVERY_TIMEOUT)
                 .header(reqwest::header::CONTENT_TYPE, "application/json");
-            for (name, value) in &event.metadata {
+            for (name, value) in event.metadata.iter() {
                 match (
                     reqwest::header::HeaderName::from_bytes(name.as_bytes()),
                     reqwest::header::HeaderValue::from_bytes(value.as_bytes()),

@@ -128,14 +128,14 @@ impl GrpcApp {
         )> = super::trace::HEADERS
             .into_iter()
             .filter_map(|header| {
-                let (_, value) = event.metadata.iter().find(|(key, _)| key == header)?;
+                let value = event.metadata.get(header)?;
                 Some((header, value.parse().ok()?))
             })
             .collect();
         let mut request = self.request(BindingEventRequest {
             name: name.to_string(),
             data: event.data,
-            metadata: event.metadata.into_iter().collect(),
+            metadata: event.metadata.owned().collect(),
         });
         for (header, value) in trace {
             request.metadata_mut().insert(header, value);

@@ -150,7 +150,10 @@ impl GuestConnection for Connection {
             .map(|m| {
                 let received = Received {
                     id: m.id,
-                    metadata: m.event_metadata(),
+                    metadata: m
+                        .event_metadata()
+                        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+                        .collect(),
                 };
                 Message {
                     id: m.id,

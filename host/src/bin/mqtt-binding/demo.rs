@@ -2,6 +2,7 @@
 //! publishing through it, and an independent subscriber showing what arrives. Nothing to
 //! install.
 
+use std::borrow::Cow;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::time::Duration;
 
@@ -123,9 +124,8 @@ impl EventHandler for Forward {
     fn deliver(&self, event: mqtt_binding::Event) -> Delivery<'_> {
         let topic = event
             .metadata
-            .iter()
-            .find(|(k, _)| k == "topic")
-            .map(|(_, v)| v.clone())
+            .get("topic")
+            .map(Cow::into_owned)
             .unwrap_or_default();
         let sent = self
             .0

@@ -72,7 +72,8 @@ impl EventHandler for Printer {
                 // Past --count: refuse, so the message stays with the broker for the next reader.
                 return Err("--count reached".to_string());
             }
-            let line = mqtt_binding_cli::event_line::event_line(&event.data, &event.metadata);
+            let line =
+                mqtt_binding_cli::event_line::event_line(&event.data, &event.metadata.to_vec());
             let mut stdout = std::io::stdout().lock();
             stdout
                 .write_all(&line)
