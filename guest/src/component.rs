@@ -188,6 +188,18 @@ impl Host for Imports<'_> {
         delivery::deliver(wit_event(event)).map_err(delivery_error)
     }
 
+    fn deliver_each(&self, events: Vec<(Payload, bool)>) -> host::Delivered<Payload> {
+        let events = events
+            .into_iter()
+            .map(|(message, ack)| delivery::HandedEvent { message, ack })
+            .collect::<Vec<_>>();
+        let (accepted, refused) = delivery::deliver_each(events);
+        host::Delivered {
+            accepted: usize::try_from(accepted).unwrap_or(usize::MAX),
+            refused: refused.map(|refusal| (delivery_error(refusal.error), refusal.rest)),
+        }
+    }
+
     fn start(&self, event: host::Event<'_, Payload>) -> Pending {
         delivery::start(wit_event(event))
     }

@@ -31,6 +31,10 @@ pub trait Host {
     ) -> Result<(), BrokerError>;
     /// Delivers one event and waits for the application's answer.
     fn deliver(&self, event: Event<'_, Self::Payload>) -> Answer<Self::Payload>;
+    /// Delivers each of `events` (a payload, and whether to acknowledge it on acceptance) in
+    /// order, on its first attempt, until the application does not accept one; the host
+    /// releases the payloads of those it accepted. Any answer is dropped.
+    fn deliver_each(&self, events: Vec<(Self::Payload, bool)>) -> Delivered<Self::Payload>;
     /// Starts a delivery; `wait_any` gives its answer.
     fn start(&self, event: Event<'_, Self::Payload>) -> Self::Pending;
     /// Waits at most `timeout_ms` for one of `deliveries` to be answered, for a message to
@@ -60,6 +64,55 @@ pub struct Message<P> {
     pub duplicate: bool,
     /// MQTT 5 properties; empty at MQTT 3.1.1.
     pub properties: Properties,
+}
+
+impl<P> Message<P> {
+    /// The message without its payload, and the payload.
+    pub fn split(self) -> (Message<()>, P) {
+        let Self {
+            id,
+            topic,
+            payload,
+            qos,
+            retained,
+            duplicate,
+            properties,
+        } = self;
+        let rest = Message {
+            id,
+            topic,
+            payload: (),
+            qos,
+            retained,
+            duplicate,
+            properties,
+        };
+        (rest, payload)
+    }
+}
+
+impl Message<()> {
+    /// The message with `payload` put back.
+    pub fn with<P>(self, payload: P) -> Message<P> {
+        Message {
+            id: self.id,
+            topic: self.topic,
+            payload,
+            qos: self.qos,
+            retained: self.retained,
+            duplicate: self.duplicate,
+            properties: self.properties,
+        }
+    }
+}
+
+/// What `deliver_each` did: how many events it delivered and the application accepted,
+/// from the first; and when one was not accepted, why, with the payloads not delivered
+/// given back (that one first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered<P> {
+    pub accepted: usize,
+    pub refused: Option<(DeliveryError, Vec<P>)>,
 }
 
 /// One delivery of a message to the application. The host gives the application the

@@ -75,13 +75,74 @@ pub fn read<H: Host>(host: &H, config: &Config) -> Result<(), BrokerError> {
             Err(BrokerError::Closed) => return Ok(()),
             Err(error) => return Err(error),
         };
-        for message in messages {
-            // The rest of the batch stays unacknowledged, as if never taken.
-            if deliver(host, config, message) == Settled::Stopped {
-                return Ok(());
-            }
+        // The rest of the batch stays unacknowledged, as if never taken.
+        if deliver_batch(host, config, messages) == Settled::Stopped {
+            return Ok(());
         }
     }
+}
+
+/// Delivers a batch in order. A run of messages that need nothing between the application's
+/// acceptance and their acknowledgement (all but MQTT 5 requests, whose answer is published
+/// first) goes to the host in one call; a message of the run that the application does not
+/// accept goes on under the retry policy from its first failure, and the run resumes after
+/// it. `Stopped` on shutdown, else `Acknowledged` (each message was settled on its own).
+fn deliver_batch<H: Host>(
+    host: &H,
+    config: &Config,
+    messages: Vec<Message<H::Payload>>,
+) -> Settled {
+    let mut messages = VecDeque::from(messages);
+    while !messages.is_empty() {
+        let run = messages
+            .iter()
+            .take_while(|message| message.properties.response_topic.is_none())
+            .count();
+        if run == 0 {
+            let Some(request) = messages.pop_front() else {
+                break;
+            };
+            if deliver(host, config, request, None) == Settled::Stopped {
+                return Settled::Stopped;
+            }
+            continue;
+        }
+        let (rest, events): (Vec<_>, Vec<_>) = messages
+            .drain(..run)
+            .map(|message| {
+                let (rest, payload) = message.split();
+                let ack = rest.qos != Qos::AtMostOnce;
+                (rest, (payload, ack))
+            })
+            .unzip();
+        let delivered = host.deliver_each(events);
+        let Some((error, payloads)) = delivered.refused else {
+            continue;
+        };
+        // What was not delivered goes back to the front, in order.
+        let undelivered: Vec<_> = rest
+            .into_iter()
+            .skip(delivered.accepted)
+            .zip(payloads)
+            .collect();
+        for (rest, payload) in undelivered.into_iter().rev() {
+            messages.push_front(rest.with(payload));
+        }
+        let DeliveryError::Failed(reason) = error else {
+            return Settled::Stopped;
+        };
+        let Some(refused) = messages.pop_front() else {
+            host.log(
+                Level::Error,
+                "the host refused a delivery and gave no message back; the rest of the batch stays unacknowledged",
+            );
+            return Settled::Stopped;
+        };
+        if deliver(host, config, refused, Some(reason)) == Settled::Stopped {
+            return Settled::Stopped;
+        }
+    }
+    Settled::Acknowledged
 }
 
 /// How the delivery of one message ended.
@@ -97,8 +158,14 @@ enum Settled {
 
 /// Delivers one message under the binding's retry policy, answers it if it is an MQTT 5
 /// request and the application gave an answer, then acknowledges it or leaves it for the
-/// broker to redeliver.
-fn deliver<H: Host>(host: &H, config: &Config, message: Message<H::Payload>) -> Settled {
+/// broker to redeliver. `failed_first`: why its first delivery already failed (in a run of
+/// `deliver_batch`), so that it goes on from there.
+fn deliver<H: Host>(
+    host: &H,
+    config: &Config,
+    message: Message<H::Payload>,
+    mut failed_first: Option<String>,
+) -> Settled {
     let topic = &message.topic;
     // With nothing to do between the application's acceptance and the acknowledgement (no
     // response to publish first), the host acknowledges on acceptance: one call less.
@@ -111,7 +178,11 @@ fn deliver<H: Host>(host: &H, config: &Config, message: Message<H::Payload>) -> 
             attempt,
             ack: ack_on_accept,
         };
-        let reason = match host.deliver(event) {
+        let outcome = match failed_first.take() {
+            Some(reason) => Err(DeliveryError::Failed(reason)),
+            None => host.deliver(event),
+        };
+        let reason = match outcome {
             Ok(_) if ack_on_accept => return Settled::Acknowledged,
             Ok(answer) => {
                 if !respond(host, config, &message, answer) {

@@ -7,7 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::host::{Answer, BrokerError, Event, GivenUp, Host, Level, Message, Waited};
+use crate::host::{Answer, BrokerError, Delivered, Event, GivenUp, Host, Level, Message, Waited};
 use crate::metadata::{self, Config, Qos};
 use crate::request::{Properties, Publish};
 
@@ -54,6 +54,8 @@ pub struct Scripted {
     /// The message ids of the payloads handed out (the tests' payloads are unique), for an
     /// event that asks to be acknowledged on acceptance.
     ids: RefCell<HashMap<Vec<u8>, u64>>,
+    /// How many events each `deliver_each` was handed.
+    runs: RefCell<Vec<usize>>,
 }
 
 impl Default for Scripted {
@@ -68,6 +70,7 @@ impl Default for Scripted {
             elapsed: Cell::new(Duration::ZERO),
             calls: RefCell::default(),
             ids: RefCell::default(),
+            runs: RefCell::default(),
         }
     }
 }
@@ -144,6 +147,11 @@ impl Scripted {
                 _ => None,
             })
             .collect()
+    }
+
+    /// How many events each `deliver_each` call was handed, in order.
+    pub fn runs(&self) -> Vec<usize> {
+        self.runs.borrow().clone()
     }
 
     /// The deliveries, as (payload, attempt).
@@ -269,6 +277,33 @@ impl Host for Scripted {
             self.record(Call::Acked(id.expect("a payload from next_messages")));
         }
         answer
+    }
+
+    fn deliver_each(&self, events: Vec<(Vec<u8>, bool)>) -> Delivered<Vec<u8>> {
+        self.runs.borrow_mut().push(events.len());
+        let mut events = events.into_iter();
+        let mut accepted = 0;
+        while let Some((payload, ack)) = events.next() {
+            let event = Event {
+                message: &payload,
+                attempt: 1,
+                ack,
+            };
+            if let Err(error) = self.deliver(event) {
+                let rest = std::iter::once(payload)
+                    .chain(events.map(|(payload, _)| payload))
+                    .collect();
+                return Delivered {
+                    accepted,
+                    refused: Some((error, rest)),
+                };
+            }
+            accepted += 1;
+        }
+        Delivered {
+            accepted,
+            refused: None,
+        }
     }
 
     /// The real host refuses `ack` here; so does this one, loudly.

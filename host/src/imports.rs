@@ -305,7 +305,7 @@ impl delivery::Host for HostView<'_> {
             Err(refused) => return Ok(Err(refused.into())),
         };
         let ack = event.ack;
-        let (event, received) = match self.event_for_app(&event)? {
+        let (event, received) = match self.event_for_app(&event.message, event.attempt)? {
             Ok(prepared) => prepared,
             Err(refused) => return Ok(Err(refused.into())),
         };
@@ -324,12 +324,51 @@ impl delivery::Host for HostView<'_> {
         })
     }
 
+    async fn deliver_each(
+        &mut self,
+        events: Vec<delivery::HandedEvent>,
+    ) -> wasmtime::Result<(u32, Option<delivery::Refusal>)> {
+        let mut accepted = 0;
+        let mut events = events.into_iter();
+        while let Some(event) = events.next() {
+            let prepared = match self.handler_to_deliver() {
+                Ok(handler) => self
+                    .event_for_app(&event.message, 1)?
+                    .map(|prepared| (handler, prepared)),
+                Err(refused) => Err(refused),
+            };
+            let outcome = match prepared {
+                Ok((handler, (app_event, received))) => {
+                    let outcome = tokio::select! {
+                        biased;
+                        outcome = handler.deliver(app_event) => outcome.map_err(delivery::DeliveryError::Failed),
+                        () = self.host.shutdown.cancelled() => Err(delivery::DeliveryError::Stopped),
+                    };
+                    if event.ack && outcome.is_ok() {
+                        acknowledge(self.host, &received).await;
+                    }
+                    outcome
+                }
+                Err(refused) => Err(refused.into()),
+            };
+            if let Err(error) = outcome {
+                let rest = std::iter::once(event.message)
+                    .chain(events.map(|event| event.message))
+                    .collect();
+                return Ok((accepted, Some(delivery::Refusal { error, rest })));
+            }
+            self.table.delete(event.message)?;
+            accepted += 1;
+        }
+        Ok((accepted, None))
+    }
+
     async fn start(&mut self, event: delivery::Event) -> wasmtime::Result<Resource<Pending>> {
         let pending = match self.handler_to_deliver() {
             Ok(_) if event.ack => Pending::answered(Err(Refused::Failed(
                 "`start` does not acknowledge (`ack` is for `deliver`): acknowledge with `ack` once the message is settled".into(),
             ))),
-            Ok(handler) => match self.event_for_app(&event)? {
+            Ok(handler) => match self.event_for_app(&event.message, event.attempt)? {
                 Ok((event, _)) => Pending::start(handler, event, self.host.shutdown.clone()),
                 Err(refused) => Pending::answered(Err(refused)),
             },
@@ -447,15 +486,16 @@ impl HostView<'_> {
     /// not the first delivery of its message.
     fn event_for_app(
         &mut self,
-        event: &delivery::Event,
+        message: &Resource<Payload>,
+        attempt: u32,
     ) -> wasmtime::Result<Result<(Event, Arc<Received>), Refused>> {
-        let payload = self.table.get(&event.message)?;
+        let payload = self.table.get(message)?;
         let Some(received) = payload.received.clone() else {
             return Ok(Err(Refused::Failed(
                 "an event's `message` must be a payload from `next-messages`".into(),
             )));
         };
-        if event.attempt > 1 {
+        if attempt > 1 {
             self.host
                 .faults
                 .delivery_retries
@@ -464,7 +504,7 @@ impl HostView<'_> {
         let app_event = Event {
             data: payload.bytes.clone(),
             metadata: Metadata::of(received.clone()),
-            attempt: event.attempt,
+            attempt,
         };
         Ok(Ok((app_event, received)))
     }

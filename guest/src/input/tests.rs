@@ -55,6 +55,55 @@ fn delivered(payload: &str, attempt: u32, qos: &str) -> Call {
 }
 
 #[test]
+fn a_run_of_plain_messages_goes_to_the_host_in_one_call_and_a_refused_one_goes_on_alone() {
+    let host = Scripted::default();
+    let mut request = message(3, "question", Qos::AtLeastOnce);
+    request.properties.response_topic = Some("replies/7".into());
+    host.batch([
+        message(1, "a", Qos::AtLeastOnce),
+        message(2, "b", Qos::AtLeastOnce),
+        request,
+        message(4, "c", Qos::AtLeastOnce),
+        message(5, "d", Qos::AtMostOnce),
+    ]);
+    host.answer("b", 1, failed("500"));
+    host.answer("question", 1, Ok(Some(b"answer".to_vec())));
+    read(&host, &config(&[("backOffMaxRetries", "1")])).expect("ends at shutdown");
+    // a and b in one call (b refused, so c never reached it); b's retry on its own; the
+    // request on its own, as its answer is published before it is acknowledged; then c and
+    // d in one call.
+    assert_eq!(host.runs(), [2, 2]);
+    assert_eq!(
+        host.delivered(),
+        [
+            ("a".into(), 1),
+            ("b".into(), 1),
+            ("b".into(), 2),
+            ("question".into(), 1),
+            ("c".into(), 1),
+            ("d".into(), 1),
+        ]
+    );
+    assert_eq!(host.acked(), [1, 2, 3, 4]);
+    assert_eq!(host.published().len(), 1);
+}
+
+#[test]
+fn shutdown_in_a_run_gives_back_the_rest_unacknowledged() {
+    let host = Scripted::default();
+    host.batch([
+        message(1, "a", Qos::AtLeastOnce),
+        message(2, "b", Qos::AtLeastOnce),
+        message(3, "c", Qos::AtLeastOnce),
+    ]);
+    host.answer("b", 1, Err(DeliveryError::Stopped));
+    read(&host, &config(&[])).expect("ends at shutdown");
+    assert_eq!(host.runs(), [3]);
+    assert_eq!(payloads(&host.delivered()), ["a", "b"]);
+    assert_eq!(host.acked(), [1]);
+}
+
+#[test]
 fn qos_0_messages_are_delivered_without_an_acknowledgement() {
     let host = Scripted::default();
     host.batch([message(1, "a", Qos::AtMostOnce)]);

@@ -24,7 +24,7 @@ mod bindings {
 }
 
 use bindings::exports::mqtt_binding::binding::delivery::{
-    self, DeliveryError, Event, GivenUp, GuestPending, PendingBorrow, Waited,
+    self, DeliveryError, Event, GivenUp, GuestPending, HandedEvent, PendingBorrow, Refusal, Waited,
 };
 use bindings::exports::mqtt_binding::binding::lifecycle;
 use bindings::exports::mqtt_binding::binding::logging::{self, Level};
@@ -60,14 +60,14 @@ fn stopping() -> bool {
 
 /// Writes the event's line and flushes it: only then is the event accepted, so that the
 /// binding acknowledges a message only once its line is out.
-fn write_event(event: &Event<'_>) -> Result<(), DeliveryError> {
+fn write_event(message: &Payload) -> Result<(), DeliveryError> {
     let mut tally = TALLY.with(Cell::get);
     let last = match tally.next() {
         Next::Refuse => return Err(DeliveryError::Stopped),
         Next::Write { last } => last,
     };
-    let data = plug::payload_bytes(event.message);
-    let metadata = plug::message_metadata(event.message);
+    let data = plug::payload_bytes(message);
+    let metadata = plug::message_metadata(message);
     let line = mqtt_binding_cli::event_line::event_line(&data, &metadata);
     let mut stdout = std::io::stdout().lock();
     stdout
@@ -84,6 +84,17 @@ fn write_event(event: &Event<'_>) -> Result<(), DeliveryError> {
     Ok(())
 }
 
+/// Acknowledges a delivered message; a failure is logged, as the broker sends the message
+/// again on its next connection: nothing is lost.
+fn acknowledge(message: &Payload) {
+    if let Err(error) = plug::acknowledge(message) {
+        log(
+            Level::Warn,
+            &format!("acknowledging a delivered message failed: {error}"),
+        );
+    }
+}
+
 /// An event handed over with `start`: written at once, so its answer is ready.
 pub struct Pending {
     answer: RefCell<Option<Result<(), DeliveryError>>>,
@@ -93,17 +104,29 @@ impl delivery::Guest for App {
     type Pending = Pending;
 
     fn deliver(event: Event<'_>) -> Result<Option<Payload>, DeliveryError> {
-        write_event(&event)?;
-        if event.ack
-            && let Err(error) = plug::acknowledge(event.message)
-        {
-            // The broker sends the message again on its next connection: nothing is lost.
-            log(
-                Level::Warn,
-                &format!("acknowledging a delivered message failed: {error}"),
-            );
+        write_event(event.message)?;
+        if event.ack {
+            acknowledge(event.message);
         }
         Ok(None)
+    }
+
+    fn deliver_each(events: Vec<HandedEvent>) -> (u32, Option<Refusal>) {
+        let mut accepted = 0;
+        let mut events = events.into_iter();
+        while let Some(event) = events.next() {
+            if let Err(error) = write_event(&event.message) {
+                let rest = std::iter::once(event.message)
+                    .chain(events.map(|event| event.message))
+                    .collect();
+                return (accepted, Some(Refusal { error, rest }));
+            }
+            if event.ack {
+                acknowledge(&event.message);
+            }
+            accepted += 1;
+        }
+        (accepted, None)
     }
 
     fn gave_up(how: GivenUp) {
@@ -123,7 +146,7 @@ impl delivery::Guest for App {
                 "`start` does not acknowledge (`ack` is for `deliver`)".into(),
             ))
         } else {
-            write_event(&event)
+            write_event(event.message)
         };
         delivery::Pending::new(Pending {
             answer: RefCell::new(Some(answer)),
