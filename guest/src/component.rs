@@ -188,6 +188,10 @@ impl Host for Imports<'_> {
         delivery::deliver(wit_event(event)).map_err(delivery_error)
     }
 
+    fn received(&self, payload: &Payload) -> host::Received {
+        payload.received().map(received).unwrap_or_default()
+    }
+
     fn deliver_each(&self, events: Vec<(Payload, bool)>) -> host::Delivered<Payload> {
         let events = events
             .into_iter()
@@ -265,10 +269,8 @@ fn delivery_error(error: delivery::DeliveryError) -> host::DeliveryError {
 }
 
 fn message(message: broker::Message) -> host::Message<Payload> {
-    let properties = message.properties;
     host::Message {
         id: message.id,
-        topic: message.topic,
         payload: message.payload,
         qos: match message.qos {
             types::Qos::AtMostOnce => Qos::AtMostOnce,
@@ -277,6 +279,14 @@ fn message(message: broker::Message) -> host::Message<Payload> {
         },
         retained: message.retained,
         duplicate: message.duplicate,
+        request: message.request,
+    }
+}
+
+fn received(received: types::Received) -> host::Received {
+    let properties = received.properties;
+    host::Received {
+        topic: received.topic,
         properties: request::Properties {
             expiry_secs: properties.expiry_secs,
             content_type: properties.content_type,

@@ -23,6 +23,9 @@ pub trait Host {
         timeout_ms: u32,
     ) -> Result<Vec<Message<Self::Payload>>, BrokerError>;
     fn ack(&self, id: u64) -> Result<(), BrokerError>;
+    /// The topic and properties of the message whose payload this is (from
+    /// `next_messages`); empty for any other payload, which the policy never asks about.
+    fn received(&self, payload: &Self::Payload) -> Received;
     fn publish(
         &self,
         publish: &Publish,
@@ -52,16 +55,25 @@ pub trait Host {
     fn log(&self, level: Level, message: &str);
 }
 
-/// A message received on the subscription.
+/// A message received on the subscription. Its topic and properties are asked of the host
+/// when needed ([`Host::received`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message<P> {
     /// The host's handle for `ack`.
     pub id: u64,
-    pub topic: String,
     pub payload: P,
     pub qos: Qos,
     pub retained: bool,
     pub duplicate: bool,
+    /// An MQTT 5 request: its properties name a response topic.
+    pub request: bool,
+}
+
+/// What the host tells of a received message on request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Received {
+    /// The topic it was published to.
+    pub topic: String,
     /// MQTT 5 properties; empty at MQTT 3.1.1.
     pub properties: Properties,
 }
@@ -71,21 +83,19 @@ impl<P> Message<P> {
     pub fn split(self) -> (Message<()>, P) {
         let Self {
             id,
-            topic,
             payload,
             qos,
             retained,
             duplicate,
-            properties,
+            request,
         } = self;
         let rest = Message {
             id,
-            topic,
             payload: (),
             qos,
             retained,
             duplicate,
-            properties,
+            request,
         };
         (rest, payload)
     }
@@ -96,12 +106,11 @@ impl Message<()> {
     pub fn with<P>(self, payload: P) -> Message<P> {
         Message {
             id: self.id,
-            topic: self.topic,
             payload,
             qos: self.qos,
             retained: self.retained,
             duplicate: self.duplicate,
-            properties: self.properties,
+            request: self.request,
         }
     }
 }

@@ -7,7 +7,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::host::{BrokerError, DeliveryError, Event, GivenUp, Host, Level, Message, Waited};
+use crate::host::{
+    BrokerError, DeliveryError, Event, GivenUp, Host, Level, Message, Received, Waited,
+};
 use crate::metadata::{self, Config, Qos};
 use crate::output::publish_with_retries;
 use crate::request::{Properties, Publish};
@@ -96,7 +98,7 @@ fn deliver_batch<H: Host>(
     while !messages.is_empty() {
         let run = messages
             .iter()
-            .take_while(|message| message.properties.response_topic.is_none())
+            .take_while(|message| !message.request)
             .count();
         if run == 0 {
             let Some(request) = messages.pop_front() else {
@@ -166,11 +168,11 @@ fn deliver<H: Host>(
     message: Message<H::Payload>,
     mut failed_first: Option<String>,
 ) -> Settled {
-    let topic = &message.topic;
+    // Asked of the host only for a log line.
+    let topic = || topic_of(host, &message);
     // With nothing to do between the application's acceptance and the acknowledgement (no
     // response to publish first), the host acknowledges on acceptance: one call less.
-    let ack_on_accept =
-        message.qos != Qos::AtMostOnce && message.properties.response_topic.is_none();
+    let ack_on_accept = message.qos != Qos::AtMostOnce && !message.request;
     let mut attempt: u32 = 1;
     let reason = loop {
         let event = Event {
@@ -199,7 +201,10 @@ fn deliver<H: Host>(
         if !host.sleep(wait) {
             host.log(
                 Level::Info,
-                &format!("shutting down: the message on {topic:?} stays unacknowledged"),
+                &format!(
+                    "shutting down: the message on {:?} stays unacknowledged",
+                    topic()
+                ),
             );
             return Settled::Stopped;
         }
@@ -217,11 +222,12 @@ fn deliver<H: Host>(
 fn retry_after<H: Host>(
     host: &H,
     config: &Config,
-    topic: &str,
+    topic: impl FnOnce() -> String,
     failures: u32,
     reason: &str,
 ) -> Option<Duration> {
     let wait = config.delivery_backoff.after_failure(u64::from(failures))?;
+    let topic = topic();
     host.log(
         Level::Warn,
         &format!(
@@ -241,7 +247,7 @@ fn give_up<H: Host>(
     failures: u32,
     reason: &str,
 ) -> bool {
-    let topic = &message.topic;
+    let Received { topic, properties } = host.received(&message.payload);
     let Some(dead_letter) = &config.dead_letter_topic else {
         host.log(
             Level::Error,
@@ -258,7 +264,7 @@ fn give_up<H: Host>(
         topic: dead_letter.clone(),
         qos: config.qos.max(Qos::AtLeastOnce),
         retain: false,
-        properties: message.properties.clone(),
+        properties,
     };
     match publish_with_retries(host, &publish, &message.payload) {
         Ok(()) => {
@@ -354,7 +360,7 @@ fn read_concurrently<H: Host>(
                 break;
             };
             window.push(message.id);
-            settling.insert(message.id, (message.qos, message.topic.clone()));
+            settling.insert(message.id, message.qos);
             flights.push(Flight::start(host, message));
         }
         if window.is_empty() {
@@ -394,7 +400,8 @@ fn read_concurrently<H: Host>(
                     Err(DeliveryError::Failed(reason)) => {
                         let flight = &mut flights[position];
                         let failures = flight.attempt;
-                        match retry_after(host, config, &flight.message.topic, failures, &reason) {
+                        let topic = || topic_of(host, &flight.message);
+                        match retry_after(host, config, topic, failures, &reason) {
                             Some(wait) => {
                                 flight.state = FlightState::RetryAt(host.now() + wait);
                             }
@@ -421,11 +428,12 @@ fn read_concurrently<H: Host>(
             Waited::Stopped => stopping = true,
         }
         for (id, settled) in window.release() {
-            let Some((qos, topic)) = settling.remove(&id) else {
+            let Some(qos) = settling.remove(&id) else {
                 continue;
             };
             if settled {
-                acknowledge(host, id, qos, &topic);
+                // The message is gone by now: its failure is told by the subscription.
+                acknowledge(host, id, qos, || config.subscription().to_string());
             }
         }
         if stopping {
@@ -452,15 +460,18 @@ fn respond<H: Host>(
     message: &Message<H::Payload>,
     answer: Option<H::Payload>,
 ) -> bool {
-    let Some(response_topic) = &message.properties.response_topic else {
+    if !message.request {
+        return true;
+    }
+    let Received { topic, properties } = host.received(&message.payload);
+    let Some(response_topic) = properties.response_topic else {
         return true;
     };
     let Some(answer) = answer else {
         host.log(
             Level::Debug,
             &format!(
-                "the application answered the request on {:?} without data; no response published to {response_topic:?}",
-                message.topic
+                "the application answered the request on {topic:?} without data; no response published to {response_topic:?}"
             ),
         );
         return true;
@@ -470,7 +481,7 @@ fn respond<H: Host>(
         qos: config.qos.max(Qos::AtLeastOnce),
         retain: false,
         properties: Properties {
-            correlation_data: message.properties.correlation_data.clone(),
+            correlation_data: properties.correlation_data,
             ..Properties::default()
         },
     };
@@ -480,8 +491,7 @@ fn respond<H: Host>(
             host.log(
                 Level::Error,
                 &format!(
-                    "publishing the application's response to {response_topic:?} failed ({error}); the request on {:?} stays unacknowledged, for the broker to send again",
-                    message.topic
+                    "publishing the application's response to {response_topic:?} failed ({error}); the request on {topic:?} stays unacknowledged, for the broker to send again"
                 ),
             );
             false
@@ -489,7 +499,13 @@ fn respond<H: Host>(
     }
 }
 
-fn acknowledge<H: Host>(host: &H, id: u64, qos: Qos, topic: &str) -> Settled {
+/// The topic a message was published to, asked of the host for a log line.
+fn topic_of<H: Host>(host: &H, message: &Message<H::Payload>) -> String {
+    host.received(&message.payload).topic
+}
+
+/// Acknowledges message `id`; `topic` says which, for the log line of a failure.
+fn acknowledge<H: Host>(host: &H, id: u64, qos: Qos, topic: impl FnOnce() -> String) -> Settled {
     // QoS 0 has nothing to acknowledge; skipping the call saves a boundary crossing per message.
     if qos == Qos::AtMostOnce {
         return Settled::Acknowledged;
@@ -500,7 +516,7 @@ fn acknowledge<H: Host>(host: &H, id: u64, qos: Qos, topic: &str) -> Settled {
             // The broker sends it again on the next connection; nothing is lost.
             host.log(
                 Level::Warn,
-                &format!("acknowledging a message on {topic:?} failed: {error}"),
+                &format!("acknowledging a message on {:?} failed: {error}", topic()),
             );
             Settled::Unacknowledged
         }

@@ -7,7 +7,9 @@ use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use crate::host::{Answer, BrokerError, Delivered, Event, GivenUp, Host, Level, Message, Waited};
+use crate::host::{
+    Answer, BrokerError, Delivered, Event, GivenUp, Host, Level, Message, Received, Waited,
+};
 use crate::metadata::{self, Config, Qos};
 use crate::request::{Properties, Publish};
 
@@ -56,6 +58,8 @@ pub struct Scripted {
     ids: RefCell<HashMap<Vec<u8>, u64>>,
     /// How many events each `deliver_each` was handed.
     runs: RefCell<Vec<usize>>,
+    /// What `received` tells of each payload handed out.
+    received: RefCell<HashMap<Vec<u8>, Received>>,
 }
 
 impl Default for Scripted {
@@ -71,6 +75,7 @@ impl Default for Scripted {
             calls: RefCell::default(),
             ids: RefCell::default(),
             runs: RefCell::default(),
+            received: RefCell::default(),
         }
     }
 }
@@ -89,15 +94,24 @@ pub fn config(fields: &[(&str, &str)]) -> Config {
     metadata::parse("app", &metadata).expect("valid metadata")
 }
 
-/// A message with no properties.
-pub fn message(id: u64, payload: &str, qos: Qos) -> Message<Vec<u8>> {
-    Message {
+/// A message as a test scripts it: what `next_messages` hands over, with the topic and
+/// properties that `received` tells of it.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub id: u64,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: Qos,
+    pub properties: Properties,
+}
+
+/// A message on `in` with no properties.
+pub fn message(id: u64, payload: &str, qos: Qos) -> Sent {
+    Sent {
         id,
         topic: "in".into(),
         payload: payload.as_bytes().to_vec(),
         qos,
-        retained: false,
-        duplicate: false,
         properties: Properties::default(),
     }
 }
@@ -110,10 +124,28 @@ impl Scripted {
 
     /// What `next_messages` hands out, batch by batch. Once they are spent, a call that may
     /// wait ends in `Closed` (shutdown), one that may not gets nothing.
-    pub fn batch(&self, messages: impl IntoIterator<Item = Message<Vec<u8>>>) {
-        self.batches
-            .borrow_mut()
-            .push_back(messages.into_iter().collect());
+    pub fn batch(&self, messages: impl IntoIterator<Item = Sent>) {
+        let mut received = self.received.borrow_mut();
+        let batch = messages
+            .into_iter()
+            .map(|sent| {
+                let message = Message {
+                    id: sent.id,
+                    payload: sent.payload.clone(),
+                    qos: sent.qos,
+                    retained: false,
+                    duplicate: false,
+                    request: sent.properties.response_topic.is_some(),
+                };
+                let told = Received {
+                    topic: sent.topic,
+                    properties: sent.properties,
+                };
+                received.insert(sent.payload, told);
+                message
+            })
+            .collect();
+        self.batches.borrow_mut().push_back(batch);
     }
 
     /// What `publish` answers, in turn; `Ok` once these are spent.
@@ -251,6 +283,14 @@ impl Host for Scripted {
     fn ack(&self, id: u64) -> Result<(), BrokerError> {
         self.record(Call::Acked(id));
         Ok(())
+    }
+
+    fn received(&self, payload: &Vec<u8>) -> Received {
+        self.received
+            .borrow()
+            .get(payload)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn publish(

@@ -131,6 +131,19 @@ impl types::HostPayload for HostView<'_> {
         Ok(self.table.get(&payload)?.bytes.len() as u64)
     }
 
+    async fn received(
+        &mut self,
+        payload: Resource<Payload>,
+    ) -> wasmtime::Result<Option<types::Received>> {
+        Ok(self.table.get(&payload)?.received.as_ref().map(|received| {
+            let message = received.message();
+            types::Received {
+                topic: message.topic.clone(),
+                properties: wit_properties(message.properties.clone()),
+            }
+        }))
+    }
+
     async fn drop(&mut self, payload: Resource<Payload>) -> wasmtime::Result<()> {
         self.table.delete(payload)?;
         Ok(())
@@ -255,17 +268,15 @@ impl broker::HostConnection for HostView<'_> {
         };
         let mut handed = Vec::with_capacity(messages.len());
         for m in messages {
-            let (id, topic, qos, retained, duplicate) =
-                (m.id, m.topic.clone(), m.qos, m.retain, m.duplicate);
-            let properties = wit_properties(m.properties.clone());
+            let (id, qos, retained, duplicate) = (m.id, m.qos, m.retain, m.duplicate);
+            let request = m.properties.response_topic.is_some();
             handed.push(broker::Message {
                 id,
-                topic,
                 payload: self.table.push(Payload::received(m))?,
                 qos: wit_qos(qos),
                 retained,
                 duplicate,
-                properties,
+                request,
             });
         }
         Ok(Ok(handed))

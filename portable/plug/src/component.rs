@@ -65,11 +65,8 @@ pub struct Payload {
     received: Option<Received>,
 }
 
-/// A received message as an event needs it: made once, when the binding takes it.
-struct Received {
-    id: u64,
-    metadata: Vec<(String, String)>,
-}
+/// A received message, without its payload (the [`Payload`]'s bytes).
+struct Received(mqtt_binding_broker::Message);
 
 impl From<Bytes> for Payload {
     fn from(bytes: Bytes) -> Self {
@@ -83,6 +80,15 @@ impl From<Bytes> for Payload {
 impl GuestPayload for Payload {
     fn len(&self) -> u64 {
         self.bytes.len() as u64
+    }
+
+    fn received(&self) -> Option<types::Received> {
+        self.received
+            .as_ref()
+            .map(|Received(message)| types::Received {
+                topic: message.topic.clone(),
+                properties: wit_properties(message.properties.clone()),
+            })
     }
 }
 
@@ -147,25 +153,20 @@ impl GuestConnection for Connection {
         let messages = block_on(self.0.next_messages(max, millis(timeout_ms))).map_err(to_wit)?;
         Ok(messages
             .into_iter()
-            .map(|m| {
-                let received = Received {
-                    id: m.id,
-                    metadata: m
-                        .event_metadata()
-                        .map(|(name, value)| (name.into_owned(), value.into_owned()))
-                        .collect(),
-                };
+            .map(|mut m| {
+                let bytes = std::mem::take(&mut m.payload);
+                let (id, qos, retained, duplicate) = (m.id, wit_qos(m.qos), m.retain, m.duplicate);
+                let request = m.properties.response_topic.is_some();
                 Message {
-                    id: m.id,
-                    topic: m.topic,
+                    id,
                     payload: PayloadHandle::new(Payload {
-                        bytes: m.payload,
-                        received: Some(received),
+                        bytes,
+                        received: Some(Received(m)),
                     }),
-                    qos: wit_qos(m.qos),
-                    retained: m.retain,
-                    duplicate: m.duplicate,
-                    properties: wit_properties(m.properties),
+                    qos,
+                    retained,
+                    duplicate,
+                    request,
                 }
             })
             .collect())
@@ -191,7 +192,10 @@ impl plug::Guest for Plug {
 
     fn message_metadata(message: PayloadBorrow<'_>) -> Vec<(String, String)> {
         match &message.get::<Payload>().received {
-            Some(received) => received.metadata.clone(),
+            Some(Received(message)) => message
+                .event_metadata()
+                .map(|(name, value)| (name.into_owned(), value.into_owned()))
+                .collect(),
             None => Vec::new(),
         }
     }
@@ -203,7 +207,7 @@ impl plug::Guest for Plug {
         let Some(open) = OPEN.with_borrow(Clone::clone) else {
             return Err(BrokerError::Closed.to_string());
         };
-        block_on(open.ack(received.id)).map_err(|error| error.to_string())
+        block_on(open.ack(received.0.id)).map_err(|error| error.to_string())
     }
 
     fn wait_message(connection: broker::ConnectionBorrow<'_>, timeout_ms: u32) -> Waiting {
