@@ -311,23 +311,9 @@ impl delivery::Host for HostView<'_> {
         &mut self,
         event: delivery::Event,
     ) -> wasmtime::Result<Result<Option<Resource<Payload>>, delivery::DeliveryError>> {
-        let handler = match self.handler_to_deliver() {
-            Ok(handler) => handler,
-            Err(refused) => return Ok(Err(refused.into())),
-        };
-        let ack = event.ack;
-        let (event, received) = match self.event_for_app(&event.message, event.attempt)? {
-            Ok(prepared) => prepared,
-            Err(refused) => return Ok(Err(refused.into())),
-        };
-        let outcome = tokio::select! {
-            biased;
-            outcome = handler.deliver(event) => outcome.map_err(delivery::DeliveryError::Failed),
-            () = self.host.shutdown.cancelled() => Err(delivery::DeliveryError::Stopped),
-        };
-        if ack && outcome.is_ok() {
-            acknowledge(self.host, &received).await;
-        }
+        let outcome = self
+            .deliver_once(&event.message, event.attempt, event.ack)
+            .await?;
         Ok(match outcome {
             Ok(Some(answer)) => Ok(Some(self.table.push(Payload::from(Bytes::from(answer)))?)),
             Ok(None) => Ok(None),
@@ -342,27 +328,8 @@ impl delivery::Host for HostView<'_> {
         let mut accepted = 0;
         let mut events = events.into_iter();
         while let Some(event) = events.next() {
-            let prepared = match self.handler_to_deliver() {
-                Ok(handler) => self
-                    .event_for_app(&event.message, 1)?
-                    .map(|prepared| (handler, prepared)),
-                Err(refused) => Err(refused),
-            };
-            let outcome = match prepared {
-                Ok((handler, (app_event, received))) => {
-                    let outcome = tokio::select! {
-                        biased;
-                        outcome = handler.deliver(app_event) => outcome.map_err(delivery::DeliveryError::Failed),
-                        () = self.host.shutdown.cancelled() => Err(delivery::DeliveryError::Stopped),
-                    };
-                    if event.ack && outcome.is_ok() {
-                        acknowledge(self.host, &received).await;
-                    }
-                    outcome
-                }
-                Err(refused) => Err(refused.into()),
-            };
-            if let Err(error) = outcome {
+            // An answer is dropped: these messages have no response to publish.
+            if let Err(error) = self.deliver_once(&event.message, 1, event.ack).await? {
                 let rest = std::iter::once(event.message)
                     .chain(events.map(|event| event.message))
                     .collect();
@@ -518,6 +485,34 @@ impl HostView<'_> {
             attempt,
         };
         Ok(Ok((app_event, received)))
+    }
+
+    /// Delivers the message behind `message` to the application and waits for its answer
+    /// (or shutdown); once it is accepted, acknowledges it when `ack` says so. What
+    /// `deliver` and `deliver-each` do for each event.
+    async fn deliver_once(
+        &mut self,
+        message: &Resource<Payload>,
+        attempt: u32,
+        ack: bool,
+    ) -> wasmtime::Result<Result<crate::Answer, delivery::DeliveryError>> {
+        let handler = match self.handler_to_deliver() {
+            Ok(handler) => handler,
+            Err(refused) => return Ok(Err(refused.into())),
+        };
+        let (event, received) = match self.event_for_app(message, attempt)? {
+            Ok(prepared) => prepared,
+            Err(refused) => return Ok(Err(refused.into())),
+        };
+        let outcome = tokio::select! {
+            biased;
+            outcome = handler.deliver(event) => outcome.map_err(delivery::DeliveryError::Failed),
+            () = self.host.shutdown.cancelled() => Err(delivery::DeliveryError::Stopped),
+        };
+        if ack && outcome.is_ok() {
+            acknowledge(self.host, &received).await;
+        }
+        Ok(outcome)
     }
 
     /// Gives the answers that did not come back to their deliveries (all but `spent`), and

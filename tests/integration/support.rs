@@ -808,11 +808,11 @@ pub async fn exit_status(command: Command) -> i32 {
 }
 
 /// Runs `command` to its end under GNU time (which `./scripts/test` installs), its output
-/// discarded: its exit status and its peak resident memory in bytes. Under a small parent of its own, because a
-/// process spawned by this one starts its accounting with this one's memory: std spawns with
-/// a shared address space until exec, and the kernel keeps the larger high-water mark, so
-/// `wait4` would report the peak of the whole test binary (hundreds of MiB, with other tests
-/// running beside).
+/// discarded: its exit status and its peak resident memory in bytes. Under a small parent
+/// of its own, because a process spawned by this one starts its accounting with this one's
+/// memory: std spawns with a shared address space until exec, and the kernel keeps the
+/// larger high-water mark, so `wait4` would report the peak of the whole test binary
+/// (hundreds of MiB, with other tests running beside).
 pub async fn exit_and_peak_memory(command: Command) -> (i32, u64) {
     let report = tempfile::NamedTempFile::new().expect("a file for GNU time's report");
     let mut timed = Command::new("/usr/bin/time");

@@ -84,15 +84,18 @@ fn write_event(message: &Payload) -> Result<(), DeliveryError> {
     Ok(())
 }
 
-/// Acknowledges a delivered message; a failure is logged, as the broker sends the message
-/// again on its next connection: nothing is lost.
-fn acknowledge(message: &Payload) {
-    if let Err(error) = plug::acknowledge(message) {
+/// Writes the event's line, then acknowledges the message when `ack` asks: what `deliver`
+/// and `deliver-each` do for each event. A failed acknowledgement is logged, as the broker
+/// sends the message again on its next connection: nothing is lost.
+fn deliver_one(message: &Payload, ack: bool) -> Result<(), DeliveryError> {
+    write_event(message)?;
+    if ack && let Err(error) = plug::acknowledge(message) {
         log(
             Level::Warn,
             &format!("acknowledging a delivered message failed: {error}"),
         );
     }
+    Ok(())
 }
 
 /// An event handed over with `start`: written at once, so its answer is ready.
@@ -104,10 +107,7 @@ impl delivery::Guest for App {
     type Pending = Pending;
 
     fn deliver(event: Event<'_>) -> Result<Option<Payload>, DeliveryError> {
-        write_event(event.message)?;
-        if event.ack {
-            acknowledge(event.message);
-        }
+        deliver_one(event.message, event.ack)?;
         Ok(None)
     }
 
@@ -115,14 +115,11 @@ impl delivery::Guest for App {
         let mut accepted = 0;
         let mut events = events.into_iter();
         while let Some(event) = events.next() {
-            if let Err(error) = write_event(&event.message) {
+            if let Err(error) = deliver_one(&event.message, event.ack) {
                 let rest = std::iter::once(event.message)
                     .chain(events.map(|event| event.message))
                     .collect();
                 return (accepted, Some(Refusal { error, rest }));
-            }
-            if event.ack {
-                acknowledge(&event.message);
             }
             accepted += 1;
         }
