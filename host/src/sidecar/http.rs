@@ -141,9 +141,11 @@ struct OutputRequest {
 async fn invoke(
     State(sidecar): State<Arc<Sidecar>>,
     name: Result<Path<String>, axum::extract::rejection::PathRejection>,
-    headers: axum::http::HeaderMap,
-    body: axum::body::Body,
+    // The request itself, not a `HeaderMap` extractor, which would copy the headers.
+    request: axum::extract::Request,
 ) -> Response {
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     // Extraction failures answer in Dapr's shape too, not axum's plain text.
     let name = match name {
         Ok(Path(name)) => name,
