@@ -15,10 +15,6 @@ use mqtt_binding::{BindingOptions, ComponentSource, InvokeRequest, Runtime, Runt
 use mqtt_binding_cli::args::{InvokeArgs, ReadArgs};
 use tokio::io::AsyncWriteExt as _;
 
-/// See the `mimalloc` dependency in Cargo.toml for why.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Dapr's MQTT binding as a sandboxed WebAssembly component.
 #[derive(Parser)]
 #[command(name = "mqtt-binding", version)]
