@@ -109,6 +109,7 @@ impl Reader {
                     return outcome;
                 },
                 () = stream.ended.cancelled() => {}
+                () = stream.dropped_by_daprd() => {}
             }
             stream.end();
             tracing::debug!("the Read stream ended with an event in hand; it goes to the next one");
@@ -141,6 +142,19 @@ impl ReadStream {
         match events {
             Some(events) => events.send(Ok(response)).await.is_ok(),
             None => false,
+        }
+    }
+
+    /// Returns once daprd no longer reads the events (the response stream was dropped), or
+    /// at once if the stream has ended.
+    async fn dropped_by_daprd(&self) {
+        let events = self
+            .events
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        if let Some(events) = events {
+            events.closed().await;
         }
     }
 
