@@ -1,19 +1,17 @@
 //! The input side of one instance as daprd reads it: the instance's [`EventHandler`] hands
-//! each event to the `Read` stream open at the time and reads daprd's answer naming it from
-//! that stream's answers itself (no task between: the floor's hand-written component does
-//! the same).
+//! each event to the `Read` stream open at the time and waits for daprd's answer naming it.
 //!
-//! The binding delivers one event at a time, so at most one is in hand, and only the
-//! delivery reads the answers. If the stream ends before daprd answers (daprd cancelled it,
-//! or the connection dropped), the event has not been accepted: the delivery waits for the
-//! next `Read` of the instance and sends the same event there first. It is acknowledged to
-//! the broker only when daprd accepts it. A newer `Read` replaces an older one, so there is
-//! only one at a time; an ended stream is found out by the next delivery.
+//! The binding delivers one event at a time, so at most one is in hand. If its stream ends
+//! before daprd answers (daprd cancelled it, or the connection dropped), the event has not
+//! been accepted: the delivery waits for the next `Read` of the instance and sends the same
+//! event there first. It is acknowledged to the broker only when daprd accepts it. A newer
+//! `Read` replaces an older one, so there is only one at a time.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
@@ -34,8 +32,8 @@ pub(crate) struct Reader {
 struct ReadStream {
     /// Taken when the stream ends, which ends the response stream daprd reads.
     events: Mutex<Option<mpsc::Sender<Result<ReadResponse, tonic::Status>>>>,
-    /// daprd's answers, read by the delivery with its event in hand.
-    answers: tokio::sync::Mutex<tonic::Streaming<ReadRequest>>,
+    /// daprd's answer for each event sent and not yet answered, by message ID.
+    waiting: Mutex<HashMap<String, oneshot::Sender<Result<Answer, String>>>>,
     ended: CancellationToken,
 }
 
@@ -57,17 +55,42 @@ impl Reader {
 
     /// A new `Read`: daprd's answers come on `answers`; the returned stream carries the
     /// events. Replaces the stream open before, which ends.
-    pub(crate) fn attach(&self, answers: tonic::Streaming<ReadRequest>) -> Events {
+    pub(crate) fn attach(self: &Arc<Self>, mut answers: tonic::Streaming<ReadRequest>) -> Events {
         // One event is in hand at a time; room for one more keeps the send from waiting.
         let (events, receiver) = mpsc::channel(2);
         let stream = Arc::new(ReadStream {
-            events: Mutex::new(Some(events)),
-            answers: tokio::sync::Mutex::new(answers),
+            events: Mutex::new(Some(events.clone())),
+            waiting: Mutex::new(HashMap::new()),
             ended: CancellationToken::new(),
         });
-        if let Some(previous) = self.current.send_replace(Some(stream)) {
+        if let Some(previous) = self.current.send_replace(Some(stream.clone())) {
             previous.end();
         }
+        let reader = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    answer = answers.message() => match answer {
+                        Ok(Some(answer)) => stream.answer(answer),
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::debug!("Read stream ended: {status}");
+                            break;
+                        }
+                    },
+                    () = events.closed() => break,
+                    () = stream.ended.cancelled() => break,
+                }
+            }
+            stream.end();
+            reader.current.send_if_modified(|current| match current {
+                Some(open) if Arc::ptr_eq(open, &stream) => {
+                    *current = None;
+                    true
+                }
+                _ => false,
+            });
+        });
         ReceiverStream::new(receiver)
     }
 
@@ -89,6 +112,12 @@ impl Reader {
                 return Err("the instance was released".into());
             };
             let message_id = next_message_id();
+            let (answered, answer) = oneshot::channel();
+            stream
+                .waiting
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .insert(message_id.clone(), answered);
             let content_type = event
                 .metadata
                 .get("contentType")
@@ -98,20 +127,17 @@ impl Reader {
                 data: event.data.clone(),
                 metadata: event.metadata.owned().collect(),
                 content_type,
-                message_id: message_id.clone(),
+                message_id,
             };
             if !stream.send(response).await {
-                stream.end();
                 continue;
             }
             tokio::select! {
-                answer = stream.answer_to(&message_id) => if let Some(outcome) = answer {
+                answer = answer => if let Ok(outcome) = answer {
                     return outcome;
                 },
                 () = stream.ended.cancelled() => {}
-                () = stream.dropped_by_daprd() => {}
             }
-            stream.end();
             tracing::debug!("the Read stream ended with an event in hand; it goes to the next one");
         }
     }
@@ -145,44 +171,25 @@ impl ReadStream {
         }
     }
 
-    /// Returns once daprd no longer reads the events (the response stream was dropped), or
-    /// at once if the stream has ended.
-    async fn dropped_by_daprd(&self) {
-        let events = self
-            .events
+    /// daprd's answer for one event: failed when `response_error` is present, even empty.
+    fn answer(&self, answer: ReadRequest) {
+        let waiting = self
+            .waiting
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .clone();
-        if let Some(events) = events {
-            events.closed().await;
-        }
-    }
-
-    /// daprd's answer to the event `message_id`: failed when `response_error` is present,
-    /// even empty. `None` when the stream ends first.
-    async fn answer_to(&self, message_id: &str) -> Option<Result<Answer, String>> {
-        let mut answers = self.answers.lock().await;
-        loop {
-            let answer = match answers.message().await {
-                Ok(Some(answer)) => answer,
-                Ok(None) => return None,
-                Err(status) => {
-                    tracing::debug!("Read stream ended: {status}");
-                    return None;
-                }
-            };
-            if answer.message_id != message_id {
-                tracing::warn!(message_id = %answer.message_id, "daprd answered an event this stream did not send, or answered it twice; ignored");
-                continue;
+            .remove(&answer.message_id);
+        let Some(waiting) = waiting else {
+            tracing::warn!(message_id = %answer.message_id, "daprd answered an event this stream did not send, or answered it twice; ignored");
+            return;
+        };
+        let outcome = match answer.response_error {
+            None => Ok((!answer.response_data.is_empty()).then_some(answer.response_data)),
+            Some(error) if error.message.is_empty() => {
+                Err("daprd reported that the application did not accept the event".into())
             }
-            return Some(match answer.response_error {
-                None => Ok((!answer.response_data.is_empty()).then_some(answer.response_data)),
-                Some(error) if error.message.is_empty() => {
-                    Err("daprd reported that the application did not accept the event".into())
-                }
-                Some(error) => Err(error.message),
-            });
-        }
+            Some(error) => Err(error.message),
+        };
+        let _ = waiting.send(outcome);
     }
 
     fn end(&self) {
@@ -191,5 +198,9 @@ impl ReadStream {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .take();
+        self.waiting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clear();
     }
 }
