@@ -11,7 +11,7 @@ use std::time::Duration;
 use mqtt_binding::{Delivery, Event, EventHandler};
 use rumqttc::QoS;
 
-use crate::support::{Mosquitto, Reader, Recorder, WAIT, publish_all, unique};
+use crate::support::{Mosquitto, Reader, Recorder, WAIT, logged_ids, publish_all, unique};
 
 /// An application that takes a few milliseconds per event, varying by event, and fails the
 /// first delivery of every fifth one; it records what it accepted and how many deliveries it
@@ -75,22 +75,6 @@ impl Jittery {
             );
         }
     }
-}
-
-/// Packet ids in the order mosquitto logged `what` for `client` ("Sending PUBLISH to" or
-/// "Received PUBACK from").
-fn logged_ids(log: &str, what: &str, client: &str) -> Vec<u32> {
-    let prefix = format!("{what} {client} (");
-    log.lines()
-        .filter_map(|line| line.split_once(&prefix).map(|(_, rest)| rest))
-        .filter_map(|rest| {
-            let id = rest.split([',', ')']).map(str::trim).find_map(|part| {
-                part.strip_prefix("Mid: ")
-                    .or_else(|| part.strip_prefix('m'))
-            })?;
-            id.parse().ok()
-        })
-        .collect()
 }
 
 #[tokio::test]

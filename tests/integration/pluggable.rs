@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::support::{
-    BrokerConfig, Mosquitto, Subscriber, WAIT, eventually, publish_all, python, unique,
+    BrokerConfig, Mosquitto, Subscriber, WAIT, eventually, logged_ids, publish_all, python, unique,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-binding");
@@ -401,6 +401,98 @@ async fn read_acknowledges_only_what_daprd_accepted() {
         json!("m3"),
         "nothing daprd accepted comes again"
     );
+    assert!(pluggable.terminate().await.success());
+}
+
+/// With `concurrency: 4` several events are in hand on one Read at once and daprd answers
+/// them in an order of its own: each answer reaches its own event (the one refused is the one
+/// retried), a stream cancelled with several in hand gives each of them to the next Read,
+/// and the broker is acknowledged once per message, in the order it sent them. A message
+/// settled early waits for the earlier ones and keeps its place in the window meanwhile.
+#[tokio::test]
+async fn read_with_concurrency_routes_each_answer_to_its_own_event() {
+    let broker = Mosquitto::start();
+    let folder = tempfile::tempdir().expect("temp dir");
+    let topic = format!("events/{}", unique());
+    let client = format!("reader-{}", unique());
+    let mut metadata = session(&broker, &topic, &client);
+    metadata.push(("concurrency", "4".into()));
+    metadata.push(("backOffMaxRetries", "3".into()));
+    metadata.push(("backOffInterval", "50ms".into()));
+    let pluggable = Pluggable::start(folder.path(), &[]).await;
+    let mut daprd = Daprd::start(&pluggable.socket).await;
+    daprd.init_both("events", &pairs(&metadata)).await;
+    daprd.open_read("events", "first").await;
+    broker.wait_for_log(&topic).await;
+    let payloads = |range: std::ops::Range<usize>| -> Vec<Vec<u8>> {
+        range.map(|n| format!("m{n}").into_bytes()).collect()
+    };
+    // Events by payload, read until `count` are in hand on `stream`.
+    async fn in_hand(
+        daprd: &mut Daprd,
+        stream: &str,
+        count: usize,
+    ) -> std::collections::BTreeMap<String, Value> {
+        let mut events = std::collections::BTreeMap::new();
+        for _ in 0..count {
+            let event = daprd.event(stream).await;
+            let data = event["data"].as_str().expect("data").to_string();
+            assert!(
+                events.insert(data, event).is_none(),
+                "delivered twice at once"
+            );
+        }
+        events
+    }
+
+    publish_all(broker.port, &topic, QoS::AtLeastOnce, &payloads(0..4)).await;
+    let events = in_hand(&mut daprd, "first", 4).await;
+    assert_eq!(
+        events.keys().collect::<Vec<_>>(),
+        ["m0", "m1", "m2", "m3"],
+        "four in hand at once"
+    );
+    daprd.ack("first", &events["m3"]).await;
+    daprd.fail("first", &events["m1"], "not this one").await;
+    daprd.ack("first", &events["m0"]).await;
+    daprd.ack("first", &events["m2"]).await;
+    let retried = daprd.event("first").await;
+    assert_eq!(
+        retried["data"],
+        json!("m1"),
+        "the event daprd refused is the one retried"
+    );
+
+    // m2 and m3 are settled but wait for m1's acknowledgement, so the window of four has
+    // room for m4 alone: m5 waits until m1 is accepted.
+    publish_all(broker.port, &topic, QoS::AtLeastOnce, &payloads(4..6)).await;
+    let mut events = in_hand(&mut daprd, "first", 1).await;
+    events.insert("m1".into(), retried);
+    assert_eq!(events.keys().collect::<Vec<_>>(), ["m1", "m4"]);
+    daprd
+        .call(json!({"cmd": "read_cancel", "stream": "first"}))
+        .await;
+    daprd.open_read("events", "second").await;
+    let again = in_hand(&mut daprd, "second", 2).await;
+    assert_eq!(
+        again.keys().collect::<Vec<_>>(),
+        ["m1", "m4"],
+        "every event in hand when the stream ended comes on the next Read"
+    );
+    daprd.ack("second", &again["m4"]).await;
+    daprd.ack("second", &again["m1"]).await;
+    let last = daprd.event("second").await;
+    assert_eq!(last["data"], json!("m5"));
+    daprd.ack("second", &last).await;
+
+    broker
+        .wait_for_log_count(&format!("Received PUBACK from {client}"), 6)
+        .await;
+    let log = broker.log();
+    let sent = logged_ids(&log, "Sending PUBLISH to", &client);
+    let acknowledged = logged_ids(&log, "Received PUBACK from", &client);
+    assert_eq!(sent.len(), 6, "each message sent to the binding once");
+    assert_eq!(acknowledged, sent, "PUBACKs in the order of the PUBLISHes");
     assert!(pluggable.terminate().await.success());
 }
 

@@ -843,3 +843,19 @@ pub async fn exit_and_peak_memory(command: Command) -> (i32, u64) {
         .expect("GNU time's %M, in KiB");
     (status, kib * 1024)
 }
+
+/// Packet ids in the order mosquitto logged `what` for `client` ("Sending PUBLISH to" or
+/// "Received PUBACK from").
+pub fn logged_ids(log: &str, what: &str, client: &str) -> Vec<u32> {
+    let prefix = format!("{what} {client} (");
+    log.lines()
+        .filter_map(|line| line.split_once(&prefix).map(|(_, rest)| rest))
+        .filter_map(|rest| {
+            let id = rest.split([',', ')']).map(str::trim).find_map(|part| {
+                part.strip_prefix("Mid: ")
+                    .or_else(|| part.strip_prefix('m'))
+            })?;
+            id.parse().ok()
+        })
+        .collect()
+}
