@@ -217,10 +217,10 @@ pub async fn run(
     );
 
     let stop_http = CancellationToken::new();
-    let router = http::router(sidecar.clone());
+    let api = http::Api::new(sidecar.clone());
     let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
-        servers.spawn(http::serve(listener, router.clone(), stop_http.clone()));
+        servers.spawn(http::serve(listener, api.clone(), stop_http.clone()));
     }
     let mut grpc_servers = tokio::task::JoinSet::new();
     for listener in grpc_listeners {
