@@ -34,8 +34,7 @@ impl Dapr for Api {
         &self,
         request: Request<InvokeBindingRequest>,
     ) -> Result<Response<InvokeBindingResponse>, Status> {
-        let headers = request.metadata().clone();
-        let request = request.into_inner();
+        let (headers, _, request) = request.into_parts();
         let mut metadata: Vec<(String, String)> = request.metadata.into_iter().collect();
         super::trace::carry(&mut metadata, |name| headers.get(name)?.to_str().ok());
         let invoke = crate::InvokeRequest {
