@@ -27,7 +27,7 @@ pub(crate) struct Sidecar {
     /// Request body bytes held by invokes in progress, one permit per byte (see
     /// `http::BODY_BUDGET`).
     pub body_budget: tokio::sync::Semaphore,
-    /// `DAPR_API_TOKEN`, if set (see `http::require_token`).
+    /// `DAPR_API_TOKEN`, if set (see `http::Api::refusal`).
     pub api_token: Option<String>,
 }
 
