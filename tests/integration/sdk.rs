@@ -186,7 +186,8 @@ async fn a_python_sdk_app_receives_events_over_grpc() {
 }
 
 /// The app answers an event with `to`: its data goes on to that output binding, as daprd
-/// does. With DAPR_API_TOKEN set, a client without it is refused and one with it served;
+/// does. With DAPR_API_TOKEN set, a client without it is refused and one with it served
+/// (InvokeBinding and GetMetadata);
 /// APP_API_TOKEN reaches the app in `dapr-api-token`.
 #[tokio::test]
 async fn an_answer_with_to_is_sent_on_and_tokens_guard_both_ways() {
@@ -269,6 +270,17 @@ async fn an_answer_with_to_is_sent_on_and_tokens_guard_both_ways() {
     .await;
     assert_eq!(stdout(&served), "ok", "{served:?}");
     assert_eq!(&forwarded.next().await.payload[..], b"with token");
+    // GetMetadata checks the token too.
+    let refused = python_sdk(&sidecar, &["metadata"]).await;
+    assert!(!refused.status.success(), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("dapr-api-token"),
+        "{refused:?}"
+    );
+    let served =
+        python_sdk_with(&sidecar, &[("DAPR_API_TOKEN", "api-secret")], &["metadata"]).await;
+    assert!(served.status.success(), "{served:?}");
+    assert!(stdout(&served).contains("outbox"), "{served:?}");
     assert!(sidecar.terminate().await.success());
 }
 
