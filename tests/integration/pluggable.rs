@@ -197,6 +197,27 @@ fn pairs<'a>(metadata: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a s
     metadata.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
+/// `metadata` with redeliveries quick enough for a test: three, 50 ms apart.
+fn retrying(mut metadata: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
+    metadata.push(("backOffMaxRetries", "3".into()));
+    metadata.push(("backOffInterval", "50ms".into()));
+    metadata
+}
+
+/// The binding serving on a socket in `folder`, daprd's instance "events" initialised with
+/// `metadata`, and a `Read` of it open as `stream`.
+async fn reading(
+    folder: &std::path::Path,
+    metadata: &[(&'static str, String)],
+    stream: &str,
+) -> (Pluggable, Daprd) {
+    let pluggable = Pluggable::start(folder, &[]).await;
+    let mut daprd = Daprd::start(&pluggable.socket).await;
+    daprd.init_both("events", &pairs(metadata)).await;
+    daprd.open_read("events", stream).await;
+    (pluggable, daprd)
+}
+
 /// Discovery as daprd does it, then two component instances on one socket, each with both
 /// services: invokes reach the broker on each one's topic, and events read from each come
 /// with their topic and are acknowledged in the other order than they were sent.
@@ -333,13 +354,8 @@ async fn read_acknowledges_only_what_daprd_accepted() {
     });
     let folder = tempfile::tempdir().expect("temp dir");
     let topic = format!("events/{}", unique());
-    let mut metadata = session(&broker, &topic, &format!("reader-{}", unique()));
-    metadata.push(("backOffMaxRetries", "3".into()));
-    metadata.push(("backOffInterval", "50ms".into()));
-    let pluggable = Pluggable::start(folder.path(), &[]).await;
-    let mut daprd = Daprd::start(&pluggable.socket).await;
-    daprd.init_both("events", &pairs(&metadata)).await;
-    daprd.open_read("events", "first").await;
+    let metadata = retrying(session(&broker, &topic, &format!("reader-{}", unique())));
+    let (pluggable, mut daprd) = reading(folder.path(), &metadata, "first").await;
     broker.wait_for_log(&topic).await;
     let publish = async |payload: &str| {
         publish_all(
@@ -384,10 +400,7 @@ async fn read_acknowledges_only_what_daprd_accepted() {
         "the socket is removed on exit"
     );
 
-    let pluggable = Pluggable::start(folder.path(), &[]).await;
-    let mut daprd = Daprd::start(&pluggable.socket).await;
-    daprd.init_both("events", &pairs(&metadata)).await;
-    daprd.open_read("events", "after").await;
+    let (pluggable, mut daprd) = reading(folder.path(), &metadata, "after").await;
     let redelivered = daprd.event("after").await;
     assert_eq!(
         redelivered["data"],
@@ -415,14 +428,9 @@ async fn read_with_concurrency_routes_each_answer_to_its_own_event() {
     let folder = tempfile::tempdir().expect("temp dir");
     let topic = format!("events/{}", unique());
     let client = format!("reader-{}", unique());
-    let mut metadata = session(&broker, &topic, &client);
+    let mut metadata = retrying(session(&broker, &topic, &client));
     metadata.push(("concurrency", "4".into()));
-    metadata.push(("backOffMaxRetries", "3".into()));
-    metadata.push(("backOffInterval", "50ms".into()));
-    let pluggable = Pluggable::start(folder.path(), &[]).await;
-    let mut daprd = Daprd::start(&pluggable.socket).await;
-    daprd.init_both("events", &pairs(&metadata)).await;
-    daprd.open_read("events", "first").await;
+    let (pluggable, mut daprd) = reading(folder.path(), &metadata, "first").await;
     broker.wait_for_log(&topic).await;
     let payloads = |range: std::ops::Range<usize>| -> Vec<Vec<u8>> {
         range.map(|n| format!("m{n}").into_bytes()).collect()
